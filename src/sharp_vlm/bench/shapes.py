@@ -1,0 +1,251 @@
+"""Architecture numbers of real checkpoints, for FLOP estimates and CPU stand-in decoders.
+
+The table holds plain dicts with the values of each checkpoint's ``config.json`` on the
+Hugging Face Hub (the repository named in ``hf_id``). Only the numbers that set compute are
+kept; no weights are ever loaded. :func:`decoder_config` turns an entry into a decoder-only
+``Qwen2Config`` / ``LlamaConfig`` so a random-weight model of the same shape can be built.
+
+For the VLMs only the language decoder goes into :func:`decoder_config`; the ``vision``
+dict is the vision tower's config, in the same key names as the transformers config class
+(``Qwen2_5_VLVisionConfig`` or ``SiglipVisionConfig``), usable by
+:func:`sharp_vlm.bench.flops.vision_encoder_flops`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from transformers import LlamaConfig, PreTrainedConfig, Qwen2Config
+
+from sharp_vlm.bench.flops import DecoderShape
+
+# ---------------------------------------------------------------------------------------------
+# Data only below. Source of every number: the checkpoint's config.json (repository in hf_id).
+# ---------------------------------------------------------------------------------------------
+
+# Qwen2.5-VL vision tower, shared by 3B and 7B except for out_hidden_size (= decoder width).
+_QWEN2_5_VL_VISION: dict[str, Any] = {
+    "model_type": "qwen2_5_vl_vision",
+    "depth": 32,
+    "hidden_size": 1280,
+    "intermediate_size": 3420,
+    "num_heads": 16,
+    "in_channels": 3,
+    "patch_size": 14,
+    "temporal_patch_size": 2,
+    "spatial_merge_size": 2,
+    "window_size": 112,
+    "fullatt_block_indexes": [7, 15, 23, 31],
+    "hidden_act": "silu",
+}
+
+# SigLIP-so400m/14 @384 as used by LLaVA-OneVision (the last of its 27 layers is dropped).
+_LLAVA_OV_VISION: dict[str, Any] = {
+    "model_type": "siglip_vision_model",
+    "hidden_size": 1152,
+    "intermediate_size": 4304,
+    "num_hidden_layers": 26,
+    "num_attention_heads": 16,
+    "num_channels": 3,
+    "image_size": 384,
+    "patch_size": 14,
+}
+
+SHAPES: dict[str, dict[str, Any]] = {
+    # Qwen/Qwen2.5-VL-3B-Instruct config.json
+    "qwen2.5-vl-3b": {
+        "hf_id": "Qwen/Qwen2.5-VL-3B-Instruct",
+        "family": "qwen2",
+        "decoder": {
+            "hidden_size": 2048,
+            "intermediate_size": 11008,
+            "num_hidden_layers": 36,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 2,
+            "vocab_size": 151936,
+            "tie_word_embeddings": True,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000.0,
+            "max_position_embeddings": 128000,
+        },
+        "vision": {**_QWEN2_5_VL_VISION, "out_hidden_size": 2048},
+    },
+    # Qwen/Qwen2.5-VL-7B-Instruct config.json
+    "qwen2.5-vl-7b": {
+        "hf_id": "Qwen/Qwen2.5-VL-7B-Instruct",
+        "family": "qwen2",
+        "decoder": {
+            "hidden_size": 3584,
+            "intermediate_size": 18944,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 28,
+            "num_key_value_heads": 4,
+            "vocab_size": 152064,
+            "tie_word_embeddings": False,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000.0,
+            "max_position_embeddings": 128000,
+        },
+        "vision": {**_QWEN2_5_VL_VISION, "out_hidden_size": 3584},
+    },
+    # llava-hf/llava-onevision-qwen2-0.5b-ov-hf config.json (text_config = Qwen2-0.5B; the HF
+    # conversion adds <image>/<video> and pads the vocab to a multiple of 64: 151936 -> 152000)
+    "llava-onevision-0.5b": {
+        "hf_id": "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
+        "family": "qwen2",
+        "decoder": {
+            "hidden_size": 896,
+            "intermediate_size": 4864,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 14,
+            "num_key_value_heads": 2,
+            "vocab_size": 152000,
+            "tie_word_embeddings": True,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000.0,
+            "max_position_embeddings": 32768,
+        },
+        "vision": dict(_LLAVA_OV_VISION),
+    },
+    # llava-hf/llava-onevision-qwen2-7b-ov-hf config.json (text_config = Qwen2-7B-Instruct;
+    # vocab 152064 + 2 media tokens padded to a multiple of 64 -> 152128)
+    "llava-onevision-7b": {
+        "hf_id": "llava-hf/llava-onevision-qwen2-7b-ov-hf",
+        "family": "qwen2",
+        "decoder": {
+            "hidden_size": 3584,
+            "intermediate_size": 18944,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 28,
+            "num_key_value_heads": 4,
+            "vocab_size": 152128,
+            "tie_word_embeddings": False,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000.0,
+            "max_position_embeddings": 32768,
+        },
+        "vision": dict(_LLAVA_OV_VISION),
+    },
+    # HuggingFaceTB/SmolVLM2-256M-Video-Instruct config.json (text_config = SmolLM2-135M with
+    # the vocab grown to 49280 for image tokens; vision = SigLIP-B/16 @512, pixel shuffle x4)
+    "smolvlm2-256m": {
+        "hf_id": "HuggingFaceTB/SmolVLM2-256M-Video-Instruct",
+        "family": "llama",
+        "decoder": {
+            "hidden_size": 576,
+            "intermediate_size": 1536,
+            "num_hidden_layers": 30,
+            "num_attention_heads": 9,
+            "num_key_value_heads": 3,
+            "vocab_size": 49280,
+            "tie_word_embeddings": False,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 100000.0,
+            "max_position_embeddings": 8192,
+        },
+        "vision": {
+            "model_type": "siglip_vision_model",
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "num_channels": 3,
+            "image_size": 512,
+            "patch_size": 16,
+            "scale_factor": 4,
+        },
+    },
+    # Qwen/Qwen2.5-0.5B config.json
+    "qwen2.5-0.5b": {
+        "hf_id": "Qwen/Qwen2.5-0.5B",
+        "family": "qwen2",
+        "decoder": {
+            "hidden_size": 896,
+            "intermediate_size": 4864,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 14,
+            "num_key_value_heads": 2,
+            "vocab_size": 151936,
+            "tie_word_embeddings": True,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000.0,
+            "max_position_embeddings": 32768,
+        },
+    },
+    # Qwen/Qwen2-7B config.json
+    "qwen2-7b": {
+        "hf_id": "Qwen/Qwen2-7B",
+        "family": "qwen2",
+        "decoder": {
+            "hidden_size": 3584,
+            "intermediate_size": 18944,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 28,
+            "num_key_value_heads": 4,
+            "vocab_size": 152064,
+            "tie_word_embeddings": False,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000.0,
+            "max_position_embeddings": 131072,
+        },
+    },
+    # HuggingFaceTB/SmolLM2-135M config.json
+    "smollm2-135m": {
+        "hf_id": "HuggingFaceTB/SmolLM2-135M",
+        "family": "llama",
+        "decoder": {
+            "hidden_size": 576,
+            "intermediate_size": 1536,
+            "num_hidden_layers": 30,
+            "num_attention_heads": 9,
+            "num_key_value_heads": 3,
+            "vocab_size": 49152,
+            "tie_word_embeddings": True,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 100000.0,
+            "max_position_embeddings": 8192,
+        },
+    },
+}
+
+# ---------------------------------------------------------------------------------------------
+
+_CONFIG_CLASSES: dict[str, type[PreTrainedConfig]] = {"qwen2": Qwen2Config, "llama": LlamaConfig}
+
+
+def list_shapes() -> list[str]:
+    """Names accepted by :func:`decoder_config`, :func:`decoder_shape` and :func:`vision_config`."""
+    return list(SHAPES)
+
+
+def _entry(name: str) -> dict[str, Any]:
+    key = name.lower()
+    if key not in SHAPES:
+        raise KeyError(f"unknown shape {name!r}; known: {', '.join(SHAPES)}")
+    return SHAPES[key]
+
+
+def decoder_config(name: str, **overrides: Any) -> PreTrainedConfig:
+    """A decoder-only transformers config with the language-model shape of checkpoint ``name``.
+
+    Qwen-family decoders (Qwen2/Qwen2.5, the Qwen2.5-VL and LLaVA-OneVision decoders) become a
+    ``Qwen2Config``; SmolLM2-family decoders a ``LlamaConfig``. The multimodal RoPE of
+    Qwen2.5-VL is replaced by 1-D RoPE, which costs the same. ``overrides`` are passed to the
+    config class (e.g. ``num_hidden_layers=2`` or ``attn_implementation="sdpa"``).
+    """
+    entry = _entry(name)
+    kwargs = copy.deepcopy(entry["decoder"])
+    kwargs.update(overrides)
+    return _CONFIG_CLASSES[entry["family"]](**kwargs)
+
+
+def decoder_shape(name: str) -> DecoderShape:
+    """The :class:`DecoderShape` of checkpoint ``name``'s language decoder."""
+    return DecoderShape.from_config(_entry(name)["decoder"])
+
+
+def vision_config(name: str) -> dict[str, Any] | None:
+    """A copy of the vision-tower config dict of checkpoint ``name`` (None for text-only models)."""
+    vision = _entry(name).get("vision")
+    return copy.deepcopy(vision) if vision is not None else None

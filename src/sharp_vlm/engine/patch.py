@@ -1,0 +1,102 @@
+"""`sv.apply`: attach a method to one loaded model instance, and undo it."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import Method
+from ..errors import ConfigError
+from ..models.generic import SpanSource
+from ..models.registry import adapter_for
+from .runtime import Engine
+from .stats import CallStats
+
+_ATTR = "_sharp_vlm_handle"
+_GRID_KEYS = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts", "attention_mask")
+
+
+class Handle:
+    """A method attached to one model instance. Use as a context manager or call `remove()`."""
+
+    def __init__(self, model: nn.Module, method: Method, span: SpanSource | None = None, trim_kv: bool = False):
+        if not isinstance(method, Method):
+            raise ConfigError(f"expected a method config such as sv.FastV(...), got {type(method).__name__}")
+        if getattr(model, _ATTR, None) is not None:
+            raise ConfigError("this model already has a pruning method attached; remove() the first handle")
+        self.model = model
+        self.method = method
+        self.adapter = adapter_for(model, span)
+        self.engine = Engine(model, method, self.adapter, trim_kv=trim_kv)
+        self._orig_generate = model.__dict__.get("generate")
+        self._attached = False
+        self._attach()
+
+    # the declared span of a decoder-only model can change per prompt
+    @property
+    def span(self) -> SpanSource | None:
+        return getattr(self.adapter, "span", None)
+
+    @span.setter
+    def span(self, value: SpanSource | None) -> None:
+        if not hasattr(self.adapter, "span"):
+            raise ConfigError(f"{type(self.model).__name__} finds its visual tokens itself; no span to declare")
+        self.adapter.span = value
+
+    @property
+    def last_stats(self) -> CallStats | None:
+        """Stats of the most recent prefill: visual counts, kept indices per stage, timings."""
+        return self.engine.last_stats
+
+    def _attach(self) -> None:
+        self.engine.attach()
+        generate = type(self.model).generate
+        engine = self.engine
+
+        @functools.wraps(generate)
+        def generate_with_prompt_length(*args: Any, **kwargs: Any) -> Any:
+            # the query row is the last *prompt* token, also when generate runs without a KV cache
+            ref = kwargs.get("input_ids", args[0] if args else None)
+            if ref is None:
+                ref = kwargs.get("inputs_embeds")
+            engine._prompt_len = int(ref.shape[1]) if isinstance(ref, torch.Tensor) else None
+            engine._generate_call = {k: kwargs.get(k) for k in _GRID_KEYS}
+            try:
+                return generate(self.model, *args, **kwargs)
+            finally:
+                engine._prompt_len = None
+                engine._generate_call = {}
+
+        self.model.generate = generate_with_prompt_length
+        setattr(self.model, _ATTR, self)
+        self._attached = True
+
+    def remove(self) -> None:
+        """Detach every hook and restore the model exactly as it was."""
+        if not self._attached:
+            return
+        self.engine.detach()
+        if self._orig_generate is None:
+            del self.model.generate
+        else:
+            self.model.generate = self._orig_generate
+        delattr(self.model, _ATTR)
+        self._attached = False
+
+    def __enter__(self) -> Handle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def apply(model: nn.Module, method: Method, *, span: SpanSource | None = None, trim_kv: bool = False) -> Handle:
+    """Attach `method` to this model instance (no class is patched).
+
+    span: for a plain decoder-only LM, where the video is (`sv.VideoSpan`) or a function of the call's kwargs.
+    trim_kv: after prefill, also drop pruned tokens from the KV cache of the layers before the first stage.
+    """
+    return Handle(model, method, span=span, trim_kv=trim_kv)

@@ -1,0 +1,507 @@
+"""The engine: forward hooks that run a method's stages inside the decoder.
+
+Data flow of one prefill (all per-instance hooks, nothing patched on classes):
+  outer model pre-hook   -> remember the call's kwargs (input_ids, grids, attention mask)
+  decoder pre-hook       -> find the visual layout, start a prefill record
+  layer i pre-hook       -> i < first stage: segment mask (if the method asks for it)
+                            i is a stage layer: score, select, gather hidden states/positions/masks
+                            i after a stage: hand the layer the gathered positions and mask
+  decoder post-hook      -> remember, per KV cache, which original positions each layer holds
+During decoding the decoder pre-hook sets positions to (unpruned length + t) and the layer hooks give
+each layer a mask over exactly the keys its cache holds.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import Method, SegmentMask, Stage
+from ..core.layout import VisualLayout
+from ..core.masks import segment_allowed, to_attention_mask
+from ..core.scoring import apply_rotary, attention_probs
+from ..errors import ConfigError, InputError
+from ..models.base import Adapter
+from .stats import CallStats, StageStats
+from .view import StageView
+
+
+def _take(x: torch.Tensor, rows: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Gather per-sample rows along `dim` (rows: (B, T) indices); broadcasts a batch-1 x."""
+    b = rows.shape[0]
+    if x.shape[0] == 1 and b > 1:
+        x = x.expand(b, *x.shape[1:])
+    idx = rows.view(b, *([1] * (dim - 1)), rows.shape[1], *([1] * (x.dim() - dim - 1)))
+    idx = idx.expand(*x.shape[:dim], rows.shape[1], *x.shape[dim + 1 :])
+    return torch.gather(x, dim, idx.to(x.device))
+
+
+def _matches(mask: Any, ids: Any) -> bool:
+    return isinstance(mask, torch.Tensor) and isinstance(ids, torch.Tensor) and mask.shape == ids.shape
+
+
+def _sync(t: torch.Tensor) -> None:
+    if t.is_cuda:
+        torch.cuda.synchronize(t.device)
+
+
+@dataclass
+class _Prefill:
+    """State of one prefill call while it runs through the layers."""
+
+    batch: int
+    seq_len: int
+    layouts: list[VisualLayout]
+    key_valid: torch.Tensor  # (B, S) bool, False on padding
+    query_last: torch.Tensor  # (B,) original position of the last prompt token
+    rows: torch.Tensor  # (B, S_cur) original positions of the current rows
+    visual_rows: list[torch.Tensor]  # per sample: current row of each surviving visual token
+    visual_orig: list[torch.Tensor]  # per sample: original visual index of each surviving visual token
+    stats: CallStats
+    pos_emb: tuple[torch.Tensor, torch.Tensor] | None = None  # original (cos, sin)
+    pos_emb_cur: tuple[torch.Tensor, torch.Tensor] | None = None
+    pruned: bool = False
+    layer_rows: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> rows its KV holds
+    mask_cache: dict[tuple[int, int], Any] = field(default_factory=dict)
+    segment_mask: Any = None
+
+
+@dataclass
+class _Decode:
+    """Per KV cache: what each layer holds, and where decoding continues."""
+
+    cache: weakref.ref
+    seq_len: int
+    next_pos: torch.Tensor  # (B,) next position id
+    layer_rows: list[torch.Tensor | None]  # per layer: original prefill positions in its cache (None: all)
+    steps: int = 0  # decoded tokens already in the cache
+    attn2d: torch.Tensor | None = None
+    q_len: int = 0
+
+
+class Engine:
+    def __init__(self, model: nn.Module, method: Method, adapter: Adapter, trim_kv: bool = False):
+        self.model = model
+        self.method = method
+        self.adapter = adapter
+        self.trim_kv = trim_kv
+        self.stages: list[Stage] = method.stages()
+        self.seg: SegmentMask | None = method.segment_mask()
+        self._validate()
+        self.stage_at = {s.layer: s for s in self.stages}
+        self.first_stage = self.stages[0].layer if self.stages else adapter.n_layers
+        self.last_stats: CallStats | None = None
+        self._call: dict[str, Any] = {}
+        self._prompt_len: int | None = None
+        self._generate_call: dict[str, Any] = {}
+        self._pre: _Prefill | None = None
+        self._decodes: dict[int, _Decode] = {}
+        self._dec: _Decode | None = None
+        self._handles: list[Any] = []
+
+    # ---------------------------------------------------------------- setup
+    def _validate(self) -> None:
+        n = self.adapter.n_layers
+        layers = [s.layer for s in self.stages]
+        for s in self.stages:
+            if s.layer >= n:
+                raise ConfigError(
+                    f"{s.label}: layer={s.layer} is beyond the model's depth; this decoder has {n} layers, "
+                    f"so use a layer in 1..{n - 1} (0 prunes before the decoder)"
+                )
+        if layers != sorted(set(layers)):
+            raise ConfigError(f"stage layers must be strictly increasing, got {layers}")
+
+    def attach(self) -> None:
+        tm = self.adapter.text_model()
+        self._handles.append(self.model.register_forward_pre_hook(self._outer_pre, with_kwargs=True))
+        self._handles.append(tm.register_forward_pre_hook(self._decoder_pre, with_kwargs=True))
+        self._handles.append(tm.register_forward_hook(self._decoder_post, with_kwargs=True))
+        for i, layer in enumerate(self.adapter.layers()):
+            self._handles.append(layer.register_forward_pre_hook(self._layer_pre(i), with_kwargs=True))
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._decodes.clear()
+        self._pre = self._dec = None
+
+    # ---------------------------------------------------------------- hooks
+    def _outer_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        call = dict(kwargs)
+        if args:
+            call.setdefault("input_ids", args[0])
+        # generate() encodes the video once and may not forward the grids or an all-ones mask to the model:
+        # take them from the generate() call when this forward lacks them
+        for key, value in self._generate_call.items():
+            if call.get(key) is None and value is not None:
+                if key == "attention_mask" and not _matches(value, call.get("input_ids")):
+                    continue
+                call[key] = value
+        self._call = call
+
+    def _decoder_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        embeds = kwargs.get("inputs_embeds")
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        ref = embeds if embeds is not None else ids
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        past = cache.get_seq_length() if cache is not None else 0
+        self._pre = self._dec = None
+        del ids
+        if past > 0:
+            dec = self._decodes.get(id(cache))
+            if dec is not None and dec.cache() is cache:
+                return self._start_decode(dec, ref, args, kwargs)
+            if self._has_visual_tokens():
+                raise InputError(
+                    "this prompt with visual tokens continues an existing KV cache that was not filled by the "
+                    "pruning engine; pruning must start from an empty cache"
+                )
+            return None
+        self._start_prefill(ref)
+        return None
+
+    def _decoder_post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        pre, self._pre = self._pre, None
+        if self._dec is not None:
+            self._dec = None
+            return
+        if pre is None:
+            return
+        self.last_stats = pre.stats
+        cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
+        if cache is None:
+            return
+        pos = kwargs.get("position_ids")
+        if pos is None:  # the decoder numbered the prompt 0..S-1
+            next_pos = torch.full((pre.batch,), pre.seq_len, device=pre.rows.device)
+        else:
+            # decoding continues one past the last prompt token (not past the largest id: Qwen's temporal
+            # ids can exceed the text ids)
+            if pos.dim() == 3:
+                pos = pos[-3:].amax(0)
+            next_pos = pos.expand(pre.batch, -1)[:, -1] + 1
+        layer_rows: list[torch.Tensor | None] = [pre.layer_rows.get(i) for i in range(self.adapter.n_layers)]
+        if self.trim_kv and self.stages:
+            layer_rows = self._trim(cache, layer_rows)
+        for key, dec in list(self._decodes.items()):
+            if dec.cache() is None:
+                del self._decodes[key]
+        self._decodes[id(cache)] = _Decode(weakref.ref(cache), pre.seq_len, next_pos.to(torch.long), layer_rows)
+
+    def _trim(self, cache: Any, layer_rows: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        """Drop pruned tokens from the KV of the layers before the first stage (saves decode memory)."""
+        first = next(r for r in layer_rows if r is not None)
+        out = list(layer_rows)
+        for i in range(self.first_stage):
+            lay = cache.layers[i]
+            lay.keys = _take(lay.keys, first, dim=2)
+            lay.values = _take(lay.values, first, dim=2)
+            out[i] = first
+        return out
+
+    def _layer_pre(self, i: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+            if self._dec is not None:
+                return self._decode_layer(i, args, kwargs)
+            pre = self._pre
+            if pre is None:
+                return None
+            if pre.pos_emb is None:
+                pe = kwargs.get("position_embeddings")
+                pre.pos_emb = pre.pos_emb_cur = pe
+            if i in self.stage_at:
+                args, kwargs = self._run_stage(self.stage_at[i], args, kwargs)
+            if pre.pruned:
+                kwargs = self._gathered_kwargs(kwargs)
+                pre.layer_rows[i] = pre.rows
+            elif self.seg is not None and self.seg.scope == "forward" and self.seg.mode != "off":
+                kwargs = dict(kwargs, attention_mask=self._segment_mask(kwargs.get("attention_mask")))
+            return args, kwargs
+
+        return hook
+
+    # ---------------------------------------------------------------- prefill
+    def _has_visual_tokens(self) -> bool:
+        try:
+            ids = self._call.get("input_ids")
+            seq = ids.shape[1] if ids is not None else 0
+            return any(lay.n_visual for lay in self.adapter.find_layouts(self._call, seq, 1))
+        except InputError:
+            return False
+
+    def _start_prefill(self, ref: torch.Tensor) -> None:
+        batch, seq_len = ref.shape[0], ref.shape[1]
+        layouts = self.adapter.find_layouts(self._call, seq_len, batch)
+        if not any(lay.n_visual for lay in layouts):
+            raise InputError(
+                "no visual tokens in the prompt: nothing to prune. Build the inputs from a message with a video "
+                "(or, for a decoder-only model, declare the video span)"
+            )
+        if batch > 1 and len({lay.n_visual for lay in layouts}) > 1:
+            raise InputError(
+                f"a batch of videos with different token counts ({[lay.n_visual for lay in layouts]}) is not "
+                "supported yet; batch videos of one size together or run them one at a time"
+            )
+        device = ref.device
+        mask2d = self._call.get("attention_mask")
+        key_valid = (
+            torch.ones(batch, seq_len, dtype=torch.bool, device=device)
+            if mask2d is None or mask2d.dim() != 2
+            else mask2d[:, -seq_len:].bool().to(device)
+        )
+        prompt_len = self._prompt_len if self._prompt_len is not None and self._prompt_len <= seq_len else seq_len
+        query_last = torch.full((batch,), prompt_len - 1, dtype=torch.long, device=device)
+        rows = torch.arange(seq_len, device=device).expand(batch, -1)
+        self._pre = _Prefill(
+            batch=batch,
+            seq_len=seq_len,
+            layouts=layouts,
+            key_valid=key_valid,
+            query_last=query_last,
+            rows=rows,
+            visual_rows=[lay.positions.to(device) for lay in layouts],
+            visual_orig=[torch.arange(lay.n_visual, device=device) for lay in layouts],
+            stats=CallStats(batch, seq_len, [lay.n_visual for lay in layouts]),
+        )
+
+    def _segment_ids(self, pre: _Prefill, frames_per_segment: int) -> torch.Tensor:
+        return torch.stack([lay.segment_ids(pre.seq_len, frames_per_segment) for lay in pre.layouts])
+
+    def _segment_mask(self, model_mask: Any) -> Any:
+        """The layers before the first stage: segment-aware mask (padding keys stay masked)."""
+        pre = self._pre
+        if pre.segment_mask is None:
+            seg = self._segment_ids(pre, self.seg.frames_per_segment)
+            allowed = torch.stack([segment_allowed(s, self.seg.mode) for s in seg])
+            allowed &= pre.key_valid[:, None, :]
+            allowed |= torch.eye(pre.seq_len, dtype=torch.bool, device=allowed.device)[None]
+            kind = "additive" if self._attn_impl() == "eager" else "bool"
+            pre.segment_mask = to_attention_mask(allowed, self._dtype(), kind)
+        return pre.segment_mask
+
+    def _attn_impl(self) -> str:
+        return getattr(self.adapter.text_model().config, "_attn_implementation", "sdpa") or "sdpa"
+
+    def _dtype(self) -> torch.dtype:
+        return next(self.adapter.text_model().parameters()).dtype
+
+    def _run_stage(self, stage: Stage, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        pre = self._pre
+        hidden = args[0] if args else kwargs["hidden_states"]
+        _sync(hidden)
+        t0 = time.perf_counter()
+        layer = self.adapter.layers()[stage.layer] if stage.layer < self.adapter.n_layers else None
+        extras: dict[str, Any] = {}
+
+        def scorer(query: str = "last", **options: Any) -> torch.Tensor:
+            if stage.layer == 0:
+                raise ConfigError(
+                    f"{stage.label} scores by attention and cannot run at layer 0 (before the decoder); use layer >= 1"
+                )
+            return self.scores(layer, hidden, query=query, **options)
+
+        layouts = [lay.subset(o) for lay, o in zip(pre.layouts, pre.visual_orig, strict=True)]
+        view = StageView(stage.layer, hidden, list(pre.visual_rows), layouts, pre.stats.n_visual, scorer, extras)
+        view.engine = self
+        n_in = view.n_visual
+        keep = stage.select(view)
+        self._check_keep(stage, keep, view)
+        # new current rows: every non-visual row plus the kept visual rows, in sequence order
+        new_rows_idx = []
+        for b in range(pre.batch):
+            is_vis = torch.zeros(pre.rows.shape[1], dtype=torch.bool, device=hidden.device)
+            is_vis[pre.visual_rows[b]] = True
+            kept_vis = torch.zeros_like(is_vis)
+            kept_vis[pre.visual_rows[b][keep[b].to(hidden.device)]] = True
+            new_rows_idx.append(torch.nonzero(~is_vis | kept_vis).flatten())
+        idx = torch.stack(new_rows_idx)  # (B, S_new) indices into the current rows
+        for b in range(pre.batch):
+            k = keep[b].to(hidden.device)
+            pre.visual_orig[b] = pre.visual_orig[b][k]
+            # position of each kept visual row inside the new row list
+            pre.visual_rows[b] = torch.searchsorted(idx[b], pre.visual_rows[b][k])
+        pre.rows = _take(pre.rows, idx)
+        hidden = _take(hidden, idx)
+        pre.pos_emb_cur = tuple(_take(t, pre.rows) for t in pre.pos_emb)
+        pre.pruned = True
+        _sync(hidden)
+        seconds = time.perf_counter() - t0
+        pre.stats.stages.append(
+            StageStats(
+                layer=stage.layer,
+                label=stage.label,
+                n_in=n_in,
+                n_kept=[int(k.numel()) for k in keep],
+                kept=[o.clone() for o in pre.visual_orig],
+                kept_positions=[lay.positions[o] for lay, o in zip(pre.layouts, pre.visual_orig, strict=True)],
+                seconds=seconds,
+                parts=extras,
+            )
+        )
+        args = (hidden, *args[1:]) if args else args
+        if not args:
+            kwargs = dict(kwargs, hidden_states=hidden)
+        return args, kwargs
+
+    @staticmethod
+    def _check_keep(stage: Stage, keep: list[torch.Tensor], view: StageView) -> None:
+        for b, (k, n) in enumerate(zip(keep, view.n_visual, strict=True)):
+            if k.dim() != 1 or (k.numel() and (int(k.min()) < 0 or int(k.max()) >= n)):
+                raise RuntimeError(f"{stage.label} returned indices outside 0..{n - 1} for sample {b}")
+            if k.numel() > 1 and not bool((k[1:] > k[:-1]).all()):
+                raise RuntimeError(f"{stage.label} must return sorted unique indices (sample {b})")
+        if len({int(k.numel()) for k in keep}) > 1:
+            raise InputError("samples of a batch kept different token counts; run them one at a time")
+
+    def _gathered_kwargs(self, kwargs: dict) -> dict:
+        pre = self._pre
+        out = dict(kwargs)
+        out["position_embeddings"] = pre.pos_emb_cur
+        pid = kwargs.get("position_ids")
+        if isinstance(pid, torch.Tensor) and pid.shape[-1] == pre.seq_len:
+            out["position_ids"] = _take(pid, pre.rows) if pid.dim() == 2 else pid
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 4:
+            key = (id(mask), len(pre.stats.stages))
+            if key not in pre.mask_cache:
+                pre.mask_cache[key] = _take(_take(mask, pre.rows, dim=2), pre.rows, dim=3)
+            out["attention_mask"] = pre.mask_cache[key]
+        elif mask is not None and not isinstance(mask, torch.Tensor):
+            raise InputError(
+                f"attention mask of type {type(mask).__name__} is not supported by the pruning engine; "
+                "load the model with attn_implementation='sdpa' or 'eager'"
+            )
+        return out
+
+    # ---------------------------------------------------------------- scoring
+    def query_rows(self, query: str) -> list[torch.Tensor]:
+        """Per sample, the current rows of the query tokens."""
+        pre = self._pre
+        if query not in ("last", "text"):
+            raise ConfigError(f"query={query!r} must be 'last' or 'text'")
+        rows = []
+        for b, lay in enumerate(pre.layouts):
+            orig = pre.rows[b]
+            last = torch.searchsorted(orig, pre.query_last[b : b + 1])
+            if query == "text":
+                after = (orig > lay.positions.max()) & (orig <= pre.query_last[b]) & pre.key_valid[b, orig]
+                sel = torch.nonzero(after).flatten()
+                last = sel if sel.numel() else last  # a prompt that ends with the video: use its last token
+            rows.append(last)
+        return rows
+
+    def scores(
+        self,
+        layer: nn.Module,
+        hidden: torch.Tensor,
+        query: str = "last",
+        rope: bool = True,
+        mask: SegmentMask | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """(B, N) attention from the query rows to the visual tokens, layer `layer`, mean over heads/rows."""
+        probs = self.query_probs(layer, hidden, query, rope, mask, position_embeddings)
+        pre = self._pre
+        return torch.stack([probs[b, pre.visual_rows[b]] for b in range(pre.batch)])
+
+    def query_probs(
+        self,
+        layer: nn.Module,
+        hidden: torch.Tensor,
+        query: str = "last",
+        rope: bool = True,
+        mask: SegmentMask | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """(B, S_cur) attention probabilities over all current keys, averaged over heads and query rows.
+
+        Uses layer `layer`'s input norm, q/k projections (and q/k norms), and RoPE, on `hidden`
+        (the states entering that layer). Text query rows are causal; with `mask`, rows follow the segment mask.
+        """
+        pre = self._pre
+        attn = layer.self_attn
+        x = layer.input_layernorm(hidden)
+        bsz, s, _ = x.shape
+        hd = attn.head_dim
+        k = attn.k_proj(x).view(bsz, s, -1, hd)
+        if hasattr(attn, "k_norm"):
+            k = attn.k_norm(k)
+        k = k.transpose(1, 2)
+        cos, sin = position_embeddings if position_embeddings is not None else pre.pos_emb_cur
+        if rope:
+            k = apply_rotary(k, cos, sin)
+        key_valid = _take(pre.key_valid, pre.rows)
+        seg = None
+        if mask is not None and mask.mode != "off":
+            seg = _take(self._segment_ids(pre, mask.frames_per_segment), pre.rows)
+        out = []
+        for b, qrows in enumerate(self.query_rows(query)):
+            q = attn.q_proj(x[b : b + 1, qrows]).view(1, qrows.numel(), -1, hd)
+            if hasattr(attn, "q_norm"):
+                q = attn.q_norm(q)
+            q = q.transpose(1, 2)
+            if rope:
+                q = apply_rotary(q, cos[b : b + 1, qrows], sin[b : b + 1, qrows])
+            if seg is None:
+                allowed = torch.arange(s, device=x.device)[None, :] <= qrows[:, None]  # causal in current rows
+            else:
+                allowed = segment_allowed(seg[b], mask.mode, rows=qrows)
+            allowed = (allowed & key_valid[b][None, :])[None]
+            out.append(attention_probs(q, k[b : b + 1], float(attn.scaling), allowed)[0].mean(dim=0))
+        return torch.stack(out)
+
+    # ---------------------------------------------------------------- decode
+    def _start_decode(self, dec: _Decode, ref: torch.Tensor, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        q = ref.shape[1]
+        mask = kwargs.get("attention_mask")
+        total = dec.seq_len + dec.steps + q
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+            attn2d = mask[:, -total:].bool()
+            if bool(attn2d.all()):
+                attn2d = None  # no padding: same kernel path as the unpatched model
+        elif mask is None:
+            attn2d = None
+        else:
+            raise InputError(
+                "decoding after a pruned prefill needs a 2-D attention mask (or none); got "
+                f"{type(mask).__name__}"
+            )
+        pos = self.adapter.decode_position_ids(dec.next_pos, q)
+        dec.attn2d, dec.q_len = attn2d, q
+        self._dec = dec
+        out = dict(kwargs, position_ids=pos, attention_mask=None)
+        # the decoder computes its RoPE from these positions; its own mask is replaced per layer
+        dec.next_pos = dec.next_pos + q
+        dec.steps += q
+        return args, out
+
+    def _decode_layer(self, i: int, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        dec = self._dec
+        q = dec.q_len
+        rows = dec.layer_rows[i]
+        b = dec.next_pos.shape[0]
+        device = dec.next_pos.device
+        if rows is None:
+            rows = torch.arange(dec.seq_len, device=device).expand(b, -1)
+        new = torch.arange(dec.seq_len, dec.seq_len + dec.steps, device=device).expand(b, -1)
+        cols = torch.cat([rows, new], dim=1)  # original positions of this layer's keys after the update
+        if dec.attn2d is None and q == 1:
+            mask = None
+        else:
+            valid = (
+                torch.ones_like(cols, dtype=torch.bool) if dec.attn2d is None else _take(dec.attn2d.to(device), cols)
+            )
+            kv = cols.shape[1]
+            past = kv - q
+            causal = torch.arange(kv, device=device)[None, :] <= (past + torch.arange(q, device=device))[:, None]
+            allowed = valid[:, None, :] & causal[None]
+            kind = "additive" if self._attn_impl() == "eager" else "bool"
+            mask = to_attention_mask(allowed, self._dtype(), kind)
+        return args, dict(kwargs, attention_mask=mask)

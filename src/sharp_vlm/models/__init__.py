@@ -1,0 +1,1 @@
+"""Model adapters: where each family keeps its decoder, positions and visual tokens."""

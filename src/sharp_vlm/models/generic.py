@@ -1,0 +1,67 @@
+"""Any Hugging Face decoder-only LM, with the visual span declared by the caller.
+
+Used when frames reach the decoder as ordinary tokens or embeddings (e.g. the needle probe):
+the caller says where the video is, the engine prunes it like a Video LLM's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.layout import VisualItem, VisualLayout
+from ..errors import InputError
+from .base import Adapter
+
+
+@dataclass(frozen=True)
+class VideoSpan:
+    """A video of `n_frames` frames x `tokens_per_frame` tokens starting at sequence position `start`."""
+
+    start: int
+    n_frames: int
+    tokens_per_frame: int
+
+    @property
+    def n_tokens(self) -> int:
+        return self.n_frames * self.tokens_per_frame
+
+    def layout(self, device: torch.device | str = "cpu") -> VisualLayout:
+        pos = torch.arange(self.start, self.start + self.n_tokens, device=device)
+        return VisualLayout.from_grid(pos, [VisualItem("video", 0, self.n_frames, 1, self.tokens_per_frame)])
+
+
+SpanSource = VideoSpan | Callable[[dict[str, Any]], VideoSpan]
+
+
+class GenericAdapter(Adapter):
+    name = "generic"
+
+    def __init__(self, model: nn.Module, span: SpanSource | None):
+        super().__init__(model)
+        self.span = span
+
+    def text_model(self) -> nn.Module:
+        return self.model.model
+
+    def find_layouts(self, call: dict[str, Any], seq_len: int, batch: int) -> list[VisualLayout]:
+        if self.span is None:
+            raise InputError(
+                "no visual span declared for this decoder-only model: set `handle.span = sv.VideoSpan(start, "
+                "n_frames, tokens_per_frame)` (or pass span= to sv.apply) before calling it"
+            )
+        span = self.span(call) if callable(self.span) else self.span
+        if span.start < 0 or span.start + span.n_tokens > seq_len:
+            raise InputError(
+                f"the declared video span [{span.start}, {span.start + span.n_tokens}) does not fit in the "
+                f"input of {seq_len} tokens; declare the span of this prompt"
+            )
+        mask = call.get("attention_mask")
+        if mask is not None and not bool(mask[:, span.start : span.start + span.n_tokens].all()):
+            raise InputError("the declared video span covers padding tokens; left-pad so the spans align")
+        device = next(self.model.parameters()).device
+        return [span.layout(device) for _ in range(batch)]

@@ -1,0 +1,99 @@
+"""Qwen2-VL and Qwen2.5-VL: 3-D M-RoPE, visual tokens marked by `mm_token_type_ids` (1 image, 2 video)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.layout import VisualItem, VisualLayout
+from ..errors import InputError
+from .base import Adapter
+
+_IMAGE, _VIDEO = 1, 2
+
+
+class QwenVLAdapter(Adapter):
+    name = "qwen-vl"
+    mrope = True
+
+    def text_model(self) -> nn.Module:
+        return self.model.model.language_model
+
+    def _merge(self) -> int:
+        return int(self.model.config.vision_config.spatial_merge_size)
+
+    def find_layouts(self, call: dict[str, Any], seq_len: int, batch: int) -> list[VisualLayout]:
+        input_ids = call.get("input_ids")
+        if input_ids is None:
+            raise InputError(
+                "Qwen-VL pruning needs `input_ids` (the visual placeholder tokens locate the video); "
+                "call the model with the processor's input_ids rather than inputs_embeds"
+            )
+        cfg = self.model.config
+        types = call.get("mm_token_type_ids")
+        if types is None:
+            if bool(((input_ids == cfg.video_token_id) | (input_ids == cfg.image_token_id)).any()):
+                raise InputError(
+                    "Qwen-VL inputs are missing `mm_token_type_ids`; pass every tensor the processor returns "
+                    "(e.g. model.generate(**inputs)) so that the video tokens and their 3-D positions are known"
+                )
+            raise InputError(
+                "no visual tokens in the prompt: the input has no image or video placeholder tokens; "
+                "build the inputs with the processor from a message that contains a video"
+            )
+        grids = {
+            _IMAGE: iter(_grid_list(call.get("image_grid_thw"))),
+            _VIDEO: iter(_grid_list(call.get("video_grid_thw"))),
+        }
+        mask = call.get("attention_mask")
+        m = self._merge()
+        layouts = []
+        for b in range(batch):
+            t_row = types[b]
+            valid = torch.ones_like(t_row, dtype=torch.bool) if mask is None else mask[b].bool()
+            vis = (t_row != 0) & valid
+            positions = torch.nonzero(vis).flatten()
+            items: list[VisualItem] = []
+            for kind_id, start, length in _runs(t_row, vis):
+                done = 0
+                while done < length:
+                    grid = next(grids[kind_id], None)
+                    if grid is None:
+                        raise InputError(
+                            f"sample {b} has more {'video' if kind_id == _VIDEO else 'image'} tokens than "
+                            "`video_grid_thw`/`image_grid_thw` describe; pass the grids the processor returned"
+                        )
+                    t, h, w = grid[0], grid[1] // m, grid[2] // m
+                    items.append(VisualItem("video" if kind_id == _VIDEO else "image", start + done, t, h, w))
+                    done += t * h * w
+                if done != length:
+                    raise InputError(
+                        f"sample {b}: a run of {length} visual tokens does not match its grid(s) ({done} tokens); "
+                        "the prompt and `*_grid_thw` come from different processor calls"
+                    )
+            layout = VisualLayout.from_grid(positions, items)
+            layouts.append(layout)
+        return layouts
+
+
+def _grid_list(grid: torch.Tensor | None) -> list[tuple[int, int, int]]:
+    if grid is None:
+        return []
+    return [tuple(int(v) for v in row) for row in grid.tolist()]
+
+
+def _runs(types: torch.Tensor, vis: torch.Tensor) -> list[tuple[int, int, int]]:
+    """(modality, start index among visual tokens, length) of each consecutive run of one modality."""
+    t = torch.where(vis, types, torch.zeros_like(types))
+    change = torch.ones_like(t, dtype=torch.bool)
+    change[1:] = t[1:] != t[:-1]
+    starts = torch.nonzero(change).flatten().tolist() + [t.numel()]
+    runs, seen = [], 0
+    for s, e in zip(starts[:-1], starts[1:], strict=True):
+        kind = int(t[s])
+        if kind:
+            runs.append((kind, seen, e - s))
+            seen += e - s
+    return runs

@@ -1,0 +1,25 @@
+"""Shared fixtures: tiny random-weight models built from configs (no downloads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sharp_vlm.models.factory import tiny_qwen_vl, tiny_video_inputs
+
+torch.set_num_threads(2)
+
+FAMILIES = ["qwen2_vl", "qwen2_5_vl"]
+
+
+@pytest.fixture(scope="session", params=FAMILIES)
+def qwen(request):
+    """(model, inputs) with a 16-frame video: 8 temporal patches x 4 x 4 = 128 visual tokens."""
+    model = tiny_qwen_vl(request.param, layers=4)
+    return model, tiny_video_inputs(model, frames=16, height=16, width=16).as_kwargs()
+
+
+@pytest.fixture(scope="session")
+def qwen25():
+    model = tiny_qwen_vl("qwen2_5_vl", layers=4)
+    return model, tiny_video_inputs(model, frames=16, height=16, width=16).as_kwargs()

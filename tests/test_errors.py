@@ -1,0 +1,88 @@
+"""Bad input gets a clear error that says what to do."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sharp_vlm as sv
+from sharp_vlm.models.factory import tiny_llama
+
+
+@pytest.mark.parametrize("retain", [0.0, -0.1, 1.5, 2])
+def test_retain_outside_unit_interval(retain):
+    with pytest.raises(sv.ConfigError, match=r"outside \(0, 1\]"):
+        sv.FastV(retain=retain)
+
+
+def test_in_decoder_stage_needs_layer_at_least_one():
+    with pytest.raises(sv.ConfigError, match=">= 1"):
+        sv.FastV(retain=0.5, layer=0)
+    sv.UniformPrune(retain=0.5, layer=0)  # pre-LLM methods may run before the decoder
+
+
+def test_layer_beyond_depth(qwen25):
+    model, _ = qwen25
+    with pytest.raises(sv.ConfigError, match="beyond the model's depth; this decoder has 4 layers"):
+        sv.apply(model, sv.FastV(retain=0.5, layer=4))
+    assert "generate" not in model.__dict__  # nothing left attached
+
+
+def test_unsupported_model():
+    with pytest.raises(sv.UnsupportedModelError, match="Linear is not supported; supported:"):
+        sv.apply(torch.nn.Linear(2, 2), sv.FastV())
+
+
+def test_not_a_method(qwen25):
+    with pytest.raises(sv.ConfigError, match="expected a method config"):
+        sv.apply(qwen25[0], {"method": "fastv"})
+
+
+def test_no_video_in_prompt(qwen25):
+    model, inputs = qwen25
+    text = {"input_ids": inputs["input_ids"][:, :5], "attention_mask": inputs["attention_mask"][:, :5],
+            "mm_token_type_ids": torch.zeros_like(inputs["input_ids"][:, :5])}
+    with sv.apply(model, sv.FastV()), torch.no_grad(), pytest.raises(sv.InputError, match="no visual tokens"):
+        model(**text)
+
+
+def test_missing_mm_token_type_ids(qwen25):
+    model, inputs = qwen25
+    bad = {k: v for k, v in inputs.items() if k != "mm_token_type_ids"}
+    with sv.apply(model, sv.FastV()), torch.no_grad(), pytest.raises(sv.InputError, match="mm_token_type_ids"):
+        model(**bad)
+
+
+def test_grid_does_not_match_tokens(qwen25):
+    # the model's vision path checks features against tokens; the adapter checks the grids themselves
+    from sharp_vlm.models.qwen_vl import QwenVLAdapter
+
+    model, inputs = qwen25
+    call = dict(inputs, video_grid_thw=torch.tensor([[8, 10, 10]]))
+    with pytest.raises(sv.InputError, match="does not match its grid"):
+        QwenVLAdapter(model).find_layouts(call, inputs["input_ids"].shape[1], 1)
+    call = dict(inputs, video_grid_thw=torch.tensor([[4, 8, 8], [4, 8, 8]]))
+    assert QwenVLAdapter(model).find_layouts(call, inputs["input_ids"].shape[1], 1)[0].n_frames == 8
+    with pytest.raises(sv.InputError, match="more video tokens"):
+        QwenVLAdapter(model).find_layouts(dict(inputs, video_grid_thw=torch.tensor([[4, 8, 8]])),
+                                          inputs["input_ids"].shape[1], 1)
+
+
+def test_generic_model_without_span():
+    model = tiny_llama()
+    with sv.apply(model, sv.FastV()), torch.no_grad(), pytest.raises(sv.InputError, match="VideoSpan"):
+        model(input_ids=torch.randint(3, 100, (1, 40)))
+
+
+def test_generic_span_outside_input():
+    model = tiny_llama()
+    with sv.apply(model, sv.FastV(), span=sv.VideoSpan(10, 8, 8)), torch.no_grad():
+        with pytest.raises(sv.InputError, match="does not fit"):
+            model(input_ids=torch.randint(3, 100, (1, 40)))
+
+
+def test_unknown_method_and_option():
+    with pytest.raises(sv.ConfigError, match="unknown method 'fastvv'"):
+        sv.load_config({"method": "fastvv"})
+    with pytest.raises(sv.ConfigError, match="fastv has no option"):
+        sv.load_config({"method": "fastv", "ratio": 0.1})

@@ -1,0 +1,53 @@
+"""Any decoder-only LM with a declared video span is pruned like a Video LLM."""
+
+from __future__ import annotations
+
+import torch
+
+import sharp_vlm as sv
+from sharp_vlm.models.factory import tiny_llama
+
+SPAN = sv.VideoSpan(start=6, n_frames=16, tokens_per_frame=8)
+
+
+def _ids(seed=0, length=6 + 128 + 10):
+    return torch.randint(3, 120, (1, length), generator=torch.Generator().manual_seed(seed))
+
+
+def test_keep_everything_equals_unpatched():
+    model = tiny_llama()
+    ids = _ids()
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+        ref_gen = model.generate(input_ids=ids, max_new_tokens=6, do_sample=False)
+        with sv.apply(model, sv.FastV(retain=1.0, layer=2), span=SPAN):
+            out = model(input_ids=ids).logits
+            gen = model.generate(input_ids=ids, max_new_tokens=6, do_sample=False)
+    assert (out - ref).abs().max() <= 1e-5
+    assert torch.equal(gen, ref_gen)
+
+
+def test_fastv_matches_eager_reference_on_llama():
+    sdpa, eager = tiny_llama(seed=3), tiny_llama(seed=3, attn_implementation="eager")
+    ids = _ids(seed=1)
+    with torch.no_grad():
+        att = eager(input_ids=ids, output_attentions=True).attentions[2]
+    vis = torch.arange(SPAN.start, SPAN.start + SPAN.n_tokens)
+    ref = torch.sort(torch.topk(att[0, :, -1, vis].mean(0), 13).indices).values
+    for model in (sdpa, eager):
+        with sv.apply(model, sv.FastV(retain=0.1, layer=2), span=SPAN) as handle, torch.no_grad():
+            model(input_ids=ids)
+        assert torch.equal(handle.last_stats.stages[0].kept[0], ref)
+        assert handle.last_stats.stages[0].kept_positions[0].tolist() == (ref + SPAN.start).tolist()
+
+
+def test_cache_and_no_cache_agree_and_span_can_change():
+    model = tiny_llama(seed=4)
+    with sv.apply(model, sv.FastV(retain=0.25, layer=1), span=SPAN) as handle, torch.no_grad():
+        a = model.generate(input_ids=_ids(2), max_new_tokens=6, do_sample=False)
+        b = model.generate(input_ids=_ids(2), max_new_tokens=6, do_sample=False, use_cache=False)
+        assert torch.equal(a, b)
+        handle.span = sv.VideoSpan(start=2, n_frames=4, tokens_per_frame=8)
+        model(input_ids=_ids(2, length=50))
+        assert handle.last_stats.n_visual == [32]
+        assert handle.last_stats.stages[0].n_kept == [8]
