@@ -7,7 +7,7 @@
 """
 
 # the subpackage `methods` is imported first so that the function `methods` below takes the name
-from .methods import FastV, NoPrune, RandomPrune, UniformPrune  # isort: skip
+from .methods import FastV, NoPrune, RandomPrune, ShaRP, UniformPrune  # isort: skip
 from .config import KeepIndices, Method, Stage, StageMethod, load_config, methods, register  # isort: skip
 from .core.layout import VisualItem, VisualLayout
 from .engine.patch import Handle, apply
@@ -28,6 +28,7 @@ __all__ = [
     "Method",
     "NoPrune",
     "RandomPrune",
+    "ShaRP",
     "SharpError",
     "Stage",
     "StageMethod",

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..config import Method
 from ..errors import ConfigError
+from ..models.base import ReferenceFn
 from ..models.generic import SpanSource
 from ..models.registry import adapter_for
 from .runtime import Engine
@@ -22,7 +23,14 @@ _GRID_KEYS = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts", "attenti
 class Handle:
     """A method attached to one model instance. Use as a context manager or call `remove()`."""
 
-    def __init__(self, model: nn.Module, method: Method, span: SpanSource | None = None, trim_kv: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        method: Method,
+        span: SpanSource | None = None,
+        trim_kv: bool = False,
+        reference: ReferenceFn | None = None,
+    ):
         if not isinstance(method, Method):
             raise ConfigError(f"expected a method config such as sv.FastV(...), got {type(method).__name__}")
         if getattr(model, _ATTR, None) is not None:
@@ -30,7 +38,7 @@ class Handle:
         self.model = model
         self.method = method
         self.adapter = adapter_for(model, span)
-        self.engine = Engine(model, method, self.adapter, trim_kv=trim_kv)
+        self.engine = Engine(model, method, self.adapter, trim_kv=trim_kv, reference_fn=reference)
         self._orig_generate = model.__dict__.get("generate")
         self._attached = False
         self._attach()
@@ -93,10 +101,20 @@ class Handle:
         self.remove()
 
 
-def apply(model: nn.Module, method: Method, *, span: SpanSource | None = None, trim_kv: bool = False) -> Handle:
+def apply(
+    model: nn.Module,
+    method: Method,
+    *,
+    span: SpanSource | None = None,
+    trim_kv: bool = False,
+    reference: ReferenceFn | None = None,
+) -> Handle:
     """Attach `method` to this model instance (no class is patched).
 
     span: for a plain decoder-only LM, where the video is (`sv.VideoSpan`) or a function of the call's kwargs.
     trim_kv: after prefill, also drop pruned tokens from the KV cache of the layers before the first stage.
+    reference: for positional debiasing, a function (inputs_embeds, layouts, call_kwargs) -> inputs_embeds with
+        the visual tokens replaced by content-free ones; default: black frames through the model's vision
+        encoder (Qwen-VL), the pad-token embedding (decoder-only LMs).
     """
-    return Handle(model, method, span=span, trim_kv=trim_kv)
+    return Handle(model, method, span=span, trim_kv=trim_kv, reference=reference)

@@ -13,9 +13,11 @@ each layer a mask over exactly the keys its cache holds.
 
 from __future__ import annotations
 
+import copy
 import time
 import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,9 +26,11 @@ from torch import nn
 from ..config import Method, SegmentMask, Stage
 from ..core.layout import VisualLayout
 from ..core.masks import segment_allowed, to_attention_mask
+from ..bench.flops import DecoderShape, prefill_flops, scoring_flops
 from ..core.scoring import apply_rotary, attention_probs
 from ..errors import ConfigError, InputError
 from ..models.base import Adapter
+from .bias_cache import BiasCache
 from .stats import CallStats, StageStats
 from .view import StageView
 
@@ -43,6 +47,21 @@ def _take(x: torch.Tensor, rows: torch.Tensor, dim: int = 1) -> torch.Tensor:
 
 def _matches(mask: Any, ids: Any) -> bool:
     return isinstance(mask, torch.Tensor) and isinstance(ids, torch.Tensor) and mask.shape == ids.shape
+
+
+def _add(record: dict[str, Any], key: str, value: float) -> None:
+    record[key] = record.get(key, 0) + value
+
+
+def _elapsed(t0: float, out: torch.Tensor) -> float:
+    _sync(out)
+    return time.perf_counter() - t0
+
+
+def _constant_like(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, T, hd) -> the same shape filled, per head, with one vector of the heads' mean norm."""
+    norm = x.float().norm(dim=-1).mean(dim=-1, keepdim=True)[..., None]  # (B, H, 1, 1)
+    return (norm / x.shape[-1] ** 0.5).expand_as(x).to(x.dtype)
 
 
 def _sync(t: torch.Tensor) -> None:
@@ -69,6 +88,8 @@ class _Prefill:
     layer_rows: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> rows its KV holds
     mask_cache: dict[tuple[int, int], Any] = field(default_factory=dict)
     segment_mask: Any = None
+    layer_kwargs: dict[int, dict[str, Any]] = field(default_factory=dict)  # what shallow layers were given
+    embeds: torch.Tensor | None = None  # decoder input, for the reference pass
 
 
 @dataclass
@@ -85,8 +106,16 @@ class _Decode:
 
 
 class Engine:
-    def __init__(self, model: nn.Module, method: Method, adapter: Adapter, trim_kv: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        method: Method,
+        adapter: Adapter,
+        trim_kv: bool = False,
+        reference_fn: Any = None,
+    ):
         self.model = model
+        self.reference_fn = reference_fn
         self.method = method
         self.adapter = adapter
         self.trim_kv = trim_kv
@@ -95,6 +124,14 @@ class Engine:
         self._validate()
         self.stage_at = {s.layer: s for s in self.stages}
         self.first_stage = self.stages[0].layer if self.stages else adapter.n_layers
+        self.last_stage = self.stages[-1].layer if self.stages else 0
+        # a method's segment mask covers the layers before its (last) stage
+        self.seg_until = self.last_stage if self.stages else adapter.n_layers
+        self._segment_forward = self.seg is not None and self.seg.scope == "forward" and self.seg.mode != "off"
+        self._in_reference = False
+        self._decoder_shape: DecoderShape | None = None
+        self._bias: BiasCache | None = None
+        self._swapped: list[tuple[nn.Module, Any]] = []
         self.last_stats: CallStats | None = None
         self._call: dict[str, Any] = {}
         self._prompt_len: int | None = None
@@ -124,10 +161,27 @@ class Engine:
         self._handles.append(tm.register_forward_hook(self._decoder_post, with_kwargs=True))
         for i, layer in enumerate(self.adapter.layers()):
             self._handles.append(layer.register_forward_pre_hook(self._layer_pre(i), with_kwargs=True))
+        if self._segment_forward:
+            self._use_masked_kernel()
+
+    def _use_masked_kernel(self) -> None:
+        """FlashAttention takes no arbitrary mask: the segment-masked layers switch to SDPA (per instance)."""
+        impl = self._attn_impl()
+        if impl in ("sdpa", "eager"):
+            return
+        for layer in list(self.adapter.layers())[: self.seg_until]:
+            attn = layer.self_attn
+            cfg = copy.copy(attn.config)
+            cfg._attn_implementation = "sdpa"
+            self._swapped.append((attn, attn.config))
+            attn.config = cfg
 
     def detach(self) -> None:
         for h in self._handles:
             h.remove()
+        for attn, cfg in self._swapped:
+            attn.config = cfg
+        self._swapped.clear()
         self._handles.clear()
         self._decodes.clear()
         self._pre = self._dec = None
@@ -153,7 +207,6 @@ class Engine:
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         past = cache.get_seq_length() if cache is not None else 0
         self._pre = self._dec = None
-        del ids
         if past > 0:
             dec = self._decodes.get(id(cache))
             if dec is not None and dec.cache() is cache:
@@ -165,6 +218,8 @@ class Engine:
                 )
             return None
         self._start_prefill(ref)
+        if self._pre is not None:
+            self._pre.embeds = embeds if embeds is not None else self.adapter.text_model().embed_tokens(ids)
         return None
 
     def _decoder_post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
@@ -208,21 +263,24 @@ class Engine:
 
     def _layer_pre(self, i: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+            if self._in_reference:
+                return None  # the reference pass calls layers with fully prepared arguments
             if self._dec is not None:
                 return self._decode_layer(i, args, kwargs)
             pre = self._pre
             if pre is None:
                 return None
             if pre.pos_emb is None:
-                pe = kwargs.get("position_embeddings")
-                pre.pos_emb = pre.pos_emb_cur = pe
+                pre.pos_emb = pre.pos_emb_cur = kwargs.get("position_embeddings")
             if i in self.stage_at:
                 args, kwargs = self._run_stage(self.stage_at[i], args, kwargs)
             if pre.pruned:
                 kwargs = self._gathered_kwargs(kwargs)
                 pre.layer_rows[i] = pre.rows
-            elif self.seg is not None and self.seg.scope == "forward" and self.seg.mode != "off":
-                kwargs = dict(kwargs, attention_mask=self._segment_mask(kwargs.get("attention_mask")))
+            if self._segment_forward and i < self.seg_until:
+                kwargs = dict(kwargs, attention_mask=self._segment_mask())
+            if i < self.last_stage:
+                pre.layer_kwargs[i] = {k: kwargs.get(k) for k in ("attention_mask", "position_ids")}
             return args, kwargs
 
         return hook
@@ -274,17 +332,35 @@ class Engine:
     def _segment_ids(self, pre: _Prefill, frames_per_segment: int) -> torch.Tensor:
         return torch.stack([lay.segment_ids(pre.seq_len, frames_per_segment) for lay in pre.layouts])
 
-    def _segment_mask(self, model_mask: Any) -> Any:
-        """The layers before the first stage: segment-aware mask (padding keys stay masked)."""
+    def _segment_mask(self) -> Any:
+        """Segment-aware mask for the shallow layers, over the current rows (padding keys stay masked)."""
         pre = self._pre
-        if pre.segment_mask is None:
-            seg = self._segment_ids(pre, self.seg.frames_per_segment)
+        key = len(pre.stats.stages)
+        if pre.segment_mask is None or pre.segment_mask[0] != key:
+            seg = _take(self._segment_ids(pre, self.seg.frames_per_segment), pre.rows)
             allowed = torch.stack([segment_allowed(s, self.seg.mode) for s in seg])
-            allowed &= pre.key_valid[:, None, :]
-            allowed |= torch.eye(pre.seq_len, dtype=torch.bool, device=allowed.device)[None]
+            allowed &= _take(pre.key_valid, pre.rows)[:, None, :]
+            allowed |= torch.eye(seg.shape[1], dtype=torch.bool, device=allowed.device)[None]
             kind = "additive" if self._attn_impl() == "eager" else "bool"
-            pre.segment_mask = to_attention_mask(allowed, self._dtype(), kind)
-        return pre.segment_mask
+            pre.segment_mask = (key, to_attention_mask(allowed, self._dtype(), kind))
+        return pre.segment_mask[1]
+
+    def _shape(self) -> DecoderShape:
+        if self._decoder_shape is None:
+            self._decoder_shape = DecoderShape.from_config(self.adapter.text_model().config)
+        return self._decoder_shape
+
+    def _bias_cache(self, size: int, directory: str | None) -> BiasCache:
+        if self._bias is None or (self._bias.size, self._bias.directory) != (size, directory and Path(directory)):
+            self._bias = BiasCache(size, directory)
+        return self._bias
+
+    def _fingerprint(self) -> tuple:
+        """Identifies the weights for the on-disk bias cache without hashing the whole model."""
+        cfg = self.adapter.text_model().config
+        w = self.adapter.layers()[0].self_attn.q_proj.weight
+        return (type(self.model).__name__, getattr(cfg, "_name_or_path", ""), tuple(w.shape),
+                float(w.detach().flatten()[:64].float().sum()))
 
     def _attn_impl(self) -> str:
         return getattr(self.adapter.text_model().config, "_attn_implementation", "sdpa") or "sdpa"
@@ -300,16 +376,53 @@ class Engine:
         layer = self.adapter.layers()[stage.layer] if stage.layer < self.adapter.n_layers else None
         extras: dict[str, Any] = {}
 
-        def scorer(query: str = "last", **options: Any) -> torch.Tensor:
+        def scorer(
+            query: str = "last",
+            rope: bool = True,
+            mask: SegmentMask | None = None,
+            source: str = "input",
+            content_free: bool = False,
+            cache: tuple[int, str | None] | None = None,
+        ) -> torch.Tensor:
             if stage.layer == 0:
                 raise ConfigError(
                     f"{stage.label} scores by attention and cannot run at layer 0 (before the decoder); use layer >= 1"
                 )
-            return self.scores(layer, hidden, query=query, **options)
+            n_query = int(sum(r.numel() for r in self.query_rows(query)))
+            flops = scoring_flops(self._shape(), pre.rows.shape[1], n_query)["total"] * pre.batch
+            if source == "input":
+                t = time.perf_counter()
+                out = self.scores(layer, hidden, query=query, rope=rope, mask=mask, content_free=content_free)
+                _add(extras, "scoring_seconds", _elapsed(t, out))
+                _add(extras, "scoring_flops", flops)
+                return out
+            if source != "reference":
+                raise ConfigError(f"source={source!r} must be 'input' or 'reference'")
+            t = time.perf_counter()
+            key = None
+            if cache is not None:
+                bias_cache = self._bias_cache(*cache)
+                key = bias_cache.key(
+                    self._fingerprint(), stage.layer, query, rope, mask, pre.rows, pre.query_last,
+                    *[lay.positions for lay in pre.layouts], *[tuple(lay.items) for lay in pre.layouts],
+                )
+                hit = bias_cache.get(key)
+                if hit is not None:
+                    extras["bias_cache"] = "hit"
+                    _add(extras, "reference_seconds", time.perf_counter() - t)
+                    return hit.to(hidden.device)
+                extras["bias_cache"] = "miss"
+            ref_hidden = self.reference_hidden(stage.layer)
+            out = self.scores(layer, ref_hidden, query=query, rope=rope, mask=mask)
+            if key is not None:
+                bias_cache.put(key, out)
+            dense = prefill_flops(self._shape(), pre.rows.shape[1])["layers"][: stage.layer]
+            _add(extras, "reference_seconds", _elapsed(t, out))
+            _add(extras, "reference_flops", (sum(dense) + flops) * pre.batch)
+            return out
 
         layouts = [lay.subset(o) for lay, o in zip(pre.layouts, pre.visual_orig, strict=True)]
         view = StageView(stage.layer, hidden, list(pre.visual_rows), layouts, pre.stats.n_visual, scorer, extras)
-        view.engine = self
         n_in = view.n_visual
         keep = stage.select(view)
         self._check_keep(stage, keep, view)
@@ -405,9 +518,10 @@ class Engine:
         rope: bool = True,
         mask: SegmentMask | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        content_free: bool = False,
     ) -> torch.Tensor:
         """(B, N) attention from the query rows to the visual tokens, layer `layer`, mean over heads/rows."""
-        probs = self.query_probs(layer, hidden, query, rope, mask, position_embeddings)
+        probs = self.query_probs(layer, hidden, query, rope, mask, position_embeddings, content_free)
         pre = self._pre
         return torch.stack([probs[b, pre.visual_rows[b]] for b in range(pre.batch)])
 
@@ -419,11 +533,14 @@ class Engine:
         rope: bool = True,
         mask: SegmentMask | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        content_free: bool = False,
     ) -> torch.Tensor:
         """(B, S_cur) attention probabilities over all current keys, averaged over heads and query rows.
 
         Uses layer `layer`'s input norm, q/k projections (and q/k norms), and RoPE, on `hidden`
         (the states entering that layer). Text query rows are causal; with `mask`, rows follow the segment mask.
+        content_free: replace every query and key by a constant vector of the same mean norm per head, so the
+        result depends on the positions only (the RoPE-only prior).
         """
         pre = self._pre
         attn = layer.self_attn
@@ -434,6 +551,8 @@ class Engine:
         if hasattr(attn, "k_norm"):
             k = attn.k_norm(k)
         k = k.transpose(1, 2)
+        if content_free:
+            k = _constant_like(k)
         cos, sin = position_embeddings if position_embeddings is not None else pre.pos_emb_cur
         if rope:
             k = apply_rotary(k, cos, sin)
@@ -447,6 +566,8 @@ class Engine:
             if hasattr(attn, "q_norm"):
                 q = attn.q_norm(q)
             q = q.transpose(1, 2)
+            if content_free:
+                q = _constant_like(q)
             if rope:
                 q = apply_rotary(q, cos[b : b + 1, qrows], sin[b : b + 1, qrows])
             if seg is None:
@@ -456,6 +577,38 @@ class Engine:
             allowed = (allowed & key_valid[b][None, :])[None]
             out.append(attention_probs(q, k[b : b + 1], float(attn.scaling), allowed)[0].mean(dim=0))
         return torch.stack(out)
+
+    def reference_hidden(self, stage_layer: int) -> torch.Tensor:
+        """Hidden states entering `stage_layer` for the same prompt with content-free frames.
+
+        The adapter swaps the visual embeddings for those of black frames (same layout, same token count);
+        layers 0..K-1 then run with exactly the masks and positions the real input had.
+        """
+        pre = self._pre
+        if any(0 < s.layer < stage_layer for s in self.stages):
+            raise ConfigError("a reference pass cannot follow an in-decoder stage; put the debiased stage first")
+        ref = self.reference_fn(pre.embeds, pre.layouts, self._call) if self.reference_fn else None
+        if ref is None:
+            ref = self.adapter.reference_embeds(pre.embeds, pre.layouts, self._call)
+        h = _take(ref.to(pre.embeds.dtype), pre.rows)
+        layers = self.adapter.layers()
+        self._in_reference = True
+        try:
+            with torch.no_grad():
+                for i in range(stage_layer):
+                    kw = pre.layer_kwargs[i]
+                    out = layers[i](
+                        h,
+                        attention_mask=kw["attention_mask"],
+                        position_embeddings=pre.pos_emb_cur,
+                        position_ids=kw["position_ids"],
+                        cache=None,
+                        use_cache=False,
+                    )
+                    h = out[0] if isinstance(out, tuple) else out
+        finally:
+            self._in_reference = False
+        return h
 
     # ---------------------------------------------------------------- decode
     def _start_decode(self, dec: _Decode, ref: torch.Tensor, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

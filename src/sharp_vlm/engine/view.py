@@ -65,6 +65,18 @@ class StageView:
         """
         return self._scorer(query=query, **options)
 
+    def reference_scores(self, query: str = "last", **options) -> torch.Tensor:
+        """(B, N) the same scores for the prompt with content-free (black) frames: the positional bias.
+
+        Runs layers 0..K-1 once more on the reference input (cost ~K/L of a dense prefill) unless
+        `cache=(size, directory)` finds it cached for this layout and prompt length.
+        """
+        return self._scorer(query=query, source="reference", **options)
+
+    def positional_prior(self, query: str = "last", **options) -> torch.Tensor:
+        """(B, N) scores from content-free queries and keys at the real positions (RoPE only)."""
+        return self._scorer(query=query, content_free=True, **options)
+
     @staticmethod
     def top(scores: torch.Tensor, budgets: list[int]) -> list[torch.Tensor]:
         """Per sample, the indices of the `budget` highest scores, sorted."""

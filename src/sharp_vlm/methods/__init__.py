@@ -2,5 +2,6 @@
 
 from .baselines import NoPrune, RandomPrune, UniformPrune
 from .fastv import FastV
+from .sharp import ShaRP
 
-__all__ = ["FastV", "NoPrune", "RandomPrune", "UniformPrune"]
+__all__ = ["FastV", "ShaRP", "NoPrune", "RandomPrune", "UniformPrune"]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..core.layout import VisualLayout
+
+
+ReferenceFn = Callable[[torch.Tensor, list[VisualLayout], dict[str, Any]], torch.Tensor]
 
 
 class Adapter:
@@ -32,6 +36,12 @@ class Adapter:
 
     def find_layouts(self, call: dict[str, Any], seq_len: int, batch: int) -> list[VisualLayout]:
         """Visual-token layout per sample, from the kwargs of the outer model call."""
+        raise NotImplementedError
+
+    def reference_embeds(
+        self, embeds: torch.Tensor, layouts: list[VisualLayout], call: dict[str, Any]
+    ) -> torch.Tensor:
+        """The decoder input with every visual token replaced by a content-free one (same count, same places)."""
         raise NotImplementedError
 
     def decode_position_ids(self, next_pos: torch.Tensor, q_len: int) -> torch.Tensor:

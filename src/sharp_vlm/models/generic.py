@@ -65,3 +65,17 @@ class GenericAdapter(Adapter):
             raise InputError("the declared video span covers padding tokens; left-pad so the spans align")
         device = next(self.model.parameters()).device
         return [span.layout(device) for _ in range(batch)]
+
+    def reference_embeds(
+        self, embeds: torch.Tensor, layouts: list[VisualLayout], call: dict[str, Any]
+    ) -> torch.Tensor:
+        """Every visual token becomes the pad token (EOS when there is none): a "blank" frame for a text LM."""
+        cfg = self.model.config
+        token = cfg.pad_token_id if cfg.pad_token_id is not None else cfg.eos_token_id
+        if isinstance(token, (list, tuple)):
+            token = token[0]
+        blank = self.text_model().embed_tokens.weight[int(token)].to(embeds.dtype)
+        out = embeds.clone()
+        for b, lay in enumerate(layouts):
+            out[b, lay.positions] = blank
+        return out

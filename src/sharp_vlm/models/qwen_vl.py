@@ -14,9 +14,18 @@ from .base import Adapter
 _IMAGE, _VIDEO = 1, 2
 
 
+# The Qwen-VL processors normalise pixels with the OpenAI CLIP statistics; a black pixel becomes -mean/std.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
 class QwenVLAdapter(Adapter):
     name = "qwen-vl"
     mrope = True
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        self._black: dict[tuple, torch.Tensor] = {}  # vision features of black frames, per grid
 
     def text_model(self) -> nn.Module:
         return self.model.model.language_model
@@ -76,6 +85,42 @@ class QwenVLAdapter(Adapter):
             layout = VisualLayout.from_grid(positions, items)
             layouts.append(layout)
         return layouts
+
+
+    def _black_features(self, kind_id: int, grid: tuple[int, int, int]) -> torch.Tensor:
+        """LLM-space features of an all-black image/video with this grid, through the model's own vision encoder."""
+        key = (kind_id, grid)
+        if key not in self._black:
+            vc = self.model.config.vision_config
+            per_channel = vc.temporal_patch_size * vc.patch_size**2
+            black = torch.tensor([-m / s for m, s in zip(CLIP_MEAN, CLIP_STD, strict=True)])
+            row = black.repeat_interleave(per_channel)[: vc.in_channels * per_channel]
+            vis = self.model.model.visual
+            pixels = row.expand(grid[0] * grid[1] * grid[2], -1).to(vis.dtype).to(next(vis.parameters()).device)
+            thw = torch.tensor([grid], device=pixels.device)
+            with torch.no_grad():
+                if kind_id == _VIDEO:
+                    out = self.model.model.get_video_features(pixels, thw, return_dict=True)
+                else:
+                    out = self.model.model.get_image_features(pixels, thw, return_dict=True)
+            if len(self._black) >= 16:
+                self._black.pop(next(iter(self._black)))
+            self._black[key] = torch.cat(list(out.pooler_output), dim=0)
+        return self._black[key]
+
+    def reference_embeds(
+        self, embeds: torch.Tensor, layouts: list[VisualLayout], call: dict[str, Any]
+    ) -> torch.Tensor:
+        """Black frames of the same grids replace the video/image features (same token count and places)."""
+        out = embeds.clone()
+        m = self._merge()
+        for b, lay in enumerate(layouts):
+            for it in lay.items:
+                kind_id = _VIDEO if it.kind == "video" else _IMAGE
+                feats = self._black_features(kind_id, (it.t, it.h * m, it.w * m))
+                rows = lay.positions[it.start : it.start + it.n_tokens]
+                out[b, rows] = feats.to(out.dtype).to(out.device)
+        return out
 
 
 def _grid_list(grid: torch.Tensor | None) -> list[tuple[int, int, int]]:

@@ -1,0 +1,105 @@
+"""ShaRP: shallow-layer pruning with segment-aware masking, positional debiasing and token deduplication.
+
+Reconstructed from the paper's abstract and summaries (arXiv 2512.05385); its equations and hyperparameters
+are not public. Every choice the paper leaves open is an option here; see docs/method.md.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..config import ConfigError, KeepIndices, SegmentMask, StageMethod, check_choice, register
+from ..core.dedup import dedup_select
+from ..core.scoring import renormalize
+from ..engine.view import StageView
+
+MASKS = ("bidirectional", "local", "off")
+SCOPES = ("forward", "score")
+DEBIAS = ("reference", "cached", "pre_rope", "rope_only", "off")
+
+
+@register("sharp")
+@dataclass
+class ShaRP(StageMethod):
+    """ShaRP at decoder layer `layer`, keeping `retain` of the visual tokens.
+
+    C1 mask / mask_scope / segment_frames: segment-aware attention among each segment's tokens (a frame, or
+        Qwen's temporal patch; `segment_frames` groups k of them), in layers 0..K-1 and the scoring step
+        ("forward") or only in scoring ("score").
+    C2 debias / lam: subtract lam x the scores of a content-free reference ("reference": per request;
+        "cached": reused per layout and prompt length), score without RoPE ("pre_rope"), or divide by a
+        RoPE-only prior ("rope_only").
+    C3 dedup / dedup_tau / max_registers: greedy walk by score that skips tokens with cosine > tau to a kept one
+        and keeps at most `max_registers` norm-outlier (register) tokens.
+    """
+
+    retain: float = 0.1
+    layer: int = 2
+    segment_frames: int = 1
+    mask: str = "bidirectional"
+    mask_scope: str = "forward"
+    debias: str = "reference"
+    lam: float = 1.0
+    dedup: bool = True
+    dedup_tau: float = 0.9
+    max_registers: int = 1
+    query: str = "last"
+    cache_size: int = 64
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice(self.mask, MASKS, "mask")
+        check_choice(self.mask_scope, SCOPES, "mask_scope")
+        check_choice(self.debias, DEBIAS, "debias")
+        check_choice(self.query, ("last", "text"), "query")
+        if not isinstance(self.segment_frames, int) or self.segment_frames < 1:
+            raise ConfigError(f"segment_frames={self.segment_frames!r} must be an integer >= 1 (frames per segment)")
+        if not 0.0 < float(self.dedup_tau) <= 1.0:
+            raise ConfigError(f"dedup_tau={self.dedup_tau!r} must be in (0, 1]; 1.0 disables the similarity test")
+        if not isinstance(self.max_registers, int) or self.max_registers < 0:
+            raise ConfigError(f"max_registers={self.max_registers!r} must be an integer >= 0")
+        if float(self.lam) < 0:
+            raise ConfigError(f"lam={self.lam!r} must be >= 0 (the weight of the subtracted bias)")
+        if self.cache_size < 1:
+            raise ConfigError(f"cache_size={self.cache_size!r} must be >= 1")
+
+    def _mask(self) -> SegmentMask | None:
+        if self.mask == "off":
+            return None
+        return SegmentMask(self.mask, self.mask_scope, self.segment_frames)
+
+    def segment_mask(self) -> SegmentMask | None:
+        # retain=1.0 turns pruning off entirely, so the shallow layers keep the model's own causal mask
+        mask = self._mask()
+        if mask is None or mask.scope != "forward" or self.retain >= 1.0:
+            return None
+        return mask
+
+    def select(self, view: StageView) -> KeepIndices:
+        mask = self._mask()
+        rope = self.debias != "pre_rope"
+        scores = view.attention_scores(query=self.query, mask=mask, rope=rope)
+        if self.debias in ("reference", "cached"):
+            cache = (self.cache_size, self.cache_dir) if self.debias == "cached" else None
+            bias = view.reference_scores(query=self.query, mask=mask, rope=rope, cache=cache)
+            scores = renormalize(scores) - self.lam * renormalize(bias)
+        elif self.debias == "rope_only":
+            prior = view.positional_prior(query=self.query, mask=mask)
+            scores = renormalize(scores) / renormalize(prior).clamp_min(torch.finfo(torch.float32).tiny)
+        budgets = view.budget(self.retain)
+        if not self.dedup:
+            return view.top(scores, budgets)
+        t0 = time.perf_counter()
+        keep = []
+        for b, budget in enumerate(budgets):
+            res = dedup_select(scores[b], view.visual_hidden(b), budget, self.dedup_tau, self.max_registers)
+            keep.append(res.keep.to(view.device))
+            view.extras["dedup_filled"] = view.extras.get("dedup_filled", 0) + res.n_filled
+            view.extras["dedup_skipped"] = view.extras.get("dedup_skipped", 0) + res.n_skipped_similar
+            view.extras["registers"] = view.extras.get("registers", 0) + int(res.registers.numel())
+        view.extras["dedup_seconds"] = time.perf_counter() - t0
+        return keep

@@ -1,0 +1,226 @@
+"""ShaRP on the engine: component semantics, exactness in both mask scopes, reference pass and bias cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+import sharp_vlm as sv
+from sharp_vlm.core.masks import segment_allowed
+
+SCOPES = ["forward", "score"]
+
+
+def _logits(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+def test_retain_one_equals_unpatched(qwen, scope):
+    model, inputs = qwen
+    ref = _logits(model, inputs)
+    with torch.no_grad():
+        ref_gen = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    with sv.apply(model, sv.ShaRP(retain=1.0, mask_scope=scope)) as handle, torch.no_grad():
+        out = _logits(model, inputs)
+        gen = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    assert (out - ref).abs().max() <= 1e-5
+    assert torch.equal(gen, ref_gen)
+    assert handle.last_stats.stages[0].n_kept == [128]
+
+
+def test_all_components_off_equals_fastv(qwen):
+    model, inputs = qwen
+    plain = sv.ShaRP(retain=0.15, layer=2, mask="off", debias="off", dedup=False)
+    with sv.apply(model, sv.FastV(retain=0.15, layer=2)) as h, torch.no_grad():
+        fast = _logits(model, inputs)
+        fast_kept = h.last_stats.stages[0].kept[0]
+    with sv.apply(model, plain) as h, torch.no_grad():
+        out = _logits(model, inputs)
+        assert torch.equal(h.last_stats.stages[0].kept[0], fast_kept)
+    assert torch.equal(out, fast)
+    # in score scope a text query row is causal anyway: the mask alone does not change FastV's choice
+    with sv.apply(model, sv.ShaRP(retain=0.15, mask_scope="score", debias="off", dedup=False)) as h, torch.no_grad():
+        model(**inputs)
+        assert torch.equal(h.last_stats.stages[0].kept[0], fast_kept)
+
+
+def _segment_oracle(model, inputs, keep_positions, layer, scope, n_decode=4):
+    """Hand-written ShaRP forward: segment mask in layers < K (forward scope), gather, causal after."""
+    tm = model.model.language_model
+    seen = {}
+    hook = tm.register_forward_pre_hook(
+        lambda m, a, k: seen.update(embeds=k["inputs_embeds"], pos=k["position_ids"]), with_kwargs=True)
+    with torch.no_grad():
+        model(**inputs)
+    hook.remove()
+    embeds, pos = seen["embeds"], seen["pos"]
+    pos = pos[1:] if pos.shape[0] == 4 else pos
+    seq = embeds.shape[1]
+    vis = torch.nonzero(inputs["mm_token_type_ids"][0]).flatten()
+    grid = inputs["video_grid_thw"][0]
+    per_patch = int(grid[1] * grid[2]) // 4
+    seg = torch.full((seq,), -1)
+    seg[vis] = torch.arange(vis.numel()) // per_patch
+    shallow = segment_allowed(seg, "bidirectional")[None, None] if scope == "forward" else None
+    keep = torch.ones(seq, dtype=torch.bool)
+    keep[vis] = False
+    keep[keep_positions] = True
+    rows = torch.nonzero(keep).flatten()
+    cache = DynamicCache(config=tm.config)
+    with torch.no_grad():
+        h = embeds
+        cos, sin = tm.rotary_emb(h, pos)
+        for i, lay in enumerate(tm.layers):
+            if i == layer:
+                h, cos, sin = h[:, rows], cos[:, rows], sin[:, rows]
+            mask = shallow if i < layer else None
+            h = lay(h, attention_mask=mask, position_embeddings=(cos, sin), cache=cache, use_cache=True)
+        logits = [model.lm_head(tm.norm(h))]
+        token = logits[-1][:, -1].argmax(-1)
+        tokens, nxt = [int(token)], int(pos[:, 0, -1].max()) + 1
+        for t in range(n_decode - 1):
+            h = tm.embed_tokens(token)[:, None]
+            cos, sin = tm.rotary_emb(h, torch.full((3, 1, 1), nxt + t))
+            for lay in tm.layers:
+                h = lay(h, attention_mask=None, position_embeddings=(cos, sin), cache=cache, use_cache=True)
+            logits.append(model.lm_head(tm.norm(h)))
+            token = logits[-1][:, -1].argmax(-1)
+            tokens.append(int(token))
+    return logits, tokens, cache
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+def test_sharp_matches_oracle_and_cache_layout(qwen, scope):
+    model, inputs = qwen
+    seq = inputs["input_ids"].shape[1]
+    cfg = sv.ShaRP(retain=0.2, layer=2, mask_scope=scope)
+    with sv.apply(model, cfg) as handle, torch.no_grad():
+        prefill = model(**inputs).logits
+        kept = handle.last_stats.stages[0].kept_positions[0]
+        out = model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)
+    logits, tokens, _ = _segment_oracle(model, inputs, kept, 2, scope)
+    assert (prefill - logits[0]).abs().max() < 1e-5
+    assert out.sequences[0, -4:].tolist() == tokens
+    for a, b in zip(out.logits, logits, strict=True):
+        assert (a - b[:, -1]).abs().max() < 1e-4
+    lengths = [layer.keys.shape[-2] for layer in out.cache.layers]
+    assert lengths == [seq + 3] * 2 + [seq - 128 + 26 + 3] * 2
+
+
+def test_forward_scope_changes_the_shallow_layers(qwen):
+    model, inputs = qwen
+    fwd, score = {}, {}
+    for scope, box in (("forward", fwd), ("score", score)):
+        with sv.apply(model, sv.ShaRP(retain=0.2, mask_scope=scope, debias="off", dedup=False)) as h:
+            _logits(model, inputs)
+            box["kept"] = h.last_stats.stages[0].kept[0]
+    assert not torch.equal(fwd["kept"], score["kept"])
+
+
+def test_reference_pass_uses_the_real_positions_and_masks(qwen25):
+    model, inputs = qwen25
+    calls = []
+    layer0 = model.model.language_model.layers[0]
+    with sv.apply(model, sv.ShaRP(retain=0.2, debias="reference")), torch.no_grad():
+        # registered after the engine's hook, so it sees what the layer really receives
+        hook = layer0.register_forward_pre_hook(
+            lambda m, a, k: calls.append((a[0], k["position_embeddings"], k["attention_mask"])), with_kwargs=True)
+        try:
+            model(**inputs)
+        finally:
+            hook.remove()
+    assert len(calls) == 2  # the real prefill and the reference pass
+    (real_h, real_pe, real_mask), (ref_h, ref_pe, ref_mask) = calls
+    assert real_h.shape == ref_h.shape
+    assert torch.equal(real_pe[0], ref_pe[0]) and torch.equal(real_pe[1], ref_pe[1])
+    assert real_mask is not None and torch.equal(real_mask, ref_mask)  # the segment mask, in both passes
+    vis = inputs["mm_token_type_ids"][0] != 0
+    assert torch.equal(real_h[0, ~vis], ref_h[0, ~vis])  # text untouched
+    assert not torch.allclose(real_h[0, vis], ref_h[0, vis])  # frames replaced
+    # black frames: every temporal patch of the reference video has the same features
+    per_patch = ref_h[0, vis].view(8, 16, -1)
+    assert torch.allclose(per_patch, per_patch[:1].expand_as(per_patch), atol=1e-5)
+
+
+def test_cached_debias_equals_reference(qwen25, tmp_path):
+    model, inputs = qwen25
+    with sv.apply(model, sv.ShaRP(retain=0.15, debias="reference")) as h, torch.no_grad():
+        model(**inputs)
+        ref_kept = h.last_stats.stages[0].kept[0]
+    cfg = sv.ShaRP(retain=0.15, debias="cached", cache_dir=str(tmp_path))
+    with sv.apply(model, cfg) as h, torch.no_grad():
+        model(**inputs)
+        first = h.last_stats.stages[0]
+        model(**inputs)
+        second = h.last_stats.stages[0]
+    assert first.parts["bias_cache"] == "miss" and second.parts["bias_cache"] == "hit"
+    assert "reference_flops" in first.parts and "reference_flops" not in second.parts
+    assert torch.equal(first.kept[0], ref_kept) and torch.equal(second.kept[0], ref_kept)
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+    with sv.apply(model, cfg) as h, torch.no_grad():  # a new handle finds the bias on disk
+        model(**inputs)
+        assert h.last_stats.stages[0].parts["bias_cache"] == "hit"
+        assert torch.equal(h.last_stats.stages[0].kept[0], ref_kept)
+
+
+def test_debias_modes_change_the_selection(qwen25):
+    model, inputs = qwen25
+    kept = {}
+    for mode in ("off", "reference", "pre_rope", "rope_only"):
+        with sv.apply(model, sv.ShaRP(retain=0.15, debias=mode, dedup=False)) as h, torch.no_grad():
+            model(**inputs)
+            kept[mode] = h.last_stats.stages[0].kept[0]
+            assert kept[mode].numel() == 19
+    for mode in ("reference", "pre_rope", "rope_only"):
+        assert not torch.equal(kept[mode], kept["off"]), mode
+
+
+def test_dedup_on_the_model_keeps_dissimilar_tokens(qwen25):
+    model, inputs = qwen25
+    grabbed = {}
+    layer2 = model.model.language_model.layers[2]
+    def grab(module, args, kwargs):
+        grabbed.setdefault("h", args[0])  # the states entering layer K, before the stage prunes them
+
+    hook = layer2.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with sv.apply(model, sv.ShaRP(retain=0.2, dedup_tau=0.5, debias="off")) as h, torch.no_grad():
+            model(**inputs)
+    finally:
+        hook.remove()
+    stage = h.last_stats.stages[0]
+    feats = grabbed["h"][0, stage.kept_positions[0]]
+    feats = torch.nn.functional.normalize(feats.float(), dim=-1)
+    sim = feats @ feats.T - 2 * torch.eye(feats.shape[0])
+    n_pairs_above = int((sim > 0.5).sum()) // 2
+    assert stage.parts["dedup_filled"] > 0 or n_pairs_above == 0
+    assert stage.n_kept == [26]
+
+
+def test_flash_attention_layers_switch_to_a_masked_kernel(qwen25):
+    model, _ = qwen25
+    text_cfg = model.model.language_model.config
+    layers = model.model.language_model.layers
+    saved = text_cfg._attn_implementation
+    text_cfg._attn_implementation = "flash_attention_2"
+    try:
+        with sv.apply(model, sv.ShaRP(retain=0.2, layer=2)):
+            assert [layer.self_attn.config._attn_implementation for layer in layers] == [
+                "sdpa", "sdpa", "flash_attention_2", "flash_attention_2"]
+        assert all(layer.self_attn.config is text_cfg for layer in layers)
+    finally:
+        text_cfg._attn_implementation = saved
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"mask": "causal"}, "mask="), ({"mask_scope": "all"}, "mask_scope="), ({"debias": "black"}, "debias="),
+    ({"segment_frames": 0}, "segment_frames"), ({"dedup_tau": 0.0}, "dedup_tau"), ({"max_registers": -1}, "max_registers"),
+    ({"lam": -1.0}, "lam"), ({"retain": 0}, "retain"), ({"layer": 0}, "layer"),
+])
+def test_invalid_options(kwargs, match):
+    with pytest.raises(sv.ConfigError, match=match):
+        sv.ShaRP(**kwargs)
