@@ -83,13 +83,17 @@ class ShaRP(StageMethod):
         mask = self._mask()
         rope = self.debias != "pre_rope"
         scores = view.attention_scores(query=self.query, mask=mask, rope=rope)
+        view.extras["raw_scores"] = scores  # tensors stay out of summaries; diagnostics read them
         if self.debias in ("reference", "cached"):
             cache = (self.cache_size, self.cache_dir) if self.debias == "cached" else None
             bias = view.reference_scores(query=self.query, mask=mask, rope=rope, cache=cache)
+            view.extras["bias"] = bias
             scores = renormalize(scores) - self.lam * renormalize(bias)
         elif self.debias == "rope_only":
             prior = view.positional_prior(query=self.query, mask=mask)
+            view.extras["bias"] = prior
             scores = renormalize(scores) / renormalize(prior).clamp_min(torch.finfo(torch.float32).tiny)
+        view.extras["scores"] = scores
         budgets = view.budget(self.retain)
         if not self.dedup:
             return view.top(scores, budgets)

@@ -1,0 +1,141 @@
+"""`sharp demo | probe | bench`: command-line entry points."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x]
+
+
+def _probe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--methods", default="none,fastv,sharp", help="comma list; name@K sets the layer (uniform@0)")
+    p.add_argument("--retain", default="0.1", help="comma list of retained shares, e.g. 0.5,0.25,0.1")
+    p.add_argument("--layer", type=int, default=2)
+    p.add_argument("--n", type=int, default=20, help="samples")
+    p.add_argument("--split", default="heldout", choices=["dev", "heldout"])
+    p.add_argument("--frames", type=int, default=32)
+    p.add_argument("--tokens-per-frame", type=int, default=32)
+    p.add_argument("--ablate", action="store_true", help="also run ShaRP's 8 on/off combinations of C1/C2/C3")
+    p.add_argument("--options", default="{}", help='JSON per method, e.g. \'{"sharp": {"dedup_tau": 0.8}}\'')
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    p.add_argument("--out", type=Path, default=Path("runs/probe"))
+
+
+def _probe_config(a: argparse.Namespace):
+    from .probe.run import ProbeConfig
+
+    return ProbeConfig(
+        methods=[m for m in a.methods.split(",") if m], retains=_floats(a.retain), layer=a.layer, n=a.n,
+        split=a.split, n_frames=a.frames, tokens_per_frame=a.tokens_per_frame, ablate=a.ablate,
+        options=json.loads(a.options),
+    )
+
+
+def cmd_probe(a: argparse.Namespace) -> int:
+    from .probe.lm import load_smollm2
+    from .probe.report import table, write
+    from .probe.run import run_probe
+
+    cfg = _probe_config(a)
+    model, tok = load_smollm2()
+    t0 = time.perf_counter()
+    result = run_probe(cfg, model, tok)
+    result["wall_seconds"] = time.perf_counter() - t0
+    paths = write(result, a.out)
+    print(table(result["summary"]))
+    print("\n" + "\n".join(f"{k}: {v}" for k, v in paths.items()))
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    """A few-minute probe on the CPU: unpruned, FastV and ShaRP at 10%, plus one picture of what was kept."""
+    from .methods import FastV, NoPrune, ShaRP
+    from .probe.generator import make_sample, seeds
+    from .probe.lm import load_smollm2
+    from .probe.report import table, write
+    from .probe.run import ProbeConfig, answer, blank_frames, run_probe
+    from .viz.kept import plot_kept_tokens
+
+    cfg = ProbeConfig(methods=["fastv", "sharp"], retains=[a.retain], layer=2, n=a.n, split="heldout")
+    print(f"sharp-vlm demo: needle-in-a-video probe on SmolLM2-135M-Instruct, {cfg.n} held-out samples, "
+          f"{cfg.n_frames} frames x {cfg.tokens_per_frame} tokens, layer {cfg.layer}, retain {a.retain:g}")
+    model, tok = load_smollm2()
+    result = run_probe(cfg, model, tok)
+    paths = write(result, a.out)
+    print(table(result["summary"]))
+    sample = make_sample(seeds("heldout", 1)[0], tok, n_frames=cfg.n_frames, tokens_per_frame=cfg.tokens_per_frame)
+    reference = blank_frames(model, tok.encode(" ", add_special_tokens=False)[0])
+    kept = {}
+    for label, method in (("unpruned", NoPrune()), ("FastV", FastV(retain=a.retain, layer=2)),
+                          ("ShaRP", ShaRP(retain=a.retain, layer=2))):
+        text, stats, _ = answer(model, tok, sample, method, cfg.max_new_tokens, reference)
+        kept[f"{label}: {text.strip()[:18]!r}"] = (
+            stats.stages[-1].kept[0] if stats.stages else torch.arange(sample.n_frames * sample.tokens_per_frame)
+        )
+    png = plot_kept_tokens(kept, sample.n_frames, sample.tokens_per_frame, a.out / "kept_tokens.png",
+                           sample.needle_frames, title=f"{sample.question}  (answer: {sample.answer})")
+    print("\n" + "\n".join(f"{k}: {v}" for k, v in {**paths, "kept_tokens": png}.items()))
+    return 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from .bench.latency import BenchConfig, run_bench
+    from .bench.report import table, write
+
+    cfg = BenchConfig(
+        model=a.model, frames=a.frames, tokens_per_frame=a.tokens_per_frame, layer=a.layer, retain=a.retain,
+        dtype=a.dtype, attn=a.attn, repeats=a.repeats, warmup=a.warmup, decode_tokens=a.decode_tokens,
+        device=a.device, variants=[v for v in a.variants.split(",") if v], trim_kv=not a.no_trim_kv,
+    )
+    result = run_bench(cfg)
+    paths = write(result, a.out)
+    print(table(result))
+    print("\n" + "\n".join(f"{k}: {v}" for k, v in paths.items()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sharp", description="Visual token pruning for Video LLMs.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("probe", help="needle-in-a-video probe on the real SmolLM2-135M")
+    _probe_args(p)
+    p.set_defaults(fn=cmd_probe)
+    d = sub.add_parser("demo", help="a few-minute probe run with a picture of the kept tokens")
+    d.add_argument("--n", type=int, default=20)
+    d.add_argument("--retain", type=float, default=0.1)
+    d.add_argument("--threads", type=int, default=0)
+    d.add_argument("--out", type=Path, default=Path("runs/demo"))
+    d.set_defaults(fn=cmd_demo)
+    b = sub.add_parser("bench", help="FLOPs, prefill/decode latency and KV memory vs the unpruned model")
+    b.add_argument("--model", default="qwen2.5-0.5b", help="built-in shape name (random weights) or local folder")
+    b.add_argument("--frames", type=int, default=32)
+    b.add_argument("--tokens-per-frame", type=int, default=196)
+    b.add_argument("--layer", type=int, default=2)
+    b.add_argument("--retain", type=float, default=0.1)
+    b.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    b.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"])
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--warmup", type=int, default=1)
+    b.add_argument("--decode-tokens", type=int, default=8)
+    b.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    b.add_argument("--variants", default="none,fastv,sharp-reference,sharp-cached")
+    b.add_argument("--no-trim-kv", action="store_true", help="skip the runs with trimmed shallow-layer KV")
+    b.add_argument("--threads", type=int, default=0)
+    b.add_argument("--out", type=Path, default=Path("runs/bench"))
+    b.set_defaults(fn=cmd_bench)
+    a = parser.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    return a.fn(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Probe results as JSON, a table and PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def table(summary: list[dict[str, Any]]) -> str:
+    head = "| method | retain | n | accuracy | vs unpruned | agreement | needle recall | fact recall | kept | s/run |"
+    lines = [head, "|" + "---|" * 10]
+    for r in sorted(summary, key=lambda r: (r["method"] != "none", r["method"], -r["retain"])):
+        fact = "-" if r["fact_recall"] is None else f"{r['fact_recall']:.2f}"
+        lines.append(
+            f"| {r['method']} | {r['retain']:.2f} | {r['n']} | {r['accuracy']:.1%} | {r['relative']:.1%} | "
+            f"{r['agreement']:.1%} | {r['needle_recall']:.2f} | {fact} | {r['kept_ratio']:.3f} | {r['seconds']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def write(result: dict[str, Any], out: Path) -> dict[str, Path]:
+    """results.json, table.md, accuracy.png, kept_per_frame.png under `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "table": out / "table.md"}
+    paths["json"].write_text(json.dumps(result, indent=1))
+    paths["table"].write_text(table(result["summary"]) + "\n")
+    paths["accuracy"] = plot_accuracy(result["summary"], out / "accuracy.png")
+    paths["frames"] = plot_kept_per_frame(result["records"], out / "kept_per_frame.png")
+    return paths
+
+
+def plot_accuracy(summary: list[dict[str, Any]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    base = [r for r in summary if r["method"] == "none"]
+    methods = sorted({r["method"] for r in summary} - {"none"})
+    for m in methods:
+        rs = sorted((r for r in summary if r["method"] == m), key=lambda r: r["retain"])
+        ax.plot([r["retain"] for r in rs], [r["accuracy"] for r in rs], marker="o", label=m)
+    if base:
+        ax.axhline(base[0]["accuracy"], color="black", linestyle="--", label="unpruned")
+    ax.set_xscale("log")
+    ax.set_xlabel("retained visual tokens (share)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Needle probe: accuracy vs retention")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_kept_per_frame(records: list[dict[str, Any]], path: Path) -> Path:
+    """Mean kept tokens per frame index at the lowest retention, per method (shows positional bias)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pruned = [r for r in records if r["method"] != "none"]
+    low = min((r["retain"] for r in pruned), default=1.0)
+    methods = sorted({r["method"] for r in pruned if r["retain"] == low})
+    fig, axes = plt.subplots(len(methods) or 1, 1, figsize=(7, 1.6 * max(1, len(methods))), sharex=True,
+                             squeeze=False)
+    for ax, m in zip(axes[:, 0], methods, strict=False):
+        rs = [r for r in pruned if r["method"] == m and r["retain"] == low]
+        n_frames = len(rs[0]["kept_per_frame"])
+        mean = [sum(r["kept_per_frame"][f] for r in rs) / len(rs) for f in range(n_frames)]
+        needle = [sum(f in r["needle_frames"] for r in rs) / len(rs) for f in range(n_frames)]
+        ax.bar(range(n_frames), mean, color="tab:blue")
+        ax2 = ax.twinx()
+        ax2.plot(range(n_frames), needle, color="tab:red", linewidth=1)
+        ax2.set_yticks([])
+        ax.set_ylabel(m, fontsize=7)
+    axes[-1, 0].set_xlabel("frame (bars: mean kept tokens; red: how often the needle is there)")
+    fig.suptitle(f"Kept tokens per frame at retain={low:g}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,169 @@
+"""Run pruning methods on the needle-in-a-video probe with the real SmolLM2-135M-Instruct."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from ..config import Method, method_class
+from ..core.layout import VisualLayout
+from ..engine.patch import apply
+from ..methods import NoPrune, ShaRP
+from ..models.generic import VideoSpan
+from .generator import ProbeSample, check_answer, make_sample, seeds
+
+
+@dataclass
+class ProbeConfig:
+    """What to run. Method names may carry a layer: "uniform@0" prunes before the decoder."""
+
+    methods: list[str] = field(default_factory=lambda: ["none", "fastv", "sharp"])
+    retains: list[float] = field(default_factory=lambda: [0.1])
+    layer: int = 2
+    n: int = 20
+    split: str = "heldout"
+    n_frames: int = 32
+    tokens_per_frame: int = 32
+    max_new_tokens: int = 6
+    ablate: bool = False
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per method name: extra config fields
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    method: str
+    retain: float
+    config: Method
+
+
+ABLATIONS = {  # C1 mask, C2 debias, C3 dedup
+    (c1, c2, c3): {"mask": "bidirectional" if c1 else "off", "debias": "reference" if c2 else "off", "dedup": c3}
+    for c1 in (True, False) for c2 in (True, False) for c3 in (True, False)
+}
+
+
+def ablation_label(c1: bool, c2: bool, c3: bool) -> str:
+    on = [name for name, flag in (("mask", c1), ("debias", c2), ("dedup", c3)) if flag]
+    return "sharp[" + ("+".join(on) if on else "none") + "]"
+
+
+def variants(cfg: ProbeConfig) -> list[Variant]:
+    out = [Variant("none", "none", 1.0, NoPrune())]
+    for spec in cfg.methods:
+        name, _, at = spec.partition("@")
+        if name == "none":
+            continue
+        layer = int(at) if at else cfg.layer
+        cls = method_class(name)
+        for r in cfg.retains:
+            out.append(Variant(spec, name, r, cls(retain=r, layer=layer, **cfg.options.get(name, {}))))
+    if cfg.ablate:
+        base = cfg.options.get("sharp", {})
+        for (c1, c2, c3), opts in ABLATIONS.items():
+            for r in cfg.retains:
+                out.append(Variant(ablation_label(c1, c2, c3), "sharp", r,
+                                   ShaRP(retain=r, layer=cfg.layer, **{**base, **opts})))
+    return out
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def normalise(text: str) -> str:
+    words = [w for w in _WORD.findall(text.lower()) if w not in {"a", "an", "the"}]
+    return " ".join(words[:2])
+
+
+def blank_frames(model: Any, token_id: int) -> Callable[[torch.Tensor, list[VisualLayout], dict], torch.Tensor]:
+    """Reference input for debiasing: every frame token becomes one neutral token (a "black frame" for text)."""
+    emb = model.get_input_embeddings().weight[token_id]
+
+    def fill(embeds: torch.Tensor, layouts: list[VisualLayout], call: dict) -> torch.Tensor:
+        out = embeds.clone()
+        for b, lay in enumerate(layouts):
+            out[b, lay.positions] = emb.to(out.dtype)
+        return out
+
+    return fill
+
+
+@torch.inference_mode()
+def answer(model: Any, tok: Any, sample: ProbeSample, method: Method, max_new_tokens: int,
+           reference: Callable | None) -> tuple[str, Any, float]:
+    ids = torch.tensor([sample.input_ids])
+    span = VideoSpan(sample.video_start, sample.n_frames, sample.tokens_per_frame)
+    with apply(model, method, span=span, reference=reference) as handle:
+        t0 = time.perf_counter()
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False)
+        seconds = time.perf_counter() - t0
+    text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    return text, handle.last_stats, seconds
+
+
+def run_probe(cfg: ProbeConfig, model: Any, tok: Any, progress: bool = True) -> dict[str, Any]:
+    """Every variant on every sample; returns {config, records, summary}."""
+    from tqdm import tqdm
+
+    plan = variants(cfg)
+    seed_list = seeds(cfg.split, cfg.n)
+    neutral = tok.encode(" ", add_special_tokens=False)[0]
+    reference = blank_frames(model, neutral)
+    records = []
+    bar = tqdm(total=len(seed_list) * len(plan), desc="probe", unit="run", disable=not progress)
+    for seed in seed_list:
+        sample = make_sample(seed, tok, n_frames=cfg.n_frames, tokens_per_frame=cfg.tokens_per_frame)
+        needle = torch.tensor(sample.needle_token_positions)
+        fact = torch.tensor(sample.needle_fact_positions)
+        unpruned = None
+        for v in plan:
+            text, stats, seconds = answer(model, tok, sample, v.config, cfg.max_new_tokens, reference)
+            if v.label == "none":
+                unpruned = text
+            kept = (stats.stages[-1].kept_positions[0] if stats.stages
+                    else torch.arange(sample.video_start, sample.video_end))
+            frames = (kept - sample.video_start) // sample.tokens_per_frame
+            records.append({
+                "seed": seed, "kind": sample.kind, "method": v.label, "retain": v.retain,
+                "answer": text, "correct": check_answer(text, sample),
+                "agree": normalise(text) == normalise(unpruned or ""),
+                "needle_recall": float(torch.isin(needle, kept).float().mean()),
+                "fact_recall": float(torch.isin(fact, kept).float().mean()) if fact.numel() else None,
+                "needle_frames": sample.needle_frames,
+                "kept_per_frame": torch.bincount(frames, minlength=sample.n_frames).tolist(),
+                "kept_ratio": stats.kept_ratio[0], "seconds": seconds,
+                "parts": {k: v for k, v in (stats.stages[-1].parts if stats.stages else {}).items()
+                          if isinstance(v, (int, float, str))},
+            })
+            bar.update(1)
+    bar.close()
+    return {"config": asdict(cfg), "records": records, "summary": summarise(records)}
+
+
+def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["method"], r["retain"]), []).append(r)
+    base = groups.get(("none", 1.0), [])
+    base_acc = sum(r["correct"] for r in base) / len(base) if base else float("nan")
+    rows = []
+    for (method, retain), rs in groups.items():
+        n = len(rs)
+        acc = sum(r["correct"] for r in rs) / n
+        facts = [r["fact_recall"] for r in rs if r["fact_recall"] is not None]
+        rows.append({
+            "method": method, "retain": retain, "n": n, "accuracy": acc,
+            "relative": acc / base_acc if base_acc else float("nan"),
+            "agreement": sum(r["agree"] for r in rs) / n,
+            "needle_recall": sum(r["needle_recall"] for r in rs) / n,
+            "fact_recall": sum(facts) / len(facts) if facts else None,
+            "kept_ratio": sum(r["kept_ratio"] for r in rs) / n,
+            "seconds": sum(r["seconds"] for r in rs) / n,
+        })
+    return rows
