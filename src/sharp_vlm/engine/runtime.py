@@ -23,10 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..bench.flops import DecoderShape, prefill_flops, scoring_flops
 from ..config import Method, SegmentMask, Stage
 from ..core.layout import VisualLayout
 from ..core.masks import segment_allowed, to_attention_mask
-from ..bench.flops import DecoderShape, prefill_flops, scoring_flops
 from ..core.scoring import apply_rotary, attention_probs
 from ..errors import ConfigError, InputError
 from ..models.base import Adapter

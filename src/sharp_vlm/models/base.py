@@ -10,7 +10,6 @@ from torch import nn
 
 from ..core.layout import VisualLayout
 
-
 ReferenceFn = Callable[[torch.Tensor, list[VisualLayout], dict[str, Any]], torch.Tensor]
 
 
