@@ -179,6 +179,22 @@ def test_debias_modes_change_the_selection(qwen25):
         assert not torch.equal(kept[mode], kept["off"]), mode
 
 
+def test_combine_rules():
+    from sharp_vlm.methods.sharp import _combine
+
+    s = torch.tensor([[0.1, 0.3, 0.6]])
+    b = torch.tensor([[0.2, 0.2, 0.6]])
+    assert torch.allclose(_combine(s, b, 1.0, "subtract"), s - b)
+    assert torch.allclose(_combine(s, b, 0.5, "subtract"), s - 0.5 * b)
+    ratio = _combine(s, b, 1.0, "ratio")
+    assert torch.allclose(ratio, torch.log(s / b))
+    # ratio prefers the token that beats its positional expectation by the largest factor,
+    # subtraction the one with the largest margin
+    s2, b2 = torch.tensor([[0.02, 0.38, 0.6]]), torch.tensor([[0.01, 0.29, 0.7]])
+    assert int(_combine(s2, b2, 1.0, "ratio").argmax()) == 0
+    assert int(_combine(s2, b2, 1.0, "subtract").argmax()) == 1
+
+
 def test_dedup_on_the_model_keeps_dissimilar_tokens(qwen25):
     model, inputs = qwen25
     grabbed = {}
@@ -219,7 +235,8 @@ def test_flash_attention_layers_switch_to_a_masked_kernel(qwen25):
 @pytest.mark.parametrize("kwargs, match", [
     ({"mask": "causal"}, "mask="), ({"mask_scope": "all"}, "mask_scope="), ({"debias": "black"}, "debias="),
     ({"segment_frames": 0}, "segment_frames"), ({"dedup_tau": 0.0}, "dedup_tau"), ({"max_registers": -1}, "max_registers"),
-    ({"lam": -1.0}, "lam"), ({"retain": 0}, "retain"), ({"layer": 0}, "layer"),
+    ({"lam": -1.0}, "lam"), ({"retain": 0}, "retain"), ({"layer": 0}, "layer"), ({"combine": "max"}, "combine"),
+    ({"dedup_window": 0}, "dedup_window"),
 ])
 def test_invalid_options(kwargs, match):
     with pytest.raises(sv.ConfigError, match=match):

@@ -25,6 +25,8 @@ def _probe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens-per-frame", type=int, default=32)
     p.add_argument("--ablate", action="store_true", help="also run ShaRP's 8 on/off combinations of C1/C2/C3")
     p.add_argument("--options", default="{}", help='JSON per method, e.g. \'{"sharp": {"dedup_tau": 0.8}}\'')
+    p.add_argument("--diagnose", action="store_true",
+                   help="instead: per-frame scores, bias and needle ranks of ShaRP (with --options) at --retain")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     p.add_argument("--out", type=Path, default=Path("runs/probe"))
 
@@ -46,6 +48,14 @@ def cmd_probe(a: argparse.Namespace) -> int:
 
     cfg = _probe_config(a)
     model, tok = load_smollm2()
+    if a.diagnose:
+        from .methods import ShaRP
+        from .probe import diagnose
+
+        method = ShaRP(retain=cfg.retains[0], layer=cfg.layer, **cfg.options.get("sharp", {}))
+        paths = diagnose.write(diagnose.diagnose(cfg, model, tok, method), a.out)
+        print("\n".join(f"{k}: {v}" for k, v in paths.items()))
+        return 0
     t0 = time.perf_counter()
     result = run_probe(cfg, model, tok)
     result["wall_seconds"] = time.perf_counter() - t0

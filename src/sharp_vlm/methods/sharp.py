@@ -19,6 +19,7 @@ from ..engine.view import StageView
 MASKS = ("bidirectional", "local", "off")
 SCOPES = ("forward", "score")
 DEBIAS = ("reference", "cached", "pre_rope", "rope_only", "off")
+COMBINE = ("subtract", "ratio")
 
 
 @register("sharp")
@@ -29,11 +30,14 @@ class ShaRP(StageMethod):
     C1 mask / mask_scope / segment_frames: segment-aware attention among each segment's tokens (a frame, or
         Qwen's temporal patch; `segment_frames` groups k of them), in layers 0..K-1 and the scoring step
         ("forward") or only in scoring ("score").
-    C2 debias / lam: subtract lam x the scores of a content-free reference ("reference": per request;
+    C2 debias / lam / combine: subtract lam x the scores of a content-free reference ("reference": per request;
         "cached": reused per layout and prompt length), score without RoPE ("pre_rope"), or divide by a
-        RoPE-only prior ("rope_only").
+        RoPE-only prior ("rope_only"). combine="ratio" uses log s - lam x log b instead of s - lam x b
+        (both renormalised over the visual tokens): attention relative to what the position alone would get.
     C3 dedup / dedup_tau / max_registers: greedy walk by score that skips tokens with cosine > tau to a kept one
-        and keeps at most `max_registers` norm-outlier (register) tokens.
+        and keeps at most `max_registers` norm-outlier (register) tokens. The walk covers all visual tokens
+        (`dedup_window=None`) or only the top `dedup_window` by score: a needle ranked below the window is then
+        reachable only by the fill step, which takes the best remaining scores.
     """
 
     retain: float = 0.1
@@ -43,9 +47,11 @@ class ShaRP(StageMethod):
     mask_scope: str = "forward"
     debias: str = "reference"
     lam: float = 1.0
+    combine: str = "subtract"
     dedup: bool = True
     dedup_tau: float = 0.9
     max_registers: int = 1
+    dedup_window: int | None = None
     query: str = "last"
     cache_size: int = 64
     cache_dir: str | None = None
@@ -56,6 +62,7 @@ class ShaRP(StageMethod):
         check_choice(self.mask_scope, SCOPES, "mask_scope")
         check_choice(self.debias, DEBIAS, "debias")
         check_choice(self.query, ("last", "text"), "query")
+        check_choice(self.combine, COMBINE, "combine")
         if not isinstance(self.segment_frames, int) or self.segment_frames < 1:
             raise ConfigError(f"segment_frames={self.segment_frames!r} must be an integer >= 1 (frames per segment)")
         if not 0.0 < float(self.dedup_tau) <= 1.0:
@@ -64,6 +71,8 @@ class ShaRP(StageMethod):
             raise ConfigError(f"max_registers={self.max_registers!r} must be an integer >= 0")
         if float(self.lam) < 0:
             raise ConfigError(f"lam={self.lam!r} must be >= 0 (the weight of the subtracted bias)")
+        if self.dedup_window is not None and (not isinstance(self.dedup_window, int) or self.dedup_window < 1):
+            raise ConfigError(f"dedup_window={self.dedup_window!r} must be None (all tokens) or an integer >= 1")
         if self.cache_size < 1:
             raise ConfigError(f"cache_size={self.cache_size!r} must be >= 1")
 
@@ -88,11 +97,11 @@ class ShaRP(StageMethod):
             cache = (self.cache_size, self.cache_dir) if self.debias == "cached" else None
             bias = view.reference_scores(query=self.query, mask=mask, rope=rope, cache=cache)
             view.extras["bias"] = bias
-            scores = renormalize(scores) - self.lam * renormalize(bias)
+            scores = _combine(scores, bias, self.lam, self.combine)
         elif self.debias == "rope_only":
             prior = view.positional_prior(query=self.query, mask=mask)
             view.extras["bias"] = prior
-            scores = renormalize(scores) / renormalize(prior).clamp_min(torch.finfo(torch.float32).tiny)
+            scores = _combine(scores, prior, 1.0, "ratio")
         view.extras["scores"] = scores
         budgets = view.budget(self.retain)
         if not self.dedup:
@@ -100,10 +109,20 @@ class ShaRP(StageMethod):
         t0 = time.perf_counter()
         keep = []
         for b, budget in enumerate(budgets):
-            res = dedup_select(scores[b], view.visual_hidden(b), budget, self.dedup_tau, self.max_registers)
+            window = self.dedup_window or view.n_visual[b]
+            res = dedup_select(scores[b], view.visual_hidden(b), budget, self.dedup_tau, self.max_registers,
+                               candidates=window)
             keep.append(res.keep.to(view.device))
             view.extras["dedup_filled"] = view.extras.get("dedup_filled", 0) + res.n_filled
             view.extras["dedup_skipped"] = view.extras.get("dedup_skipped", 0) + res.n_skipped_similar
             view.extras["registers"] = view.extras.get("registers", 0) + int(res.registers.numel())
         view.extras["dedup_seconds"] = time.perf_counter() - t0
         return keep
+
+
+def _combine(scores: torch.Tensor, bias: torch.Tensor, lam: float, how: str) -> torch.Tensor:
+    s, b = renormalize(scores.float()), renormalize(bias.float())
+    if how == "subtract":
+        return s - lam * b
+    tiny = torch.finfo(torch.float32).tiny
+    return torch.log(s.clamp_min(tiny)) - lam * torch.log(b.clamp_min(tiny))

@@ -1,0 +1,94 @@
+"""Why a selection fails: attention share per frame (raw, positional bias, debiased) and needle ranks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core.scoring import renormalize
+from ..methods import ShaRP
+from .generator import make_sample, seeds
+from .run import ProbeConfig, answer, blank_frames
+
+
+def _rank(scores: torch.Tensor, targets: torch.Tensor) -> int:
+    """0-based rank of the best-scored target token among all visual tokens."""
+    order = torch.argsort(scores, descending=True)
+    ranks = torch.nonzero(torch.isin(order, targets)).flatten()
+    return int(ranks.min()) if ranks.numel() else -1
+
+
+def diagnose(cfg: ProbeConfig, model: Any, tok: Any, method: ShaRP) -> dict[str, Any]:
+    """Per sample: the frame shares of raw scores, bias and final scores, and the ranks of the needle's fact tokens."""
+    reference = blank_frames(model, tok.encode(" ", add_special_tokens=False)[0])
+    rows = []
+    for seed in seeds(cfg.split, cfg.n):
+        sample = make_sample(seed, tok, n_frames=cfg.n_frames, tokens_per_frame=cfg.tokens_per_frame)
+        text, stats, _ = answer(model, tok, sample, method, cfg.max_new_tokens, reference)
+        parts = stats.stages[-1].parts
+        raw = renormalize(parts["raw_scores"][0].float())
+        final = parts["scores"][0].float()
+        bias = renormalize(parts["bias"][0].float()) if "bias" in parts else torch.zeros_like(raw)
+        facts = torch.tensor(sample.needle_fact_positions) - sample.video_start
+        per_frame = lambda x: x.view(sample.n_frames, -1).sum(-1).tolist()  # noqa: E731
+        rows.append(
+            {
+                "seed": seed,
+                "kind": sample.kind,
+                "needle_frames": sample.needle_frames,
+                "answer": text,
+                "raw_frame_share": per_frame(raw),
+                "bias_frame_share": per_frame(bias),
+                "final_frame_mean": per_frame(final / (sample.tokens_per_frame)),
+                "fact_rank_raw": _rank(raw, facts),
+                "fact_rank_final": _rank(final, facts),
+                "fact_kept": bool(
+                    torch.isin(facts + sample.video_start, stats.stages[-1].kept_positions[0]).any()
+                ),
+            }
+        )
+    budget = round(method.retain * cfg.n_frames * cfg.tokens_per_frame)
+    return {"method": method.to_dict(), "budget": budget, "rows": rows}
+
+
+def write(result: dict[str, Any], out: Path) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = result["rows"]
+    n_frames = len(rows[0]["raw_frame_share"])
+    mean = lambda key: [sum(r[key][f] for r in rows) / len(rows) for f in range(n_frames)]  # noqa: E731
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    axes[0].bar(range(n_frames), mean("raw_frame_share"))
+    axes[0].set_title("raw attention share per frame", fontsize=9)
+    axes[0].bar(
+        range(n_frames), mean("bias_frame_share"), alpha=0.5, color="tab:orange", label="bias (reference)"
+    )
+    axes[0].legend(fontsize=7)
+    axes[1].bar(range(n_frames), mean("final_frame_mean"), color="tab:green")
+    axes[1].set_title("final score per frame (mean)", fontsize=9)
+    for ax in axes[:2]:
+        ax.set_xlabel("frame")
+    budget = result["budget"]
+    raw = [r["fact_rank_raw"] for r in rows]
+    final = [r["fact_rank_final"] for r in rows]
+    axes[2].scatter(raw, final, s=12)
+    axes[2].axhline(budget, color="red", linewidth=0.8)
+    axes[2].axvline(budget, color="red", linewidth=0.8)
+    axes[2].set_xscale("symlog")
+    axes[2].set_yscale("symlog")
+    axes[2].set_xlabel("needle rank, raw scores")
+    axes[2].set_ylabel("needle rank, final scores")
+    axes[2].set_title(f"best needle-fact token rank (budget {budget})", fontsize=9)
+    fig.tight_layout()
+    paths = {"json": out / "diagnose.json", "plot": out / "diagnose.png"}
+    fig.savefig(paths["plot"], dpi=120)
+    plt.close(fig)
+    paths["json"].write_text(json.dumps(result, indent=1))
+    return paths
