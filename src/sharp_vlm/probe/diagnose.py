@@ -21,6 +21,10 @@ def _rank(scores: torch.Tensor, targets: torch.Tensor) -> int:
     return int(ranks.min()) if ranks.numel() else -1
 
 
+def _per_frame(x: torch.Tensor, n_frames: int) -> list[float]:
+    return x.view(n_frames, -1).sum(-1).tolist()
+
+
 def diagnose(cfg: ProbeConfig, model: Any, tok: Any, method: ShaRP) -> dict[str, Any]:
     """Per sample: the frame shares of raw scores, bias and final scores, and the ranks of the needle's fact tokens."""
     reference = blank_frames(model, tok.encode(" ", add_special_tokens=False)[0])
@@ -33,16 +37,15 @@ def diagnose(cfg: ProbeConfig, model: Any, tok: Any, method: ShaRP) -> dict[str,
         final = parts["scores"][0].float()
         bias = renormalize(parts["bias"][0].float()) if "bias" in parts else torch.zeros_like(raw)
         facts = torch.tensor(sample.needle_fact_positions) - sample.video_start
-        per_frame = lambda x: x.view(sample.n_frames, -1).sum(-1).tolist()  # noqa: E731
         rows.append(
             {
                 "seed": seed,
                 "kind": sample.kind,
                 "needle_frames": sample.needle_frames,
                 "answer": text,
-                "raw_frame_share": per_frame(raw),
-                "bias_frame_share": per_frame(bias),
-                "final_frame_mean": per_frame(final / (sample.tokens_per_frame)),
+                "raw_frame_share": _per_frame(raw, sample.n_frames),
+                "bias_frame_share": _per_frame(bias, sample.n_frames),
+                "final_frame_mean": _per_frame(final / sample.tokens_per_frame, sample.n_frames),
                 "fact_rank_raw": _rank(raw, facts),
                 "fact_rank_final": _rank(final, facts),
                 "fact_kept": bool(
