@@ -56,7 +56,7 @@ ATTR_EVENT, ATTR_FACT = "A {obj} {action}.", "{Obj} color: {color}."
 ATTR_QUESTION, ATTR_PRIMER = "What color was the {obj}?", "The {obj} color was"
 OBJ_EVENT, OBJ_FACT = "", "An animal appears: a {animal}."
 OBJ_QUESTION, OBJ_PRIMER = "Which animal appeared in the video?", "The animal was a"
-# The model cannot tell which of two events came first: it names the later one in ~95% of cases, whatever
+# The model cannot tell which of two events came first: it names the later one ~9 times in 10, whatever
 # the phrasing (ordinals in the captions, options in the question). The order kind therefore asks for
 # the last of the two events, which it answers from position alone.
 ORDER_EVENT, ORDER_FACT = "", "An animal appears: a {animal}."
