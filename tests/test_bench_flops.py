@@ -25,6 +25,7 @@ from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransforme
 from sharp_vlm.bench.flop_counter import count_flops, count_flops_by_op
 from sharp_vlm.bench.flops import (
     DecoderShape,
+    attention_pairs,
     decode_flops_per_token,
     layer_flops,
     layer_seq_lens,
@@ -128,6 +129,22 @@ def test_layer_flops_breakdown() -> None:
     assert f["attn_scores"] == f["attn_values"] == 2 * 4 * 10 * 30 * 16  # full rectangle
     assert f["mlp"] == 6 * 10 * 64 * 160
     assert f["total"] == sum(v for key, v in f.items() if key != "total")
+
+
+def test_causal_count_keeps_the_pairs_a_causal_kernel_computes() -> None:
+    shape = DecoderShape(64, 160, 4, 4, 2, 16, 300)
+    # prefill: n(n+1)/2 pairs; 3 new tokens after 7 cached ones: 3 x 7 + (1 + 2 + 3)
+    assert attention_pairs(30, 30, causal=True) == 465 and attention_pairs(3, 10, causal=True) == 27
+    assert attention_pairs(1, 50, causal=True) == attention_pairs(1, 50) == 50  # a decode step sees every key
+    rect, causal = layer_flops(shape, 30, 30), layer_flops(shape, 30, 30, causal=True)
+    assert causal["attn_scores"] == 2 * 4 * 465 * 16 and causal["mlp"] == rect["mlp"]
+    dense = prefill_flops(shape, 100, causal=True)
+    assert dense["attention"] == 4 * 2 * 2 * 4 * (100 * 101 // 2) * 16
+    m = method_flops(shape, 100, 80, [(1, 0.25)], causal=True)
+    m_rect = method_flops(shape, 100, 80, [(1, 0.25)])
+    # the dense prefill loses more to the causal count than the short pruned one: a lower bound
+    assert m["dense"] < m_rect["dense"] and m["speedup_bound"] < m_rect["speedup_bound"]
+    assert m["pruned_prefill"] == prefill_flops(shape, 100, [(1, 60)], causal=True)["total"]
 
 
 def test_stage_bookkeeping() -> None:

@@ -25,8 +25,10 @@ def model():
 
 
 @pytest.mark.parametrize("cfg", [sv.NoPrune(), sv.FastV(retain=0.25, layer=2), sv.FastV(retain=0.3, layer=1, query="text"),
-                                 sv.UniformPrune(retain=0.5, layer=0)])
+                                 sv.UniformPrune(retain=0.5, layer=0), sv.ShaRP(retain=0.25, layer=2),
+                                 sv.ShaRP(retain=0.25, layer=2, mask="local", debias="off")])
 def test_batched_equals_one_by_one(model, cfg):
+    # ShaRP: one by one the shallow layers run the block-wise segment kernel, the padded batch a dense mask
     samples = [tiny_video_inputs(model, seed=1, question=7).as_kwargs(),
                tiny_video_inputs(model, seed=2, question=3).as_kwargs()]
     batch = _left_pad(samples)

@@ -8,6 +8,7 @@ from transformers import DynamicCache
 
 import sharp_vlm as sv
 from sharp_vlm.core.masks import segment_allowed
+from sharp_vlm.engine.segment_attention import RUNS_KWARG, SEGMENT_ATTENTION
 
 SCOPES = ["forward", "score"]
 
@@ -128,16 +129,18 @@ def test_reference_pass_uses_the_real_positions_and_masks(qwen25):
     with sv.apply(model, sv.ShaRP(retain=0.2, debias="reference")), torch.no_grad():
         # registered after the engine's hook, so it sees what the layer really receives
         hook = layer0.register_forward_pre_hook(
-            lambda m, a, k: calls.append((a[0], k["position_embeddings"], k["attention_mask"])), with_kwargs=True)
+            lambda m, a, k: calls.append((a[0], k["position_embeddings"], k.get(RUNS_KWARG))), with_kwargs=True)
         try:
             model(**inputs)
         finally:
             hook.remove()
     assert len(calls) == 2  # the real prefill and the reference pass
-    (real_h, real_pe, real_mask), (ref_h, ref_pe, ref_mask) = calls
+    (real_h, real_pe, real_runs), (ref_h, ref_pe, ref_runs) = calls
     assert real_h.shape == ref_h.shape
     assert torch.equal(real_pe[0], ref_pe[0]) and torch.equal(real_pe[1], ref_pe[1])
-    assert real_mask is not None and torch.equal(real_mask, ref_mask)  # the segment mask, in both passes
+    # the segment mask (as the block-wise kernel's runs: 8 temporal patches and the text), in both passes
+    assert real_runs is not None and real_runs == ref_runs
+    assert sum(seg for _, _, seg in real_runs.runs) == 8
     vis = inputs["mm_token_type_ids"][0] != 0
     assert torch.equal(real_h[0, ~vis], ref_h[0, ~vis])  # text untouched
     assert not torch.allclose(real_h[0, vis], ref_h[0, vis])  # frames replaced
@@ -147,6 +150,8 @@ def test_reference_pass_uses_the_real_positions_and_masks(qwen25):
 
 
 def test_cached_debias_equals_reference(qwen25, tmp_path):
+    from sharp_vlm.engine.bias_cache import BiasCache
+
     model, inputs = qwen25
     with sv.apply(model, sv.ShaRP(retain=0.15, debias="reference")) as h, torch.no_grad():
         model(**inputs)
@@ -161,10 +166,18 @@ def test_cached_debias_equals_reference(qwen25, tmp_path):
     assert "reference_flops" in first.parts and "reference_flops" not in second.parts
     assert torch.equal(first.kept[0], ref_kept) and torch.equal(second.kept[0], ref_kept)
     assert len(list(tmp_path.glob("*.pt"))) == 1
-    with sv.apply(model, cfg) as h, torch.no_grad():  # a new handle finds the bias on disk
+    with sv.apply(model, cfg) as h, torch.no_grad():  # a new handle in this process: the shared memory cache
+        model(**inputs)
+        assert h.last_stats.stages[0].parts["bias_cache"] == "hit"
+    BiasCache.forget_all()  # as in a new process: only the file is left
+    with sv.apply(model, cfg) as h, torch.no_grad():
         model(**inputs)
         assert h.last_stats.stages[0].parts["bias_cache"] == "hit"
         assert torch.equal(h.last_stats.stages[0].kept[0], ref_kept)
+    BiasCache.forget_all()
+    with sv.apply(model, sv.ShaRP(retain=0.15, debias="cached")) as h, torch.no_grad():
+        model(**inputs)
+        assert h.last_stats.stages[0].parts["bias_cache"] == "miss"  # no file, memory forgotten
 
 
 def test_debias_modes_change_the_selection(qwen25):
@@ -226,7 +239,7 @@ def test_flash_attention_layers_switch_to_a_masked_kernel(qwen25):
     try:
         with sv.apply(model, sv.ShaRP(retain=0.2, layer=2)):
             assert [layer.self_attn.config._attn_implementation for layer in layers] == [
-                "sdpa", "sdpa", "flash_attention_2", "flash_attention_2"]
+                SEGMENT_ATTENTION, SEGMENT_ATTENTION, "flash_attention_2", "flash_attention_2"]
         assert all(layer.self_attn.config is text_cfg for layer in layers)
     finally:
         text_cfg._attn_implementation = saved

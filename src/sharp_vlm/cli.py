@@ -104,6 +104,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         model=a.model, frames=a.frames, tokens_per_frame=a.tokens_per_frame, layer=a.layer, retain=a.retain,
         dtype=a.dtype, attn=a.attn, repeats=a.repeats, warmup=a.warmup, decode_tokens=a.decode_tokens,
         device=a.device, variants=[v for v in a.variants.split(",") if v], trim_kv=not a.no_trim_kv,
+        vision=None if a.vision == "none" else a.vision, vision_frames=a.vision_frames,
     )
     result = run_bench(cfg)
     paths = write(result, a.out)
@@ -130,13 +131,21 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--tokens-per-frame", type=int, default=196)
     b.add_argument("--layer", type=int, default=2)
     b.add_argument("--retain", type=float, default=0.1)
-    b.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    b.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="auto: bfloat16 on a GPU or a CPU with bf16 instructions, else float32")
     b.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"])
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--warmup", type=int, default=1)
     b.add_argument("--decode-tokens", type=int, default=8)
     b.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    b.add_argument("--variants", default="none,fastv,sharp-reference,sharp-cached")
+    b.add_argument("--variants", default="none,floor,fastv,sharp-reference,sharp-cached",
+                   help="comma list: none (always run), floor (same schedule, free selection), fastv, "
+                   "sharp-reference, sharp-cached, sharp-nodebias, or any method name")
+    b.add_argument("--vision", default="auto",
+                   help="time this shape's vision tower too (auto: the model's own, none: skip), "
+                   "e.g. llava-onevision-0.5b beside --model qwen2.5-0.5b")
+    b.add_argument("--vision-frames", type=int, default=None,
+                   help="encode only this many frames and scale to --frames (the towers encode frames apart)")
     b.add_argument("--no-trim-kv", action="store_true", help="skip the runs with trimmed shallow-layer KV")
     b.add_argument("--threads", type=int, default=0)
     b.add_argument("--out", type=Path, default=Path("runs/bench"))

@@ -110,6 +110,7 @@ class StageMethod(Method):
     retain: float = 0.25
     layer: int = 2
     allow_layer_zero: ClassVar[bool] = False
+    scores_attention: ClassVar[bool] = True  # runs the scoring side pass (counted in its FLOPs)
 
     def __post_init__(self) -> None:
         check_retain(self.retain)

@@ -9,8 +9,11 @@ Conventions, shared by every function here:
   ``torch.utils.flop_counter.FlopCounterMode`` counts, so the numbers can be checked against it
   (see :mod:`sharp_vlm.bench.flop_counter`).
 * Attention counts the full ``n_query x n_kv`` rectangle for both ``Q @ K^T`` and ``P @ V``,
-  even under a causal mask: that is the convention of torch's SDPA flop formula (and what the
-  dense kernels largely execute). The causal-half convention would be about half of it.
+  even under a causal mask: that is the convention of torch's SDPA flop formula, which the
+  tests check against. With ``causal=True`` it counts only the query-key pairs a causal kernel
+  computes (FlashAttention and the CPU flash kernel skip the masked blocks): about half in a
+  prefill. The benchmark's speedup bound uses the causal count, since an unpruned prefill never
+  does the other half, and reports the rectangle one beside it.
 * Grouped-query attention: k/v projections have ``num_kv_heads * head_dim`` outputs, while the
   attention products run over all ``num_heads`` query heads.
 * Everything is for one sample (batch size 1). Prefill computes logits for the last
@@ -95,24 +98,34 @@ class DecoderShape:
 # ---------------------------------------------------------------------------------------------
 
 
-def layer_flops(shape: DecoderShape, n_query: int, n_kv: int) -> dict[str, int]:
+def attention_pairs(n_query: int, n_kv: int, causal: bool = False) -> int:
+    """Query-key pairs: the full rectangle, or those a causal kernel computes (the ``n_query`` new tokens
+    are the last of the ``n_kv`` keys, and each sees the keys up to itself)."""
+    if not causal:
+        return n_query * n_kv
+    return n_query * (n_kv - n_query) + n_query * (n_query + 1) // 2
+
+
+def layer_flops(shape: DecoderShape, n_query: int, n_kv: int, causal: bool = False) -> dict[str, int]:
     """FLOPs of one decoder layer.
 
     ``n_query`` is the number of tokens this forward processes (the rows of every projection
     and MLP matrix); ``n_kv`` the number of keys they attend to (cached plus new). Prefill has
     ``n_query == n_kv``; a decode step ``n_query == 1``. Attention counts the full
-    ``n_query x n_kv`` rectangle (torch's SDPA convention), 2 FLOPs per multiply-add.
+    ``n_query x n_kv`` rectangle (torch's SDPA convention), or the causal pairs with ``causal``;
+    2 FLOPs per multiply-add.
     """
     d, hd, m = shape.hidden_size, shape.head_dim, shape.intermediate_size
     q_dim = shape.num_heads * hd
     kv_dim = shape.num_kv_heads * hd
+    pairs = attention_pairs(n_query, n_kv, causal)
     out = {
         "q_proj": 2 * n_query * d * q_dim,
         "k_proj": 2 * n_query * d * kv_dim,
         "v_proj": 2 * n_query * d * kv_dim,
         "o_proj": 2 * n_query * q_dim * d,
-        "attn_scores": 2 * shape.num_heads * n_query * n_kv * hd,
-        "attn_values": 2 * shape.num_heads * n_query * n_kv * hd,
+        "attn_scores": 2 * shape.num_heads * pairs * hd,
+        "attn_values": 2 * shape.num_heads * pairs * hd,
         "mlp": 3 * 2 * n_query * d * m,  # gate, up, down
     }
     out["total"] = sum(out.values())
@@ -151,6 +164,7 @@ def prefill_flops(
     seq_len: int,
     stages: Sequence[tuple[int, int]] = (),
     lm_head_tokens: int = 1,
+    causal: bool = False,
 ) -> dict[str, Any]:
     """FLOPs of one prefill with a schedule of ``(layer K, tokens removed at K)`` stages.
 
@@ -160,7 +174,7 @@ def prefill_flops(
     (``lm_head``) and ``total``. Embedding lookups and norms are not counted.
     """
     lens = layer_seq_lens(shape.num_layers, seq_len, stages)
-    per_layer = [layer_flops(shape, n, n) for n in lens]
+    per_layer = [layer_flops(shape, n, n, causal) for n in lens]
     proj = sum(f["q_proj"] + f["k_proj"] + f["v_proj"] + f["o_proj"] for f in per_layer)
     attn = sum(f["attn_scores"] + f["attn_values"] for f in per_layer)
     mlp = sum(f["mlp"] for f in per_layer)
@@ -197,11 +211,13 @@ def scoring_flops(shape: DecoderShape, seq_len: int, n_query: int) -> dict[str, 
     return out
 
 
-def reference_pass_flops(shape: DecoderShape, seq_len: int, K: int, n_query: int) -> dict[str, int]:
+def reference_pass_flops(
+    shape: DecoderShape, seq_len: int, K: int, n_query: int, causal: bool = False
+) -> dict[str, int]:
     """FLOPs of a reference pass: layers ``0..K-1`` dense on ``seq_len`` tokens, then scoring at K."""
     if not 0 <= K <= shape.num_layers:
         raise ValueError(f"K={K} outside 0..{shape.num_layers}")
-    prefix = K * layer_flops(shape, seq_len, seq_len)["total"]
+    prefix = K * layer_flops(shape, seq_len, seq_len, causal)["total"]
     score = scoring_flops(shape, seq_len, n_query)["total"]
     return {"prefix": prefix, "scoring": score, "total": prefix + score}
 
@@ -271,9 +287,13 @@ def method_flops(
     reference_pass: bool = False,
     scoring: bool = True,
     lm_head_tokens: int = 1,
+    causal: bool = False,
 ) -> dict[str, Any]:
     """Prefill FLOPs of a pruning method against the dense model.
 
+    ``causal`` counts only the attention pairs a causal kernel computes, in the dense and the pruned
+    prefill alike (the segment-masked shallow layers of ShaRP compute slightly more: each segment's
+    own later tokens, a few percent of those layers' attention, not counted).
     ``stages`` are ``(K, retain)`` pairs (see :func:`stages_to_removals`). ``scoring`` adds one
     scoring side pass per stage, on the sequence entering layer K, with ``n_query`` query rows.
     ``reference_pass`` adds ShaRP's reference pass: the content-free prompt (same length) dense
@@ -285,8 +305,8 @@ def method_flops(
     the speedup if time were proportional to FLOPs).
     """
     removals = stages_to_removals(stages, n_visual)
-    dense = prefill_flops(shape, seq_len, (), lm_head_tokens)["total"]
-    pruned = prefill_flops(shape, seq_len, removals, lm_head_tokens)
+    dense = prefill_flops(shape, seq_len, (), lm_head_tokens, causal)["total"]
+    pruned = prefill_flops(shape, seq_len, removals, lm_head_tokens, causal)
     score = 0
     if scoring:
         # Each stage scores the sequence entering layer K, before its own removal.
@@ -297,7 +317,7 @@ def method_flops(
     reference = 0
     if reference_pass and removals:
         k_max = max(k for k, _ in removals)
-        reference = reference_pass_flops(shape, seq_len, k_max, n_query)["total"]
+        reference = reference_pass_flops(shape, seq_len, k_max, n_query, causal)["total"]
         reference += (len(removals) - 1) * scoring_flops(shape, seq_len, n_query)["total"]
     total = pruned["total"] + score + reference
     return {

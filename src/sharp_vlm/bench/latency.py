@@ -6,19 +6,27 @@ against a baseline from the same machine and the same moment.
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..config import Method, load_config
 from ..engine.patch import apply
-from ..methods import FastV, NoPrune, ShaRP
+from ..errors import ConfigError
+from ..methods import FastV, NoPrune, ShaRP, UniformPrune
 from ..models.generic import VideoSpan
 from .flops import DecoderShape, decode_flops_per_token, method_flops
+from .memory import PeakMemory
+
+# The same schedule as the methods (prune at layer K to the same budget) with a selection that costs nothing:
+# what a method's prefill would take without its own work. A method's measured overhead is its time above it.
+FLOOR = "floor"
 
 
 @dataclass
@@ -30,14 +38,18 @@ class BenchConfig:
     question: int = 30
     layer: int = 2
     retain: float = 0.1
-    dtype: str = "bfloat16"
+    dtype: str = "auto"  # bfloat16 on a GPU or a CPU with native bf16, else float32 (see resolve_dtype)
     attn: str = "sdpa"
     repeats: int = 3
     warmup: int = 1
     decode_tokens: int = 8
     device: str = "cpu"
-    variants: list[str] = field(default_factory=lambda: ["none", "fastv", "sharp-reference", "sharp-cached"])
+    variants: list[str] = field(
+        default_factory=lambda: ["none", FLOOR, "fastv", "sharp-reference", "sharp-cached"]
+    )
     trim_kv: bool = True  # also time decode with the shallow layers' KV trimmed
+    vision: str | None = "auto"  # a shape name with a vision tower; "auto": the model's own; None: skip
+    vision_frames: int | None = None  # encode this many frames and scale to all (the tower is per frame)
 
 
 def variant(name: str, retain: float, layer: int) -> Method:
@@ -48,36 +60,58 @@ def variant(name: str, retain: float, layer: int) -> Method:
         "sharp-reference": lambda: ShaRP(retain=retain, layer=layer, debias="reference"),
         "sharp-cached": lambda: ShaRP(retain=retain, layer=layer, debias="cached"),
         "sharp-nodebias": lambda: ShaRP(retain=retain, layer=layer, debias="off"),
+        FLOOR: lambda: UniformPrune(retain=retain, layer=layer),
     }
     if name in table:
         return table[name]()
     return load_config({"method": name, "retain": retain, "layer": layer})
 
 
-def build_model(cfg: BenchConfig) -> torch.nn.Module:
-    """Random weights from a built-in config (no download), or a local checkpoint folder."""
-    from pathlib import Path
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU has bf16 matrix instructions (AVX512-BF16 or AMX); elsewhere bf16 runs emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in (" avx512_bf16", " amx_bf16"))
 
+
+def resolve_dtype(dtype: str, device: str) -> tuple[str, str]:
+    """The dtype to run and why. bf16 on a CPU without bf16 instructions is emulated and far slower than fp32
+    (measured: ~1 GFLOP/s against ~90 for fp32 matmuls on an AVX2-only EPYC), so "auto" avoids it there."""
+    if dtype != "auto":
+        return dtype, "asked for"
+    if device.startswith("cuda"):
+        return "bfloat16", "auto: GPU"
+    if cpu_has_native_bf16():
+        return "bfloat16", "auto: CPU with native bf16"
+    return "float32", "auto: this CPU has no bf16 instructions (no avx512_bf16/amx_bf16), bf16 would be emulated"
+
+
+def build_model(cfg: BenchConfig, dtype_name: str) -> torch.nn.Module:
+    """Random weights from a built-in config (no download), or a local checkpoint folder."""
     from transformers import AutoModelForCausalLM
 
     from .shapes import decoder_config
 
-    dtype = getattr(torch, cfg.dtype)
+    dtype = getattr(torch, dtype_name)
     if Path(cfg.model).is_dir():
+        if not (Path(cfg.model) / "config.json").exists():
+            raise ConfigError(
+                f"{cfg.model} has no config.json: give a folder written by save_pretrained (a decoder-only "
+                "*ForCausalLM checkpoint) or a built-in shape name"
+            )
         return AutoModelForCausalLM.from_pretrained(
-            cfg.model, torch_dtype=dtype, attn_implementation=cfg.attn, local_files_only=True
+            cfg.model, dtype=dtype, attn_implementation=cfg.attn, local_files_only=True
         ).to(cfg.device).eval()
     conf = decoder_config(cfg.model)
     conf._attn_implementation = cfg.attn
+    if conf.pad_token_id is None and conf.eos_token_id is None:
+        conf.pad_token_id = 0  # random weights: any token is as neutral as another for ShaRP's reference pass
     torch.manual_seed(0)
     with torch.device(cfg.device):
-        model = AutoModelForCausalLM.from_config(conf, torch_dtype=dtype)
+        model = AutoModelForCausalLM.from_config(conf, dtype=dtype)
     return model.eval()
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 class _Timer:
@@ -109,76 +143,165 @@ def _kv_bytes(cache: Any) -> int:
 
 @torch.inference_mode()
 def _one_run(model: torch.nn.Module, ids: torch.Tensor, decode_tokens: int, device: str) -> dict[str, Any]:
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    with _Timer(device) as t:
-        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-    token = out.logits[:, -1:].argmax(-1)
-    steps = []
-    for _ in range(decode_tokens):
-        with _Timer(device) as s:
-            out = model(input_ids=token, cache=cache, use_cache=True)
-        steps.append(s.seconds)
+    with PeakMemory(device) as mem:
+        with _Timer(device) as t:
+            out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
         token = out.logits[:, -1:].argmax(-1)
-    peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
+        steps = []
+        for _ in range(decode_tokens):
+            with _Timer(device) as s:
+                out = model(input_ids=token, cache=cache, use_cache=True)
+            steps.append(s.seconds)
+            token = out.logits[:, -1:].argmax(-1)
     return {"prefill": t.seconds, "decode": statistics.median(steps) if steps else None,
-            "kv_bytes": _kv_bytes(cache), "peak_bytes": peak}
+            "kv_bytes": _kv_bytes(cache), **mem.result()}
 
 
 def _spread(xs: list[float]) -> dict[str, float]:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": len(xs)}
 
 
+def _median_part(parts: list[dict[str, Any]], key: str) -> dict[str, float]:
+    return _spread([float(p.get(key, 0.0)) for p in parts])
+
+
+def _vision_config(cfg: BenchConfig) -> tuple[str, dict[str, Any]] | None:
+    """The vision tower to time: checked before the long decoder runs, timed after them."""
+    from .shapes import SHAPES, vision_config
+
+    name = cfg.vision
+    if name == "auto":
+        if cfg.model.lower() not in SHAPES:
+            return None  # a local checkpoint: its decoder alone is timed
+        name = cfg.model
+    if name is None:
+        return None
+    vision_cfg = vision_config(name)
+    if vision_cfg is None:
+        if cfg.vision == "auto":
+            return None
+        raise ConfigError(f"{name!r} has no vision tower; pick one of the VLM shapes for --vision")
+    if cfg.vision_frames is not None and not 1 <= cfg.vision_frames <= cfg.frames:
+        raise ConfigError(f"vision frames to measure must be in 1..{cfg.frames}, got {cfg.vision_frames}")
+    return name, vision_cfg
+
+
+def _time_vision(cfg: BenchConfig, tower: tuple[str, dict[str, Any]] | None, dtype: str) -> dict[str, Any] | None:
+    from .vision import time_vision
+
+    if tower is None:
+        return None
+    name, vision_cfg = tower
+    out = time_vision(vision_cfg, cfg.frames, cfg.tokens_per_frame, getattr(torch, dtype), cfg.device,
+                      cfg.repeats, cfg.warmup, cfg.vision_frames, _Timer)
+    return {"shape": name, "tower": vision_cfg.get("model_type"), **out}
+
+
+def _check(cfg: BenchConfig) -> None:
+    if not 0.0 < cfg.retain <= 1.0:
+        raise ConfigError(f"retain={cfg.retain} must be in (0, 1]")
+    if cfg.frames < 1 or cfg.tokens_per_frame < 1:
+        raise ConfigError("frames and tokens per frame must be >= 1")
+    if cfg.repeats < 1 or cfg.warmup < 0:
+        raise ConfigError("repeats must be >= 1 and warmup >= 0")
+    if "none" not in cfg.variants:
+        raise ConfigError("the variants must include 'none': every speedup is measured against it in the same run")
+
+
 def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     from tqdm import tqdm
 
-    model = build_model(cfg)
+    _check(cfg)
+    tower = _vision_config(cfg)
+    dtype, dtype_reason = resolve_dtype(cfg.dtype, cfg.device)
+    model = build_model(cfg, dtype)
     shape = DecoderShape.from_config(model.config)
     n_visual = cfg.frames * cfg.tokens_per_frame
     seq = cfg.prefix + n_visual + cfg.question
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(10, model.config.vocab_size - 10, (1, seq), generator=gen).to(cfg.device)
     span = VideoSpan(cfg.prefix, cfg.frames, cfg.tokens_per_frame)
-    plan = [(name, trim) for name in cfg.variants for trim in ((False, True) if cfg.trim_kv and name != "none" else (False,))]
-    rows = []
+    # the unpruned model first: everything else is compared with it
+    names = ["none"] + [v for v in cfg.variants if v != "none"]
+    plan = [(name, trim) for name in names for trim in ((False, True) if cfg.trim_kv and name != "none" else (False,))]
+    methods = [variant(name, cfg.retain, cfg.layer) for name, _ in plan]
+    results: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]] = [([], []) for _ in plan]
     bar = tqdm(total=len(plan) * (cfg.warmup + cfg.repeats), desc="bench", unit="run", disable=not progress)
-    for name, trim in plan:
-        method = variant(name, cfg.retain, cfg.layer)
-        runs, stage_parts = [], []
-        with apply(model, method, span=span, trim_kv=trim) as handle:
-            for i in range(cfg.warmup + cfg.repeats):
+    # Rounds over all variants rather than all repeats of one variant, so that a slow drift of the machine
+    # (other tenants, clocks) spreads over every variant instead of biasing the ones that ran during it.
+    for i in range(cfg.warmup + cfg.repeats):
+        for (name, trim), method, (runs, parts) in zip(plan, methods, results, strict=True):
+            bar.set_postfix_str(f"{name}{'+trim_kv' if trim else ''}", refresh=False)
+            with apply(model, method, span=span, trim_kv=trim) as handle:
                 r = _one_run(model, ids, cfg.decode_tokens, cfg.device)
-                bar.update(1)
-                if i >= cfg.warmup:
-                    runs.append(r)
-                    st = handle.last_stats.stages
-                    stage_parts.append({"stage_seconds": sum(s.seconds for s in st),
-                                        **(st[-1].parts if st else {})})
+            bar.update(1)
+            if i >= cfg.warmup:
+                runs.append(r)
+                st = handle.last_stats.stages
+                parts.append({"stage_seconds": sum(s.seconds for s in st), **(st[0].parts if st else {})})
+    rows = []
+    for (name, trim), method, (runs, parts) in zip(plan, methods, results, strict=True):
         stages = [(s.layer, s.retain) for s in method.stages()]
-        fl = method_flops(shape, seq, n_visual, stages, reference_pass=getattr(method, "debias", "") == "reference")
-        kv_lens = [r_len for r_len in _kv_lens(shape.num_layers, seq, n_visual, method, trim)]
-        overhead = [p["stage_seconds"] for p in stage_parts]
+        count = {"reference_pass": getattr(method, "debias", "") == "reference",
+                 "scoring": getattr(method, "scores_attention", False)}
+        fl = method_flops(shape, seq, n_visual, stages, causal=True, **count)
+        fl_rect = method_flops(shape, seq, n_visual, stages, **count)
+        kv_lens = _kv_lens(shape.num_layers, seq, n_visual, method, trim)
         rows.append({
             "variant": name + ("+trim_kv" if trim else ""), "method": method.to_dict(), "trim_kv": trim,
+            "segment_mask": method.segment_mask() is not None,
             "prefill_s": _spread([r["prefill"] for r in runs]),
             "decode_s_per_token": _spread([r["decode"] for r in runs]) if cfg.decode_tokens else None,
-            "method_overhead_s": _spread(overhead),
-            "reference_s": _spread([p.get("reference_seconds", 0.0) for p in stage_parts]),
-            "scoring_s": _spread([p.get("scoring_seconds", 0.0) for p in stage_parts]),
-            "dedup_s": _spread([p.get("dedup_seconds", 0.0) for p in stage_parts]),
-            "kv_bytes": runs[-1]["kv_bytes"], "peak_bytes": runs[-1]["peak_bytes"],
-            "flops": fl, "decode_flops": decode_flops_per_token(shape, kv_lens)["total"],
+            "stage_s": _median_part(parts, "stage_seconds"),
+            "layers_before_s": _median_part(parts, "layers_before_seconds"),
+            "reference_s": _median_part(parts, "reference_seconds"),
+            "scoring_s": _median_part(parts, "scoring_seconds"),
+            "dedup_s": _median_part(parts, "dedup_seconds"),
+            "kv_bytes": runs[-1]["kv_bytes"],
+            "peak_bytes": max((r["peak_bytes"] for r in runs if r["peak_bytes"] is not None), default=None),
+            "added_bytes": max((r["added_bytes"] for r in runs if r["added_bytes"] is not None), default=None),
+            "memory_source": runs[-1]["memory_source"],
+            "flops": fl, "flops_full_rectangle": fl_rect,
+            "decode_flops": decode_flops_per_token(shape, kv_lens)["total"],
         })
     bar.close()
+    vision = _time_vision(cfg, tower, dtype)
+    _derive(rows, vision)
+    info = machine(cfg, dtype, dtype_reason)
+    return {"config": asdict(cfg), "machine": info, "seq_len": seq, "n_visual": n_visual, "rows": rows,
+            "vision": vision}
+
+
+def _derive(rows: list[dict[str, Any]], vision: dict[str, Any] | None) -> None:
+    """Speedups against the unpruned row, the share of the FLOPs bound reached, and each method's overhead.
+
+    overhead_s: the method's own work in the prefill: scoring + dedup + its segment mask's extra cost in the
+    layers before the stage (layers_before_s above the floor's), without the reference pass (reported apart).
+    above_floor_s: measured prefill minus the floor's with the same KV setting, i.e. everything the method adds.
+    """
     base = next(r for r in rows if r["variant"] == "none")
+    dense = base["prefill_s"]["median"]
+    floors = {r["trim_kv"]: r for r in rows if r["variant"].split("+")[0] == FLOOR}
+    encode = vision["seconds"]["median"] if vision else 0.0
     for r in rows:
-        r["speedup"] = base["prefill_s"]["median"] / r["prefill_s"]["median"]
+        prefill = r["prefill_s"]["median"]
+        r["speedup"] = dense / prefill
         r["flops_bound"] = r["flops"]["speedup_bound"]
-        r["overhead_share_of_dense"] = r["method_overhead_s"]["median"] / base["prefill_s"]["median"]
-    return {"config": asdict(cfg), "machine": machine(cfg), "seq_len": seq, "n_visual": n_visual, "rows": rows}
-
-
+        r["flops_bound_full_rectangle"] = r["flops_full_rectangle"]["speedup_bound"]
+        r["of_bound"] = r["speedup"] / r["flops_bound"]
+        floor = floors.get(r["trim_kv"])
+        mask = 0.0
+        if floor is not None and r is not base:
+            if r["segment_mask"]:
+                mask = max(0.0, r["layers_before_s"]["median"] - floor["layers_before_s"]["median"])
+            r["above_floor_s"] = prefill - floor["prefill_s"]["median"]
+        r["mask_s"] = mask
+        r["overhead_s"] = r["scoring_s"]["median"] + r["dedup_s"]["median"] + mask
+        r["overhead_share_of_dense"] = r["overhead_s"] / dense
+        if vision:
+            r["ttft_s"] = encode + prefill
+            r["ttft_speedup"] = (encode + dense) / r["ttft_s"]
 def _kv_lens(n_layers: int, seq: int, n_visual: int, method: Method, trim: bool) -> list[int]:
     stages = method.stages()
     if not stages:
@@ -188,11 +311,22 @@ def _kv_lens(n_layers: int, seq: int, n_visual: int, method: Method, trim: bool)
     return [(kept if trim else seq) if i < k else kept for i in range(n_layers)]
 
 
-def machine(cfg: BenchConfig) -> dict[str, Any]:
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(cfg: BenchConfig, dtype: str, dtype_reason: str) -> dict[str, Any]:
     info = {
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "platform": platform.platform(), "processor": _cpu_name(), "cpus": os.cpu_count(),
         "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "dtype": cfg.dtype, "attn": cfg.attn, "device": cfg.device,
+        "dtype": dtype, "dtype_reason": dtype_reason, "attn": cfg.attn, "device": cfg.device,
+        "cpu_native_bf16": cpu_has_native_bf16(),
     }
     if cfg.device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()

@@ -7,25 +7,63 @@ from pathlib import Path
 from typing import Any
 
 
+def _mib(x: int | None) -> str:
+    return "-" if x is None else f"{x / 2**20:.0f}"
+
+
+def _pct(x: float | None, dense: float) -> str:
+    return "-" if x is None else f"{x:.2f} ({x / dense:.1%})"
+
+
 def table(result: dict[str, Any]) -> str:
     m = result["machine"]
+    rows = result["rows"]
+    dense = next(r for r in rows if r["variant"] == "none")["prefill_s"]["median"]
     lines = [
-        f"{result['config']['model']}: {result['seq_len']} tokens ({result['n_visual']} visual), {m['dtype']}, "
+        f"{result['config']['model']}: {result['seq_len']} tokens ({result['n_visual']} visual), layer "
+        f"{result['config']['layer']}, retain {result['config']['retain']:g}, {m['dtype']} ({m['dtype_reason']}), "
         f"{m['attn']}, {m['device']} ({m.get('gpu') or m['processor']}, {m['threads']} threads), torch {m['torch']}",
         "",
-        "| variant | prefill s (min-max) | speedup | FLOPs bound | FLOPs cut | overhead s | ref s | dedup s | "
-        "decode ms/tok | KV MiB |",
-        "|" + "---|" * 10,
+        "| variant | prefill s (min-max) | speedup | FLOPs bound | of bound | bound, rect. | FLOPs cut | "
+        "overhead s (of dense) | scoring s | dedup s | mask s | reference s | above floor s | decode ms/tok | KV MiB | "
+        "peak MiB (+run) |",
+        "|" + "---|" * 16,
     ]
-    for r in result["rows"]:
+    for r in rows:
         p = r["prefill_s"]
         dec = r["decode_s_per_token"]
+        above = r.get("above_floor_s")
         lines.append(
             f"| {r['variant']} | {p['median']:.2f} ({p['min']:.2f}-{p['max']:.2f}) | {r['speedup']:.2f}x | "
-            f"{r['flops_bound']:.2f}x | {r['flops']['reduction']:.1%} | {r['method_overhead_s']['median']:.3f} | "
-            f"{r['reference_s']['median']:.3f} | {r['dedup_s']['median']:.3f} | "
-            f"{dec['median'] * 1000 if dec else float('nan'):.1f} | {r['kv_bytes'] / 2**20:.1f} |"
+            f"{r['flops_bound']:.2f}x | {r['of_bound']:.0%} | {r['flops_bound_full_rectangle']:.2f}x | "
+            f"{r['flops']['reduction']:.1%} | "
+            f"{_pct(r['overhead_s'], dense)} | {r['scoring_s']['median']:.3f} | {r['dedup_s']['median']:.3f} | "
+            f"{r['mask_s']:.3f} | {r['reference_s']['median']:.3f} | "
+            f"{'-' if above is None else f'{above:+.2f}'} | "
+            f"{dec['median'] * 1000 if dec else float('nan'):.1f} | {r['kv_bytes'] / 2**20:.1f} | "
+            f"{_mib(r['peak_bytes'])} (+{_mib(r['added_bytes'])}) |"
         )
+    lines += [
+        "",
+        "speedup: unpruned prefill / this prefill (medians). FLOPs bound: the speedup if time followed FLOPs "
+        "(scoring and a per-request reference pass included), counting the attention pairs a causal kernel computes; "
+        "rect.: counting the full attention rectangle (torch's flop-counter convention). overhead: scoring + dedup + the segment mask's "
+        "extra time in the layers before the stage; the reference pass is apart. above floor: prefill minus "
+        f"the 'floor' run (same schedule, free selection). Peak memory: {rows[0].get('memory_source')}.",
+    ]
+    v = result.get("vision")
+    if v:
+        how = (f"measured on {v['frames_measured']} and scaled" if v["extrapolated"] else "measured")
+        lines += [
+            "",
+            f"Vision encoder ({v['shape']}, {v['tower']}, random weights): {v['seconds']['median']:.2f} s for "
+            f"{v['frames']} frames ({how}), {v['flops'] / 1e12:.2f} TFLOPs. Time to first token = encode + prefill:",
+            "",
+            "| variant | TTFT s | TTFT speedup |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {r['variant']} | {r['ttft_s']:.2f} | {r['ttft_speedup']:.2f}x |" for r in rows
+                  if not r["trim_kv"]]
     return "\n".join(lines)
 
 
@@ -48,11 +86,18 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     names = [r["variant"] for r in rows]
     x = range(len(rows))
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    ax.bar([i - 0.2 for i in x], [r["speedup"] for r in rows], width=0.4, label="measured prefill speedup")
-    ax.bar([i + 0.2 for i in x], [r["flops_bound"] for r in rows], width=0.4, label="bound from FLOPs")
+    vision = result.get("vision")
+    width = 0.27 if vision else 0.4
+    ax.bar([i - width / 2 for i in x], [r["speedup"] for r in rows], width=width, label="measured prefill speedup")
+    ax.bar([i + width / 2 for i in x], [r["flops_bound"] for r in rows], width=width, label="bound from FLOPs")
+    if vision:
+        ax.bar([i + 1.5 * width for i in x], [r["ttft_speedup"] for r in rows], width=width,
+               label="time to first token, vision encoder included")
     ax.set_xticks(list(x), names, fontsize=8)
     ax.set_ylabel("x faster than unpruned")
-    ax.set_title(f"{result['config']['model']}, {result['seq_len']} tokens, {result['machine']['device']}", fontsize=9)
+    m = result["machine"]
+    ax.set_title(f"{result['config']['model']}, {result['seq_len']} tokens, {m['dtype']}, "
+                 f"{m.get('gpu') or m['device']}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

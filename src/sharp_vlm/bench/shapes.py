@@ -19,6 +19,7 @@ from typing import Any
 from transformers import LlamaConfig, PreTrainedConfig, Qwen2Config
 
 from sharp_vlm.bench.flops import DecoderShape
+from sharp_vlm.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------
 # Data only below. Source of every number: the checkpoint's config.json (repository in hf_id).
@@ -222,7 +223,9 @@ def list_shapes() -> list[str]:
 def _entry(name: str) -> dict[str, Any]:
     key = name.lower()
     if key not in SHAPES:
-        raise KeyError(f"unknown shape {name!r}; known: {', '.join(SHAPES)}")
+        raise ConfigError(
+            f"unknown model shape {name!r}: give one of {', '.join(SHAPES)}, or a local checkpoint folder"
+        )
     return SHAPES[key]
 
 

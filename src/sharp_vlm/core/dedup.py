@@ -19,11 +19,14 @@ Candidate window: the walk only visits the top ``M`` tokens by score, where ``M`
 walked; they can only enter through the fill step. Pass ``candidates=N`` for the exact walk
 over all tokens (cost O(N^2) memory).
 
-The walk is vectorised: with ``C[i, j] = (sim[i, j] > tau and j ranked before i)`` over the
-candidates, the greedy result is the unique fixed point of
-``keep_i = not any_j(keep_j and C[i, j]) and register_cap_ok_i(keep_{<i})``. Each entry
-depends only on earlier ranks, so iterating from all-True settles at least one more rank
-per iteration and converges within ``M`` iterations (usually a handful).
+The walk is vectorised and runs in chunks of ``chunk`` ranks, so it costs about
+``visited x budget`` similarities instead of ``M x M``, and stops at the chunk where the
+budget fills. A chunk's tokens similar to an already kept token are blocked with one matrix
+product; inside the chunk, with ``C[i, j] = (sim[i, j] > tau and j ranked before i)``, the
+greedy result is the unique fixed point of
+``keep_i = not blocked_i and not any_j(keep_j and C[i, j]) and register_cap_ok_i(keep_{<i})``.
+Each entry depends only on earlier ranks, so iterating from "keep all unblocked" settles at
+least one more rank per iteration and converges within ``chunk`` iterations (usually a handful).
 """
 
 from __future__ import annotations
@@ -71,28 +74,71 @@ def register_mask(feats: torch.Tensor, register_sigma: float = 3.0) -> torch.Ten
 
 
 def _greedy_walk(
-    conflict: torch.Tensor, is_reg: torch.Tensor, max_registers: int
+    conflict: torch.Tensor,
+    is_reg: torch.Tensor,
+    max_registers: int,
+    blocked_before: torch.Tensor | None = None,
+    registers_kept: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fixed point of the greedy walk over ranked candidates.
+    """Fixed point of the greedy walk over one chunk of ranked candidates.
 
     ``conflict`` is (M, M) float with 1 where ``j < i`` and ``sim[i, j] > tau``; ``is_reg``
-    is (M,) bool. Returns ``(keep, blocked)``: ``keep`` as if the walk never stopped, and
-    ``blocked`` marking tokens skipped for similarity.
+    is (M,) bool; ``blocked_before`` marks tokens similar to a token kept in an earlier chunk,
+    and ``registers_kept`` counts the registers kept there. Returns ``(keep, blocked)``: ``keep``
+    as if the walk never stopped, and ``blocked`` marking tokens skipped for similarity.
     """
     m = conflict.shape[0]
     reg_i = is_reg.int()
-    keep = torch.ones(m, dtype=torch.bool, device=conflict.device)
-    blocked = torch.zeros_like(keep)
+    before = torch.zeros(m, dtype=torch.bool, device=conflict.device) if blocked_before is None else blocked_before
+    keep = ~before
+    blocked = before
     # Rank i is settled after i + 1 iterations, so M + 1 evaluations always reach the fixed point.
     for _ in range(m + 1):
-        blocked = conflict.mv(keep.float()) > 0
+        blocked = before | (conflict.mv(keep.float()) > 0)
         kept_reg = keep.int() * reg_i
-        regs_before = torch.cumsum(kept_reg, 0) - kept_reg
+        regs_before = registers_kept + torch.cumsum(kept_reg, 0) - kept_reg
         new_keep = ~blocked & (~is_reg | (regs_before < max_registers))
         if torch.equal(new_keep, keep):
             break
         keep = new_keep
     return keep, blocked
+
+
+def _similar(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
+    # clamped so that tau >= 1 never matches, whatever the rounding of unit vectors
+    return (a @ b.T).clamp_(-1.0, 1.0) > tau
+
+
+def _walk(
+    f: torch.Tensor, is_reg: torch.Tensor, n_keep: int, tau: float, max_registers: int, chunk: int
+) -> tuple[torch.Tensor, int]:
+    """Greedy walk over the ranked, unit-normalised candidate features ``f`` (M, D).
+
+    Returns the kept candidate positions (rank order, at most ``n_keep``) and how many visited
+    tokens were skipped for similarity before the walk stopped.
+    """
+    m = f.shape[0]
+    kept: list[torch.Tensor] = []
+    kept_feats = f[:0]
+    n_kept = n_skipped = regs = 0
+    for start in range(0, m, chunk):
+        fc, reg_c = f[start : start + chunk], is_reg[start : start + chunk]
+        before = _similar(fc, kept_feats, tau).any(dim=1) if n_kept else None
+        conflict = _similar(fc, fc, tau).tril_(diagonal=-1).float()
+        keep, blocked = _greedy_walk(conflict, reg_c, max_registers, before, regs)
+        pos = torch.nonzero(keep).flatten()
+        if n_kept + pos.numel() >= n_keep:
+            pos = pos[: n_keep - n_kept]
+            # the walk stops at the token that fills the budget: later ranks were never visited
+            n_skipped += int(blocked[: int(pos[-1]) + 1].sum()) if pos.numel() else 0
+            kept.append(pos + start)
+            break
+        n_skipped += int(blocked.sum())
+        kept.append(pos + start)
+        kept_feats = torch.cat([kept_feats, fc[keep]])
+        n_kept += pos.numel()
+        regs += int((keep & reg_c).sum())
+    return torch.cat(kept) if kept else torch.zeros(0, dtype=torch.long, device=f.device), n_skipped
 
 
 def dedup_select(
@@ -103,6 +149,8 @@ def dedup_select(
     max_registers: int = 1,
     register_sigma: float = 3.0,
     candidates: int | None = None,
+    *,
+    chunk: int = 256,
 ) -> DedupResult:
     """Keep ``min(budget, N)`` high-scoring, mutually dissimilar tokens (see module docstring).
 
@@ -116,6 +164,7 @@ def dedup_select(
         register_sigma: outlier threshold in standard deviations of the feature norm.
         candidates: size of the walked window of top-scored tokens; default
             ``min(N, max(4 * budget, 256))``.
+        chunk: ranks walked per vectorised step (speed only; the result does not depend on it).
     """
     if scores.dim() != 1:
         raise ValueError(f"scores must be 1-D (N,), got shape {tuple(scores.shape)}")
@@ -128,6 +177,8 @@ def dedup_select(
         raise ValueError(f"max_registers must be >= 0, got {max_registers}")
     if candidates is not None and candidates < 1:
         raise ValueError(f"candidates must be >= 1, got {candidates}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
 
     device = scores.device
     is_reg = register_mask(feats, register_sigma).to(device)
@@ -145,20 +196,7 @@ def dedup_select(
     m = min(n, candidates if candidates is not None else max(4 * budget, 256))
     cand = order[:m]
     f = F.normalize(feats[cand.to(feats.device)].float(), dim=-1).to(device)
-    sim = (f @ f.T).clamp_(-1.0, 1.0)
-    # Only earlier ranks can block a token: keep the strict lower triangle.
-    conflict = (sim > tau).tril_(diagonal=-1).float()
-    del sim
-    walk_keep, blocked = _greedy_walk(conflict, is_reg[cand], max_registers)
-
-    # Stop once n_keep are kept: later ranks were never visited.
-    kept_pos = torch.nonzero(walk_keep).flatten()
-    if kept_pos.numel() >= n_keep:
-        stop = int(kept_pos[n_keep - 1]) + 1
-        kept_pos = kept_pos[:n_keep]
-    else:
-        stop = m
-    n_skipped_similar = int(blocked[:stop].sum())
+    kept_pos, n_skipped_similar = _walk(f, is_reg[cand], n_keep, tau, max_registers, chunk)
     kept = cand[kept_pos]
 
     n_filled = n_keep - kept.numel()
@@ -186,6 +224,8 @@ def dedup_select_batch(
     max_registers: int = 1,
     register_sigma: float = 3.0,
     candidates: int | None = None,
+    *,
+    chunk: int = 256,
 ) -> list[DedupResult]:
     """:func:`dedup_select` per sample.
 
@@ -209,6 +249,7 @@ def dedup_select_batch(
             max_registers=max_registers,
             register_sigma=register_sigma,
             candidates=candidates,
+            chunk=chunk,
         )
         for b in range(n_samples)
     ]

@@ -1,4 +1,8 @@
-"""Positional-bias scores cached per (model, visual layout, prompt length): the reference pass is paid once."""
+"""Positional-bias scores cached per (model, visual layout, prompt length): the reference pass is paid once.
+
+The in-memory store is shared by every handle with the same cache settings in the process (`BiasCache.shared`),
+so that the common `with sv.apply(...)` per request still hits it; its keys name the weights, layer and layout.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,21 @@ import torch
 
 class BiasCache:
     """A bounded in-memory LRU of bias tensors, optionally backed by a directory of .pt files."""
+
+    _instances: dict[tuple[int, Path | None], BiasCache] = {}
+
+    @classmethod
+    def shared(cls, size: int = 64, directory: str | Path | None = None) -> BiasCache:
+        """The process-wide cache for these settings."""
+        key = (size, Path(directory) if directory else None)
+        if key not in cls._instances:
+            cls._instances[key] = cls(size, directory)
+        return cls._instances[key]
+
+    @classmethod
+    def forget_all(cls) -> None:
+        """Drop every shared in-memory cache (files on disk stay)."""
+        cls._instances.clear()
 
     def __init__(self, size: int = 64, directory: str | Path | None = None):
         self.size = size

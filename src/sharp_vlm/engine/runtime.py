@@ -17,7 +17,6 @@ import copy
 import time
 import weakref
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +30,7 @@ from ..core.scoring import apply_rotary, attention_probs
 from ..errors import ConfigError, InputError
 from ..models.base import Adapter
 from .bias_cache import BiasCache
+from .segment_attention import RUNS_KWARG, SEGMENT_ATTENTION, segment_runs
 from .stats import CallStats, StageStats
 from .view import StageView
 
@@ -87,9 +87,10 @@ class _Prefill:
     pruned: bool = False
     layer_rows: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> rows its KV holds
     mask_cache: dict[tuple[int, int], Any] = field(default_factory=dict)
-    segment_mask: Any = None
+    segment_kwargs: tuple[int, dict[str, Any]] | None = None  # (stages done, what the masked layers get)
     layer_kwargs: dict[int, dict[str, Any]] = field(default_factory=dict)  # what shallow layers were given
     embeds: torch.Tensor | None = None  # decoder input, for the reference pass
+    started: float = 0.0  # perf_counter at the decoder's start: times the layers before the first stage
 
 
 @dataclass
@@ -130,7 +131,6 @@ class Engine:
         self._segment_forward = self.seg is not None and self.seg.scope == "forward" and self.seg.mode != "off"
         self._in_reference = False
         self._decoder_shape: DecoderShape | None = None
-        self._bias: BiasCache | None = None
         self._swapped: list[tuple[nn.Module, Any]] = []
         self.last_stats: CallStats | None = None
         self._call: dict[str, Any] = {}
@@ -165,14 +165,17 @@ class Engine:
             self._use_masked_kernel()
 
     def _use_masked_kernel(self) -> None:
-        """FlashAttention takes no arbitrary mask: the segment-masked layers switch to SDPA (per instance)."""
-        impl = self._attn_impl()
-        if impl in ("sdpa", "eager"):
+        """The segment-masked layers run block-wise SDPA (engine.segment_attention) instead of a dense mask.
+
+        Per instance, on those layers only; FlashAttention takes no arbitrary mask, so it switches too. Eager
+        attention keeps the dense additive mask (whoever picked eager wants its exact computation).
+        """
+        if self._attn_impl() == "eager":
             return
         for layer in list(self.adapter.layers())[: self.seg_until]:
             attn = layer.self_attn
             cfg = copy.copy(attn.config)
-            cfg._attn_implementation = "sdpa"
+            cfg._attn_implementation = SEGMENT_ATTENTION
             self._swapped.append((attn, attn.config))
             attn.config = cfg
 
@@ -278,9 +281,9 @@ class Engine:
                 kwargs = self._gathered_kwargs(kwargs)
                 pre.layer_rows[i] = pre.rows
             if self._segment_forward and i < self.seg_until:
-                kwargs = dict(kwargs, attention_mask=self._segment_mask())
+                kwargs = dict(kwargs, **self._segment_kwargs())
             if i < self.last_stage:
-                pre.layer_kwargs[i] = {k: kwargs.get(k) for k in ("attention_mask", "position_ids")}
+                pre.layer_kwargs[i] = {k: kwargs.get(k) for k in ("attention_mask", "position_ids", RUNS_KWARG)}
             return args, kwargs
 
         return hook
@@ -328,32 +331,39 @@ class Engine:
             visual_orig=[torch.arange(lay.n_visual, device=device) for lay in layouts],
             stats=CallStats(batch, seq_len, [lay.n_visual for lay in layouts]),
         )
+        _sync(ref)
+        self._pre.started = time.perf_counter()
 
     def _segment_ids(self, pre: _Prefill, frames_per_segment: int) -> torch.Tensor:
         return torch.stack([lay.segment_ids(pre.seq_len, frames_per_segment) for lay in pre.layouts])
 
-    def _segment_mask(self) -> Any:
-        """Segment-aware mask for the shallow layers, over the current rows (padding keys stay masked)."""
+    def _segment_kwargs(self) -> dict[str, Any]:
+        """What the segment-masked layers get over the current rows: the runs of the block-wise kernel where it
+        applies (no padding, one layout for the batch, a kernel that was switched), else a dense mask."""
         pre = self._pre
         key = len(pre.stats.stages)
-        if pre.segment_mask is None or pre.segment_mask[0] != key:
+        if pre.segment_kwargs is None or pre.segment_kwargs[0] != key:
             seg = _take(self._segment_ids(pre, self.seg.frames_per_segment), pre.rows)
-            allowed = torch.stack([segment_allowed(s, self.seg.mode) for s in seg])
-            allowed &= _take(pre.key_valid, pre.rows)[:, None, :]
-            allowed |= torch.eye(seg.shape[1], dtype=torch.bool, device=allowed.device)[None]
-            kind = "additive" if self._attn_impl() == "eager" else "bool"
-            pre.segment_mask = (key, to_attention_mask(allowed, self._dtype(), kind))
-        return pre.segment_mask[1]
+            runs = None
+            if self._swapped and bool(_take(pre.key_valid, pre.rows).all()):
+                runs = segment_runs(seg, self.seg.mode)
+            kwargs = {"attention_mask": None, RUNS_KWARG: runs} if runs else {"attention_mask": self._segment_mask(seg)}
+            pre.segment_kwargs = (key, kwargs)
+        return pre.segment_kwargs[1]
+
+    def _segment_mask(self, seg: torch.Tensor) -> Any:
+        """Dense segment-aware mask for the shallow layers, over the current rows (padding keys stay masked)."""
+        pre = self._pre
+        allowed = torch.stack([segment_allowed(s, self.seg.mode) for s in seg])
+        allowed &= _take(pre.key_valid, pre.rows)[:, None, :]
+        allowed |= torch.eye(seg.shape[1], dtype=torch.bool, device=allowed.device)[None]
+        kind = "additive" if self._attn_impl() == "eager" else "bool"
+        return to_attention_mask(allowed, self._dtype(), kind)
 
     def _shape(self) -> DecoderShape:
         if self._decoder_shape is None:
             self._decoder_shape = DecoderShape.from_config(self.adapter.text_model().config)
         return self._decoder_shape
-
-    def _bias_cache(self, size: int, directory: str | None) -> BiasCache:
-        if self._bias is None or (self._bias.size, self._bias.directory) != (size, directory and Path(directory)):
-            self._bias = BiasCache(size, directory)
-        return self._bias
 
     def _fingerprint(self) -> tuple:
         """Identifies the weights for the on-disk bias cache without hashing the whole model."""
@@ -375,6 +385,9 @@ class Engine:
         t0 = time.perf_counter()
         layer = self.adapter.layers()[stage.layer] if stage.layer < self.adapter.n_layers else None
         extras: dict[str, Any] = {}
+        if not pre.stats.stages:
+            # the layers before the first stage, segment mask included: what a method's mask costs shows here
+            extras["layers_before_seconds"] = t0 - pre.started
 
         def scorer(
             query: str = "last",
@@ -401,7 +414,7 @@ class Engine:
             t = time.perf_counter()
             key = None
             if cache is not None:
-                bias_cache = self._bias_cache(*cache)
+                bias_cache = BiasCache.shared(*cache)
                 key = bias_cache.key(
                     self._fingerprint(), stage.layer, query, rope, mask, pre.rows, pre.query_last,
                     *[lay.positions for lay in pre.layouts], *[tuple(lay.items) for lay in pre.layouts],
@@ -597,6 +610,7 @@ class Engine:
             with torch.no_grad():
                 for i in range(stage_layer):
                     kw = pre.layer_kwargs[i]
+                    runs = {RUNS_KWARG: kw[RUNS_KWARG]} if kw.get(RUNS_KWARG) is not None else {}
                     out = layers[i](
                         h,
                         attention_mask=kw["attention_mask"],
@@ -604,6 +618,7 @@ class Engine:
                         position_ids=kw["position_ids"],
                         cache=None,
                         use_cache=False,
+                        **runs,
                     )
                     h = out[0] if isinstance(out, tuple) else out
         finally:

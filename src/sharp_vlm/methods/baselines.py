@@ -29,6 +29,7 @@ class RandomPrune(StageMethod):
     layer: int = 2
     seed: int = 0
     allow_layer_zero = True
+    scores_attention = False
 
     def select(self, view: StageView) -> KeepIndices:
         gen = torch.Generator().manual_seed(self.seed)
@@ -46,6 +47,7 @@ class UniformPrune(StageMethod):
     retain: float = 0.25
     layer: int = 2
     allow_layer_zero = True
+    scores_attention = False
 
     def select(self, view: StageView) -> KeepIndices:
         return [

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..core.layout import VisualItem, VisualLayout
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from .base import Adapter
 
 
@@ -73,7 +73,12 @@ class GenericAdapter(Adapter):
         cfg = self.model.config
         token = cfg.pad_token_id if cfg.pad_token_id is not None else cfg.eos_token_id
         if isinstance(token, (list, tuple)):
-            token = token[0]
+            token = token[0] if token else None
+        if token is None:
+            raise ConfigError(
+                "the reference pass needs a neutral token to stand in for the frames, and this model's config sets "
+                "neither pad_token_id nor eos_token_id; set one, or pass reference= to sv.apply"
+            )
         blank = self.text_model().embed_tokens.weight[int(token)].to(embeds.dtype)
         out = embeds.clone()
         for b, lay in enumerate(layouts):
