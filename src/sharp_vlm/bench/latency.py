@@ -162,6 +162,16 @@ def _spread(xs: list[float]) -> dict[str, float]:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": len(xs)}
 
 
+def _stage_parts(stages: list[Any]) -> dict[str, float]:
+    """Seconds (and other numbers) a prefill's stages recorded, summed over the stages."""
+    out: dict[str, float] = {"stage_seconds": sum(s.seconds for s in stages)}
+    for s in stages:
+        for key, value in s.parts.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                out[key] = out.get(key, 0.0) + value
+    return out
+
+
 def _median_part(parts: list[dict[str, Any]], key: str) -> dict[str, float]:
     return _spread([float(p.get(key, 0.0)) for p in parts])
 
@@ -238,8 +248,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
             bar.update(1)
             if i >= cfg.warmup:
                 runs.append(r)
-                st = handle.last_stats.stages
-                parts.append({"stage_seconds": sum(s.seconds for s in st), **(st[0].parts if st else {})})
+                parts.append(_stage_parts(handle.last_stats.stages))
     rows = []
     for (name, trim), method, (runs, parts) in zip(plan, methods, results, strict=True):
         stages = [(s.layer, s.retain) for s in method.stages()]
@@ -302,6 +311,8 @@ def _derive(rows: list[dict[str, Any]], vision: dict[str, Any] | None) -> None:
         if vision:
             r["ttft_s"] = encode + prefill
             r["ttft_speedup"] = (encode + dense) / r["ttft_s"]
+
+
 def _kv_lens(n_layers: int, seq: int, n_visual: int, method: Method, trim: bool) -> list[int]:
     stages = method.stages()
     if not stages:
