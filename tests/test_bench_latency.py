@@ -188,3 +188,19 @@ def test_vision_input_yields_the_benchmarked_tokens(vision_cfg):
 def test_vision_frames_out_of_range():
     with pytest.raises(ValueError, match="1..4"):
         time_vision(TINY_SIGLIP, 4, 16, torch.float32, "cpu", 1, 0, frames_measured=5, timer=latency._Timer)
+
+
+def test_cli_runs_and_redraws_a_bench(tmp_path, tiny_shapes, capsys):
+    from sharp_vlm.cli import main
+
+    out = tmp_path / "bench"
+    rc = main(["bench", "--model", "tiny-lm", "--frames", "4", "--tokens-per-frame", "8", "--variants", "none,floor",
+               "--no-trim-kv", "--repeats", "1", "--warmup", "0", "--decode-tokens", "1", "--dtype", "float32",
+               "--out", str(out)])
+    assert rc == 0
+    result = json.loads((out / "bench.json").read_text())
+    assert [r["variant"] for r in result["rows"]] == ["none", "floor"] and result["config"]["frames"] == 4
+    (out / "speedup.png").unlink()
+    assert main(["bench", "--render", str(out / "bench.json")]) == 0
+    assert (out / "speedup.png").stat().st_size > 0 and "| floor |" in capsys.readouterr().out
+    assert main(["bench", "--render", str(tmp_path / "missing.json")]) == 2

@@ -100,6 +100,14 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from .bench.latency import BenchConfig, run_bench
     from .bench.report import table, write
 
+    if a.render is not None:  # redraw the table and plot of an earlier run
+        if not a.render.is_file():
+            print(f"sharp bench: {a.render} does not exist; give the bench.json of an earlier run", file=sys.stderr)
+            return 2
+        result = json.loads(a.render.read_text())
+        paths = write(result, a.render.parent)
+        print(table(result) + "\n\n" + "\n".join(f"{k}: {v}" for k, v in paths.items()))
+        return 0
     cfg = BenchConfig(
         model=a.model, frames=a.frames, tokens_per_frame=a.tokens_per_frame, layer=a.layer, retain=a.retain,
         dtype=a.dtype, attn=a.attn, repeats=a.repeats, warmup=a.warmup, decode_tokens=a.decode_tokens,
@@ -149,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--no-trim-kv", action="store_true", help="skip the runs with trimmed shallow-layer KV")
     b.add_argument("--threads", type=int, default=0)
     b.add_argument("--out", type=Path, default=Path("runs/bench"))
+    b.add_argument("--render", type=Path, default=None, metavar="BENCH_JSON",
+                   help="only redraw bench.md and speedup.png beside an earlier run's bench.json")
     b.set_defaults(fn=cmd_bench)
     a = parser.parse_args(argv)
     if a.threads:

@@ -85,20 +85,22 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     rows = [r for r in result["rows"] if not r["trim_kv"]]
     names = [r["variant"] for r in rows]
     x = range(len(rows))
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
     vision = result.get("vision")
     width = 0.27 if vision else 0.4
-    ax.bar([i - width / 2 for i in x], [r["speedup"] for r in rows], width=width, label="measured prefill speedup")
-    ax.bar([i + width / 2 for i in x], [r["flops_bound"] for r in rows], width=width, label="bound from FLOPs")
+    series = [("measured prefill speedup", "speedup"), ("bound from FLOPs (causal attention)", "flops_bound")]
     if vision:
-        ax.bar([i + 1.5 * width for i in x], [r["ttft_speedup"] for r in rows], width=width,
-               label="time to first token, vision encoder included")
+        series.append(("time to first token, vision encoder included", "ttft_speedup"))
+    offsets = [(j - (len(series) - 1) / 2) * width for j in range(len(series))]
+    for (label, key), off in zip(series, offsets, strict=True):
+        bars = ax.bar([i + off for i in x], [r[key] for r in rows], width=width, label=label)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
     ax.set_xticks(list(x), names, fontsize=8)
     ax.set_ylabel("x faster than unpruned")
-    m = result["machine"]
-    ax.set_title(f"{result['config']['model']}, {result['seq_len']} tokens, {m['dtype']}, "
-                 f"{m.get('gpu') or m['device']}", fontsize=9)
-    ax.legend(fontsize=8)
+    m, c = result["machine"], result["config"]
+    ax.set_title(f"{c['model']}, {result['seq_len']} tokens ({result['n_visual']} visual), layer {c['layer']}, "
+                 f"retain {c['retain']:g}, {m['dtype']}, {m.get('gpu') or m['device']}", fontsize=9)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(series), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
