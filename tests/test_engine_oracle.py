@@ -4,60 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import DynamicCache
 
 import sharp_vlm as sv
+from oracle import pruned_forward
 from sharp_vlm.models.factory import tiny_qwen_vl, tiny_video_inputs
-
-
-def _decoder_inputs(model, inputs):
-    """inputs_embeds and 3-D position ids that the unpatched model hands to its decoder."""
-    seen = {}
-
-    def grab(mod, args, kwargs):
-        seen["embeds"] = kwargs["inputs_embeds"]
-        seen["pos"] = kwargs["position_ids"]
-
-    h = model.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
-    with torch.no_grad():
-        model(**inputs)
-    h.remove()
-    pos = seen["pos"]
-    return seen["embeds"], pos[1:] if pos.shape[0] == 4 else pos
-
-
-def _oracle(model, inputs, keep_positions, layer, n_decode):
-    """Layers < K on every token, gather the kept ones, layers >= K on the short sequence, original positions."""
-    tm = model.model.language_model
-    embeds, pos = _decoder_inputs(model, inputs)
-    seq = embeds.shape[1]
-    keep = torch.ones(seq, dtype=torch.bool)
-    vis = inputs["mm_token_type_ids"][0] != 0
-    keep[vis] = False
-    keep[keep_positions] = True
-    rows = torch.nonzero(keep).flatten()
-    cache = DynamicCache(config=tm.config)
-    with torch.no_grad():
-        h = embeds
-        cos, sin = tm.rotary_emb(h, pos)
-        for i, lay in enumerate(tm.layers):
-            if i == layer:
-                h, cos, sin = h[:, rows], cos[:, rows], sin[:, rows]
-            h = lay(h, attention_mask=None, position_embeddings=(cos, sin), cache=cache, use_cache=True)
-        logits = [model.lm_head(tm.norm(h))]
-        next_pos = int(pos[:, 0, -1].max()) + 1
-        token = logits[-1][:, -1].argmax(-1)
-        tokens = [int(token)]
-        for t in range(n_decode - 1):
-            h = tm.embed_tokens(token)[:, None]
-            p = torch.full((3, 1, 1), next_pos + t)
-            cos, sin = tm.rotary_emb(h, p)
-            for lay in tm.layers:
-                h = lay(h, attention_mask=None, position_embeddings=(cos, sin), cache=cache, use_cache=True)
-            logits.append(model.lm_head(tm.norm(h)))
-            token = logits[-1][:, -1].argmax(-1)
-            tokens.append(int(token))
-    return logits, tokens, cache
 
 
 @pytest.mark.parametrize("layer", [1, 2, 3])
@@ -68,7 +18,7 @@ def test_engine_matches_oracle(qwen, layer):
         kept = handle.last_stats.stages[0].kept_positions[0]
         out = model.generate(**inputs, max_new_tokens=5, do_sample=False, output_logits=True,
                              return_dict_in_generate=True)
-    logits, tokens, _ = _oracle(model, inputs, kept, layer, n_decode=5)
+    logits, tokens, _ = pruned_forward(model, inputs, kept, layer, n_decode=5)
     assert prefill.shape == logits[0].shape
     assert (prefill - logits[0]).abs().max() < 1e-5
     assert out.sequences[0, -5:].tolist() == tokens
@@ -82,7 +32,7 @@ def test_stage_at_layer_zero_matches_oracle(qwen):
         prefill = model(**inputs).logits
         kept = handle.last_stats.stages[0].kept_positions[0]
         out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-    logits, tokens, _ = _oracle(model, inputs, kept, 0, n_decode=4)
+    logits, tokens, _ = pruned_forward(model, inputs, kept, 0, n_decode=4)
     assert (prefill - logits[0]).abs().max() < 1e-5
     assert out[0, -4:].tolist() == tokens
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import DynamicCache
 
 import sharp_vlm as sv
+from oracle import pruned_forward
 from sharp_vlm.core.masks import segment_allowed
 from sharp_vlm.engine.segment_attention import RUNS_KWARG, SEGMENT_ATTENTION
 
@@ -49,48 +49,15 @@ def test_all_components_off_equals_fastv(qwen):
 
 
 def _segment_oracle(model, inputs, keep_positions, layer, scope, n_decode=4):
-    """Hand-written ShaRP forward: segment mask in layers < K (forward scope), gather, causal after."""
-    tm = model.model.language_model
-    seen = {}
-    hook = tm.register_forward_pre_hook(
-        lambda m, a, k: seen.update(embeds=k["inputs_embeds"], pos=k["position_ids"]), with_kwargs=True)
-    with torch.no_grad():
-        model(**inputs)
-    hook.remove()
-    embeds, pos = seen["embeds"], seen["pos"]
-    pos = pos[1:] if pos.shape[0] == 4 else pos
-    seq = embeds.shape[1]
+    """Hand-written ShaRP forward: the dense segment mask in layers < K (forward scope), gather, causal after."""
+    seq = inputs["input_ids"].shape[1]
     vis = torch.nonzero(inputs["mm_token_type_ids"][0]).flatten()
     grid = inputs["video_grid_thw"][0]
     per_patch = int(grid[1] * grid[2]) // 4
     seg = torch.full((seq,), -1)
     seg[vis] = torch.arange(vis.numel()) // per_patch
     shallow = segment_allowed(seg, "bidirectional")[None, None] if scope == "forward" else None
-    keep = torch.ones(seq, dtype=torch.bool)
-    keep[vis] = False
-    keep[keep_positions] = True
-    rows = torch.nonzero(keep).flatten()
-    cache = DynamicCache(config=tm.config)
-    with torch.no_grad():
-        h = embeds
-        cos, sin = tm.rotary_emb(h, pos)
-        for i, lay in enumerate(tm.layers):
-            if i == layer:
-                h, cos, sin = h[:, rows], cos[:, rows], sin[:, rows]
-            mask = shallow if i < layer else None
-            h = lay(h, attention_mask=mask, position_embeddings=(cos, sin), cache=cache, use_cache=True)
-        logits = [model.lm_head(tm.norm(h))]
-        token = logits[-1][:, -1].argmax(-1)
-        tokens, nxt = [int(token)], int(pos[:, 0, -1].max()) + 1
-        for t in range(n_decode - 1):
-            h = tm.embed_tokens(token)[:, None]
-            cos, sin = tm.rotary_emb(h, torch.full((3, 1, 1), nxt + t))
-            for lay in tm.layers:
-                h = lay(h, attention_mask=None, position_embeddings=(cos, sin), cache=cache, use_cache=True)
-            logits.append(model.lm_head(tm.norm(h)))
-            token = logits[-1][:, -1].argmax(-1)
-            tokens.append(int(token))
-    return logits, tokens, cache
+    return pruned_forward(model, inputs, keep_positions, layer, n_decode, shallow_mask=shallow)
 
 
 @pytest.mark.parametrize("scope", SCOPES)
