@@ -9,20 +9,20 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..config import Method, load_config
+from ..config import Method, check_retain, load_config
 from ..engine.patch import apply
 from ..errors import ConfigError
 from ..methods import FastV, NoPrune, ShaRP, UniformPrune
 from ..models.generic import VideoSpan
 from .flops import DecoderShape, decode_flops_per_token, method_flops
 from .memory import PeakMemory
+from .timer import Timer
 
 # The same schedule as the methods (prune at layer K to the same budget) with a selection that costs nothing:
 # what a method's prefill would take without its own work. A method's measured overhead is its time above it.
@@ -67,12 +67,16 @@ def variant(name: str, retain: float, layer: int) -> Method:
     return load_config({"method": name, "retain": retain, "layer": layer})
 
 
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""  # not Linux: no flags, no model name
+
+
 def cpu_has_native_bf16() -> bool:
     """True where the CPU has bf16 matrix instructions (AVX512-BF16 or AMX); elsewhere bf16 runs emulated."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    flags = _cpuinfo()
     return any(f in flags for f in (" avx512_bf16", " amx_bf16"))
 
 
@@ -114,29 +118,6 @@ def build_model(cfg: BenchConfig, dtype_name: str) -> torch.nn.Module:
     return model.eval()
 
 
-class _Timer:
-    """CUDA events on a GPU, wall clock on the CPU."""
-
-    def __init__(self, device: str):
-        self.cuda = device.startswith("cuda")
-
-    def __enter__(self) -> _Timer:
-        if self.cuda:
-            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            self.start.record()
-        else:
-            self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.cuda:
-            self.end.record()
-            torch.cuda.synchronize()
-            self.seconds = self.start.elapsed_time(self.end) / 1000
-        else:
-            self.seconds = time.perf_counter() - self.t0
-
-
 def _kv_bytes(cache: Any) -> int:
     return sum(int(layer.keys.numel() * layer.keys.element_size() * 2) for layer in cache.layers)
 
@@ -144,13 +125,13 @@ def _kv_bytes(cache: Any) -> int:
 @torch.inference_mode()
 def _one_run(model: torch.nn.Module, ids: torch.Tensor, decode_tokens: int, device: str) -> dict[str, Any]:
     with PeakMemory(device) as mem:
-        with _Timer(device) as t:
+        with Timer(device) as t:
             out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
         cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
         token = out.logits[:, -1:].argmax(-1)
         steps = []
         for _ in range(decode_tokens):
-            with _Timer(device) as s:
+            with Timer(device) as s:
                 out = model(input_ids=token, cache=cache, use_cache=True)
             steps.append(s.seconds)
             token = out.logits[:, -1:].argmax(-1)
@@ -204,13 +185,12 @@ def _time_vision(cfg: BenchConfig, tower: tuple[str, dict[str, Any]] | None, dty
         return None
     name, vision_cfg = tower
     out = time_vision(vision_cfg, cfg.frames, cfg.tokens_per_frame, getattr(torch, dtype), cfg.device,
-                      cfg.repeats, cfg.warmup, cfg.vision_frames, _Timer)
+                      cfg.repeats, cfg.warmup, cfg.vision_frames)
     return {"shape": name, "tower": vision_cfg.get("model_type"), **out}
 
 
 def _check(cfg: BenchConfig) -> None:
-    if not 0.0 < cfg.retain <= 1.0:
-        raise ConfigError(f"retain={cfg.retain} must be in (0, 1]")
+    check_retain(cfg.retain)  # also where only 'none' runs: the report states the retain
     if cfg.frames < 1 or cfg.tokens_per_frame < 1:
         raise ConfigError("frames and tokens per frame must be >= 1")
     if cfg.repeats < 1 or cfg.warmup < 0:
@@ -223,6 +203,10 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     from tqdm import tqdm
 
     _check(cfg)
+    # the unpruned model first: everything else is compared with it
+    names = ["none"] + [v for v in cfg.variants if v != "none"]
+    plan = [(name, trim) for name in names for trim in ((False, True) if cfg.trim_kv and name != "none" else (False,))]
+    methods = [variant(name, cfg.retain, cfg.layer) for name, _ in plan]
     tower = _vision_config(cfg)
     dtype, dtype_reason = resolve_dtype(cfg.dtype, cfg.device)
     model = build_model(cfg, dtype)
@@ -232,10 +216,6 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(10, model.config.vocab_size - 10, (1, seq), generator=gen).to(cfg.device)
     span = VideoSpan(cfg.prefix, cfg.frames, cfg.tokens_per_frame)
-    # the unpruned model first: everything else is compared with it
-    names = ["none"] + [v for v in cfg.variants if v != "none"]
-    plan = [(name, trim) for name in names for trim in ((False, True) if cfg.trim_kv and name != "none" else (False,))]
-    methods = [variant(name, cfg.retain, cfg.layer) for name, _ in plan]
     results: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]] = [([], []) for _ in plan]
     bar = tqdm(total=len(plan) * (cfg.warmup + cfg.repeats), desc="bench", unit="run", disable=not progress)
     # Rounds over all variants rather than all repeats of one variant, so that a slow drift of the machine
@@ -323,12 +303,9 @@ def _kv_lens(n_layers: int, seq: int, n_visual: int, method: Method, trim: bool)
 
 
 def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 

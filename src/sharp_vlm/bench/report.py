@@ -46,9 +46,10 @@ def table(result: dict[str, Any]) -> str:
     lines += [
         "",
         "speedup: unpruned prefill / this prefill (medians). FLOPs bound: the speedup if time followed FLOPs "
-        "(scoring and a per-request reference pass included), counting the attention pairs a causal kernel computes; "
-        "rect.: counting the full attention rectangle (torch's flop-counter convention). overhead: scoring + dedup + the segment mask's "
-        "extra time in the layers before the stage; the reference pass is apart. above floor: prefill minus "
+        "(scoring and a per-request reference pass included), counting the attention pairs a causal kernel "
+        "computes; rect.: counting the full attention rectangle (torch's flop-counter convention). overhead: "
+        "scoring + dedup + the segment mask's extra time in the layers before the stage; the reference pass is "
+        "apart. above floor: prefill minus "
         f"the 'floor' run (same schedule, free selection). Peak memory: {rows[0].get('memory_source')}.",
     ]
     v = result.get("vision")

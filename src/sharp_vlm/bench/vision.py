@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .flops import vision_encoder_flops
+from .timer import Timer
 
 
 @dataclass
@@ -89,7 +90,6 @@ def time_vision(
     repeats: int,
     warmup: int,
     frames_measured: int | None = None,
-    timer: Any = None,
 ) -> dict[str, Any]:
     """Encode ``frames_measured`` (default all) frames ``warmup + repeats`` times; seconds scaled to ``frames``."""
     measured = frames if frames_measured is None else frames_measured
@@ -100,7 +100,7 @@ def time_vision(
     times = []
     with torch.inference_mode():
         for i in range(warmup + repeats):
-            with timer(device) as t:
+            with Timer(device) as t:
                 tower(**inp.kwargs)
             if i >= warmup:
                 times.append(t.seconds)

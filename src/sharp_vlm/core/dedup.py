@@ -17,7 +17,7 @@ Given importance scores and features for ``N`` visual tokens, :func:`dedup_selec
 Candidate window: the walk only visits the top ``M`` tokens by score, where ``M`` is
 ``candidates`` or ``min(N, max(4 * budget, 256))``. Tokens ranked below ``M`` are never
 walked; they can only enter through the fill step. Pass ``candidates=N`` for the exact walk
-over all tokens (cost O(N^2) memory).
+over all tokens.
 
 The walk is vectorised and runs in chunks of ``chunk`` ranks, so it costs about
 ``visited x budget`` similarities instead of ``M x M``, and stops at the chunk where the
@@ -91,7 +91,6 @@ def _greedy_walk(
     reg_i = is_reg.int()
     before = torch.zeros(m, dtype=torch.bool, device=conflict.device) if blocked_before is None else blocked_before
     keep = ~before
-    blocked = before
     # Rank i is settled after i + 1 iterations, so M + 1 evaluations always reach the fixed point.
     for _ in range(m + 1):
         blocked = before | (conflict.mv(keep.float()) > 0)
@@ -130,7 +129,7 @@ def _walk(
         if n_kept + pos.numel() >= n_keep:
             pos = pos[: n_keep - n_kept]
             # the walk stops at the token that fills the budget: later ranks were never visited
-            n_skipped += int(blocked[: int(pos[-1]) + 1].sum()) if pos.numel() else 0
+            n_skipped += int(blocked[: int(pos[-1]) + 1].sum())  # pos is not empty: n_kept < n_keep
             kept.append(pos + start)
             break
         n_skipped += int(blocked.sum())
