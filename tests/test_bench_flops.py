@@ -23,7 +23,8 @@ from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionCon
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
 
 from sharp_vlm.bench.flop_counter import count_flops, count_flops_by_op
-from sharp_vlm.bench.flops import (
+from sharp_vlm.bench.shapes import decoder_config, decoder_shape, list_shapes, vision_config
+from sharp_vlm.flops import (
     DecoderShape,
     attention_pairs,
     decode_flops_per_token,
@@ -36,7 +37,6 @@ from sharp_vlm.bench.flops import (
     stages_to_removals,
     vision_encoder_flops,
 )
-from sharp_vlm.bench.shapes import decoder_config, decoder_shape, list_shapes, vision_config
 
 TINY = dict(
     hidden_size=64,

@@ -8,16 +8,31 @@ import torch
 import sharp_vlm as sv
 from sharp_vlm.core.layout import VisualItem, VisualLayout
 from sharp_vlm.core.select import random_indices, top_indices, uniform_indices
-from sharp_vlm.engine.view import StageView
+from sharp_vlm.engine.stats import SampleRecord
+from sharp_vlm.engine.view import SampleView
 
 
-def _view(n_frames=8, per_frame=16, seed=0):
+class FixedScores:
+    """A score source with fixed attention scores (no model)."""
+
+    def __init__(self, scores):
+        self.scores = scores
+
+    def attention(self, query, mask, rope, content_free):
+        return self.scores
+
+    def reference(self, query, mask, rope, cache):
+        return torch.zeros_like(self.scores)
+
+
+def _view(n_frames=8, per_frame=16, seed=0, retain=0.25):
     gen = torch.Generator().manual_seed(seed)
     n = n_frames * per_frame
     layout = VisualLayout.from_grid(torch.arange(5, 5 + n), [VisualItem("video", 0, n_frames, 4, per_frame // 4)])
-    hidden = torch.randn(1, n + 10, 8, generator=gen)
+    hidden = torch.randn(n, 8, generator=gen)
     scores = torch.rand(1, n, generator=gen)
-    return StageView(2, hidden, [layout.positions], [layout], [n], lambda **kw: scores), scores
+    budget = sv.keep_count(retain, n)
+    return SampleView(2, 0, budget, layout, hidden, n, FixedScores(scores), SampleRecord()), scores
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -57,15 +72,21 @@ def test_random_is_seeded_sorted_unique():
     assert a.unique().numel() == 30 and torch.equal(a, torch.sort(a).values)
 
 
+def test_keep_count_rounds_half_up_within_bounds():
+    assert sv.keep_count(0.1, 128) == 13 and sv.keep_count(1e-6, 128) == 1 and sv.keep_count(1.0, 128) == 128
+    assert sv.keep_count(0.5, 5) == 3 and sv.keep_count(0.5, 7) == 4  # Python's round() would give 2 and 4
+    assert sv.keep_count(0.5, 5, n_available=2) == 2 and sv.keep_count(0.3, 0) == 0
+
+
 def test_method_selectors_on_a_view():
     view, scores = _view()
-    assert view.budget(0.1) == [13] and view.budget(1e-6) == [1] and view.budget(1.0) == [128]
-    fast = sv.FastV(retain=0.25).select(view)[0]
+    assert view.budget == 32
+    fast = sv.FastV(retain=0.25).select(view)
     assert torch.equal(fast, top_indices(scores[0], 32))
-    uni = sv.UniformPrune(retain=0.25).select(view)[0]
-    assert torch.bincount(view.layouts[0].frame_ids[uni]).tolist() == [4] * 8
-    rnd = sv.RandomPrune(retain=0.25, seed=3).select(view)[0]
-    assert rnd.numel() == 32 and torch.equal(rnd, sv.RandomPrune(retain=0.25, seed=3).select(view)[0])
+    uni = sv.UniformPrune(retain=0.25).select(view)
+    assert torch.bincount(view.layout.frame_ids[uni]).tolist() == [4] * 8
+    rnd = sv.RandomPrune(retain=0.25, seed=3).select(view)
+    assert rnd.numel() == 32 and torch.equal(rnd, sv.RandomPrune(retain=0.25, seed=3).select(view))
 
 
 def test_registry_and_config_loading(tmp_path):

@@ -129,22 +129,22 @@ def test_cached_debias_equals_reference(qwen25, tmp_path):
         first = h.last_stats.stages[0]
         model(**inputs)
         second = h.last_stats.stages[0]
-    assert first.parts["bias_cache"] == "miss" and second.parts["bias_cache"] == "hit"
-    assert "reference_flops" in first.parts and "reference_flops" not in second.parts
+    assert first.costs.bias_cache == "miss" and second.costs.bias_cache == "hit"
+    assert first.costs.reference_flops > 0 and second.costs.reference_flops == 0
     assert torch.equal(first.kept[0], ref_kept) and torch.equal(second.kept[0], ref_kept)
     assert len(list(tmp_path.glob("*.pt"))) == 1
     with sv.apply(model, cfg) as h, torch.no_grad():  # a new handle in this process: the shared memory cache
         model(**inputs)
-        assert h.last_stats.stages[0].parts["bias_cache"] == "hit"
+        assert h.last_stats.stages[0].costs.bias_cache == "hit"
     BiasCache.forget_all()  # as in a new process: only the file is left
     with sv.apply(model, cfg) as h, torch.no_grad():
         model(**inputs)
-        assert h.last_stats.stages[0].parts["bias_cache"] == "hit"
+        assert h.last_stats.stages[0].costs.bias_cache == "hit"
         assert torch.equal(h.last_stats.stages[0].kept[0], ref_kept)
     BiasCache.forget_all()
     with sv.apply(model, sv.ShaRP(retain=0.15, debias="cached")) as h, torch.no_grad():
         model(**inputs)
-        assert h.last_stats.stages[0].parts["bias_cache"] == "miss"  # no file, memory forgotten
+        assert h.last_stats.stages[0].costs.bias_cache == "miss"  # no file, memory forgotten
 
 
 def test_debias_modes_change_the_selection(qwen25):
@@ -193,7 +193,7 @@ def test_dedup_on_the_model_keeps_dissimilar_tokens(qwen25):
     feats = torch.nn.functional.normalize(feats.float(), dim=-1)
     sim = feats @ feats.T - 2 * torch.eye(feats.shape[0])
     n_pairs_above = int((sim > 0.5).sum()) // 2
-    assert stage.parts["dedup_filled"] > 0 or n_pairs_above == 0
+    assert stage.samples[0].dedup.filled > 0 or n_pairs_above == 0
     assert stage.n_kept == [26]
 
 

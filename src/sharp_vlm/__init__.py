@@ -7,12 +7,15 @@
 """
 
 # the subpackage `methods` is imported first so that the function `methods` below takes the name
-from .methods import FastV, NoPrune, RandomPrune, ShaRP, UniformPrune  # isort: skip
-from .config import KeepIndices, Method, Stage, StageMethod, load_config, methods, register  # isort: skip
+from .methods import FastV, NoPrune, RandomPrune, Schedule, ShaRP, UniformPrune  # isort: skip
+from .loading import load_config, methods  # isort: skip
+from .config import Method, SegmentMask, Stage, StageMethod, register
+from .core.budget import keep_count
 from .core.layout import VisualItem, VisualLayout
+from .core.selection import DedupCounts, Merge, Selection
 from .engine.patch import Handle, apply
-from .engine.stats import CallStats, StageStats
-from .engine.view import StageView
+from .engine.stats import CallStats, SampleRecord, StageCosts, StageStats
+from .engine.view import SampleView
 from .errors import ConfigError, InputError, SharpError, UnsupportedModelError
 from .models.generic import VideoSpan
 
@@ -21,25 +24,32 @@ __version__ = "0.1.0"
 __all__ = [
     "CallStats",
     "ConfigError",
+    "DedupCounts",
     "FastV",
     "Handle",
     "InputError",
-    "KeepIndices",
+    "Merge",
     "Method",
     "NoPrune",
     "RandomPrune",
+    "SampleRecord",
+    "SampleView",
+    "Schedule",
+    "Selection",
+    "SegmentMask",
     "ShaRP",
     "SharpError",
     "Stage",
+    "StageCosts",
     "StageMethod",
     "StageStats",
-    "StageView",
     "UniformPrune",
     "UnsupportedModelError",
     "VideoSpan",
     "VisualItem",
     "VisualLayout",
     "apply",
+    "keep_count",
     "load_config",
     "methods",
     "register",

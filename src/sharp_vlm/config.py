@@ -1,23 +1,23 @@
-"""Method configurations: the base classes, validation helpers, the registry and loading from dict/YAML/JSON."""
+"""Method configurations: the base classes, the stage contract, validation helpers and the name registry.
+
+Lookup by name and loading from dict/YAML/JSON live in `loading.py`, which imports the built-in methods; this
+module imports none of them, so `methods/` can import it without a cycle.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from .core.selection import Selection
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .engine.view import StageView
-
-KeepIndices = list[torch.Tensor]
-"""Per sample: sorted indices into the visual tokens the stage sees."""
+    from .engine.view import SampleView
 
 _REGISTRY: dict[str, type[Method]] = {}
 
@@ -33,19 +33,9 @@ def register(name: str) -> Callable[[type[Method]], type[Method]]:
     return deco
 
 
-def methods() -> list[str]:
-    """Names of all registered methods."""
-    from . import methods as _  # noqa: F401  (importing registers the built-in methods)
-
-    return sorted(_REGISTRY)
-
-
-def method_class(name: str) -> type[Method]:
-    methods()
-    key = name.lower()
-    if key not in _REGISTRY:
-        raise ConfigError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[key]
+def registered() -> dict[str, type[Method]]:
+    """The registry as it stands (built-in methods register when `sharp_vlm.methods` is imported)."""
+    return dict(_REGISTRY)
 
 
 def check_retain(retain: float, what: str = "retain") -> None:
@@ -68,22 +58,28 @@ def check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
 
 
 @dataclass(frozen=True)
-class Stage:
-    """One pruning step: at decoder layer `layer` (0 = before the decoder) keep `retain` of the visual tokens."""
-
-    layer: int
-    retain: float
-    select: Callable[[StageView], KeepIndices]
-    label: str
-
-
-@dataclass(frozen=True)
 class SegmentMask:
     """Segment-aware attention for the shallow layers (see core/masks.py)."""
 
     mode: str  # "bidirectional" | "local" | "off"
     scope: str  # "forward" | "score"
     frames_per_segment: int = 1
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pruning step as the engine runs it.
+
+    At decoder layer `layer` (0 = before the first layer) keep `retain` of the prompt's *original* visual tokens
+    (a cumulative share: a later stage of a schedule keeps a smaller share of the same original count); `method`
+    chooses which, one sample at a time.
+    """
+
+    layer: int
+    retain: float
+    method: StageMethod
+    label: str
+    segment_mask: SegmentMask | None = None  # forward-scope mask of the layers before this stage
 
 
 @dataclass
@@ -95,63 +91,40 @@ class Method:
     def stages(self) -> list[Stage]:
         raise NotImplementedError
 
-    def segment_mask(self) -> SegmentMask | None:
-        """The mask used in layers before the first stage (None: the model's causal mask)."""
-        return None
-
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.name, **dataclasses.asdict(self)}
 
 
 @dataclass
 class StageMethod(Method):
-    """A method with one stage at `layer`, keeping `retain` of the visual tokens; subclasses define `select`."""
+    """A method with one stage at `layer`, keeping `retain` of the visual tokens.
+
+    Subclasses implement `select(view)` for one sample: the engine computes the budget (`view.budget`), runs the
+    loop over the batch, checks the answer, applies it (drop, or merge then drop) and records timing and stats.
+    """
 
     retain: float = 0.25
     layer: int = 2
     allow_layer_zero: ClassVar[bool] = False
     scores_attention: ClassVar[bool] = True  # runs the scoring side pass (counted in its FLOPs)
+    reference_pass: ClassVar[bool] = False  # runs a per-request reference pass (counted in its FLOPs)
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every option; the engine calls it again at apply() time, so later edits are checked too."""
         check_retain(self.retain)
         check_layer(self.layer, allow_zero=self.allow_layer_zero)
 
-    def select(self, view: StageView) -> KeepIndices:
+    def select(self, view: SampleView) -> Selection | torch.Tensor:
+        """Which of the sample's visual tokens to keep: a `Selection`, or a sorted index tensor."""
         raise NotImplementedError
 
+    def segment_mask(self) -> SegmentMask | None:
+        """The forward-scope mask of the layers before this stage (None: the model's causal mask)."""
+        return None
+
     def stages(self) -> list[Stage]:
-        return [Stage(self.layer, float(self.retain), self.select, self.name)]
-
-
-def from_dict(data: dict[str, Any]) -> Method:
-    """Build a method config from a mapping with a `method` key, e.g. {"method": "fastv", "retain": 0.1}."""
-    if "method" not in data:
-        raise ConfigError(f"config needs a 'method' key naming one of: {', '.join(methods())}")
-    data = dict(data)
-    cls = method_class(str(data.pop("method")))
-    fields = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - fields)
-    if unknown:
-        raise ConfigError(f"{cls.name} has no option(s) {', '.join(unknown)}; its options: {', '.join(sorted(fields))}")
-    return cls(**data)
-
-
-def load_config(source: str | Path | dict[str, Any]) -> Method:
-    """Load a method config from a dict, a YAML/JSON file path, or a YAML/JSON string."""
-    if isinstance(source, dict):
-        return from_dict(source)
-    text = str(source)
-    path = Path(text)
-    if path.suffix.lower() in {".yaml", ".yml", ".json"}:
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
-        text = path.read_text()
-    if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
-        data = json.loads(text)
-    else:
-        import yaml
-
-        data = yaml.safe_load(text)
-    if not isinstance(data, dict):
-        raise ConfigError("a config must be a mapping with a 'method' key")
-    return from_dict(data)
+        self.validate()
+        return [Stage(self.layer, float(self.retain), self, self.name, self.segment_mask())]

@@ -15,12 +15,14 @@ from typing import Any
 
 import torch
 
-from ..config import Method, check_retain, load_config
+from ..config import Method, check_retain
+from ..core.budget import keep_count
 from ..engine.patch import apply
 from ..errors import ConfigError
+from ..flops import DecoderShape, decode_flops_per_token, method_flops
+from ..loading import load_config
 from ..methods import FastV, NoPrune, ShaRP, UniformPrune
 from ..models.generic import VideoSpan
-from .flops import DecoderShape, decode_flops_per_token, method_flops
 from .memory import PeakMemory
 from .timer import Timer
 
@@ -147,7 +149,7 @@ def _stage_parts(stages: list[Any]) -> dict[str, float]:
     """Seconds (and other numbers) a prefill's stages recorded, summed over the stages."""
     out: dict[str, float] = {"stage_seconds": sum(s.seconds for s in stages)}
     for s in stages:
-        for key, value in s.parts.items():
+        for key, value in s.costs.numbers().items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 out[key] = out.get(key, 0.0) + value
     return out
@@ -232,21 +234,21 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     rows = []
     for (name, trim), method, (runs, parts) in zip(plan, methods, results, strict=True):
         stages = [(s.layer, s.retain) for s in method.stages()]
-        count = {"reference_pass": getattr(method, "debias", "") == "reference",
-                 "scoring": getattr(method, "scores_attention", False)}
+        count = {"reference_pass": any(s.method.reference_pass for s in method.stages()),
+                 "scoring": any(s.method.scores_attention for s in method.stages())}
         fl = method_flops(shape, seq, n_visual, stages, causal=True, **count)
         fl_rect = method_flops(shape, seq, n_visual, stages, **count)
         kv_lens = _kv_lens(shape.num_layers, seq, n_visual, method, trim)
         rows.append({
             "variant": name + ("+trim_kv" if trim else ""), "method": method.to_dict(), "trim_kv": trim,
-            "segment_mask": method.segment_mask() is not None,
+            "segment_mask": any(s.segment_mask is not None for s in method.stages()),
             "prefill_s": _spread([r["prefill"] for r in runs]),
             "decode_s_per_token": _spread([r["decode"] for r in runs]) if cfg.decode_tokens else None,
             "stage_s": _median_part(parts, "stage_seconds"),
             "layers_before_s": _median_part(parts, "layers_before_seconds"),
             "reference_s": _median_part(parts, "reference_seconds"),
             "scoring_s": _median_part(parts, "scoring_seconds"),
-            "dedup_s": _median_part(parts, "dedup_seconds"),
+            "select_s": _median_part(parts, "select_seconds"),
             "kv_bytes": runs[-1]["kv_bytes"],
             "peak_bytes": max((r["peak_bytes"] for r in runs if r["peak_bytes"] is not None), default=None),
             "added_bytes": max((r["added_bytes"] for r in runs if r["added_bytes"] is not None), default=None),
@@ -286,7 +288,7 @@ def _derive(rows: list[dict[str, Any]], vision: dict[str, Any] | None) -> None:
                 mask = max(0.0, r["layers_before_s"]["median"] - floor["layers_before_s"]["median"])
             r["above_floor_s"] = prefill - floor["prefill_s"]["median"]
         r["mask_s"] = mask
-        r["overhead_s"] = r["scoring_s"]["median"] + r["dedup_s"]["median"] + mask
+        r["overhead_s"] = r["scoring_s"]["median"] + r["select_s"]["median"] + mask
         r["overhead_share_of_dense"] = r["overhead_s"] / dense
         if vision:
             r["ttft_s"] = encode + prefill
@@ -297,7 +299,7 @@ def _kv_lens(n_layers: int, seq: int, n_visual: int, method: Method, trim: bool)
     stages = method.stages()
     if not stages:
         return [seq] * n_layers
-    kept = seq - n_visual + max(1, round(stages[-1].retain * n_visual))
+    kept = seq - n_visual + keep_count(stages[-1].retain, n_visual)
     k = stages[0].layer
     return [(kept if trim else seq) if i < k else kept for i in range(n_layers)]
 

@@ -25,7 +25,7 @@ def table(result: dict[str, Any]) -> str:
         f"{m['attn']}, {m['device']} ({m.get('gpu') or m['processor']}, {m['threads']} threads), torch {m['torch']}",
         "",
         "| variant | prefill s (min-max) | speedup | FLOPs bound | of bound | bound, rect. | FLOPs cut | "
-        "overhead s (of dense) | scoring s | dedup s | mask s | reference s | above floor s | decode ms/tok | KV MiB | "
+        "overhead s (of dense) | scoring s | select s | mask s | reference s | above floor s | decode ms/tok | KV MiB | "
         "peak MiB (+run) |",
         "|" + "---|" * 16,
     ]
@@ -37,7 +37,7 @@ def table(result: dict[str, Any]) -> str:
             f"| {r['variant']} | {p['median']:.2f} ({p['min']:.2f}-{p['max']:.2f}) | {r['speedup']:.2f}x | "
             f"{r['flops_bound']:.2f}x | {r['of_bound']:.0%} | {r['flops_bound_full_rectangle']:.2f}x | "
             f"{r['flops']['reduction']:.1%} | "
-            f"{_pct(r['overhead_s'], dense)} | {r['scoring_s']['median']:.3f} | {r['dedup_s']['median']:.3f} | "
+            f"{_pct(r['overhead_s'], dense)} | {r['scoring_s']['median']:.3f} | {r['select_s']['median']:.3f} | "
             f"{r['mask_s']:.3f} | {r['reference_s']['median']:.3f} | "
             f"{'-' if above is None else f'{above:+.2f}'} | "
             f"{dec['median'] * 1000 if dec else float('nan'):.1f} | {r['kv_bytes'] / 2**20:.1f} | "
@@ -48,7 +48,7 @@ def table(result: dict[str, Any]) -> str:
         "speedup: unpruned prefill / this prefill (medians). FLOPs bound: the speedup if time followed FLOPs "
         "(scoring and a per-request reference pass included), counting the attention pairs a causal kernel "
         "computes; rect.: counting the full attention rectangle (torch's flop-counter convention). overhead: "
-        "scoring + dedup + the segment mask's extra time in the layers before the stage; the reference pass is "
+        "scoring + selection (dedup) + the segment mask's extra time in the layers before the stage; the reference pass is "
         "apart. above floor: prefill minus "
         f"the 'floor' run (same schedule, free selection). Peak memory: {rows[0].get('memory_source')}.",
     ]

@@ -18,8 +18,8 @@ from typing import Any
 
 from transformers import LlamaConfig, PreTrainedConfig, Qwen2Config
 
-from sharp_vlm.bench.flops import DecoderShape
 from sharp_vlm.errors import ConfigError
+from sharp_vlm.flops import DecoderShape
 
 # ---------------------------------------------------------------------------------------------
 # Data only below. Source of every number: the checkpoint's config.json (repository in hf_id).

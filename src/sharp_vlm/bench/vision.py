@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .flops import vision_encoder_flops
+from ..flops import vision_encoder_flops
 from .timer import Timer
 
 

@@ -27,17 +27,21 @@ def attention_probs(
     k: torch.Tensor,
     scaling: float,
     allowed: torch.Tensor | None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Softmax attention of query rows over keys, averaged over heads.
 
     q: (B, H, nq, hd); k: (B, Hkv, S, hd) (GQA: kv heads are repeated to H);
     allowed: bool (B, nq, S), True where the query may attend; None means all keys.
+    softcap: logits -> softcap * tanh(logits / softcap) before the mask (Gemma-2 style soft-capping).
     Returns float32 (B, nq, S).
     """
     n_rep = q.shape[1] // k.shape[1]
     if n_rep > 1:
         k = k.repeat_interleave(n_rep, dim=1)
     logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scaling
+    if softcap:
+        logits = softcap * torch.tanh(logits / softcap)
     if allowed is not None:
         logits = logits.masked_fill(~allowed[:, None], torch.finfo(logits.dtype).min)
     return torch.softmax(logits, dim=-1).mean(dim=1)

@@ -13,11 +13,10 @@ from ..errors import ConfigError
 from ..models.base import ReferenceFn
 from ..models.generic import SpanSource
 from ..models.registry import adapter_for
-from .runtime import Engine
+from .hooks import Engine
 from .stats import CallStats
 
 _ATTR = "_sharp_vlm_handle"
-_GRID_KEYS = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts", "attention_mask")
 
 
 class Handle:
@@ -70,13 +69,13 @@ class Handle:
             ref = kwargs.get("input_ids", args[0] if args else None)
             if ref is None:
                 ref = kwargs.get("inputs_embeds")
-            engine._prompt_len = int(ref.shape[1]) if isinstance(ref, torch.Tensor) else None
-            engine._generate_call = {k: kwargs.get(k) for k in _GRID_KEYS}
+            engine.prompt_len = int(ref.shape[1]) if isinstance(ref, torch.Tensor) else None
+            engine.generate_call = {k: kwargs.get(k) for k in self.adapter.generate_kwargs}
             try:
                 return generate(self.model, *args, **kwargs)
             finally:
-                engine._prompt_len = None
-                engine._generate_call = {}
+                engine.prompt_len = None
+                engine.generate_call = {}
 
         self.model.generate = generate_with_prompt_length
         setattr(self.model, _ATTR, self)

@@ -1,11 +1,40 @@
-"""What the engine records for each prefill call."""
+"""What the engine records for each prefill call: typed, per stage and per sample."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from ..core.selection import DedupCounts
+
+
+@dataclass
+class StageCosts:
+    """Seconds and FLOPs a stage spent on its own work (summed over the batch)."""
+
+    scoring_seconds: float = 0.0  # the side pass on the real input
+    scoring_flops: int = 0
+    reference_seconds: float = 0.0  # the reference pass (or the cache look-up)
+    reference_flops: int = 0
+    select_seconds: float = 0.0  # the method's own work: everything in select() but the two passes above
+    layers_before_seconds: float = 0.0  # first stage only: the layers before it, segment mask included
+    bias_cache: str | None = None  # "hit" | "miss" when a cached bias was asked for
+
+    def numbers(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass
+class SampleRecord:
+    """What one sample's selection saw (tensors over the visual tokens entering the stage)."""
+
+    raw_scores: torch.Tensor | None = None  # attention scores on the real input (the last ones asked for)
+    bias: torch.Tensor | None = None  # the reference scores or positional prior, when used
+    scores: torch.Tensor | None = None  # what the method ranked by
+    dedup: DedupCounts | None = None
 
 
 @dataclass
@@ -16,8 +45,10 @@ class StageStats:
     n_kept: list[int]
     kept: list[torch.Tensor]  # per sample: kept visual indices (0..n_visual-1 of the original prompt), sorted
     kept_positions: list[torch.Tensor]  # per sample: their original sequence positions
-    seconds: float  # side pass + selection
-    parts: dict[str, Any] = field(default_factory=dict)  # method-specific costs (seconds, flops, counts)
+    seconds: float  # side passes + selection + gather
+    costs: StageCosts = field(default_factory=StageCosts)
+    samples: list[SampleRecord] = field(default_factory=list)
+    n_merged: list[int] = field(default_factory=list)  # dropped tokens merged into kept ones, per sample
 
 
 @dataclass
@@ -43,8 +74,8 @@ class CallStats:
             "n_visual": self.n_visual,
             "kept_ratio": self.kept_ratio,
             "stages": [
-                {"layer": s.layer, "label": s.label, "n_in": s.n_in, "n_kept": s.n_kept, "seconds": s.seconds,
-                 **{k: v for k, v in s.parts.items() if isinstance(v, (int, float, str))}}
+                {"layer": s.layer, "label": s.label, "n_in": s.n_in, "n_kept": s.n_kept, "n_merged": s.n_merged,
+                 "seconds": s.seconds, **s.costs.numbers()}
                 for s in self.stages
             ],
         }

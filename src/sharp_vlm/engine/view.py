@@ -1,83 +1,98 @@
-"""The read-only view a selector gets of one stage."""
+"""The read-only view a stage method gets of one sample at its stage."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
+from ..config import SegmentMask
 from ..core.layout import VisualLayout
 from ..core.select import top_indices
+from .stats import SampleRecord
 
 
-class StageView:
-    """What a stage can see.
+class ScoreSource(Protocol):
+    """Batch-level scores of one stage, computed once per option set (engine.stage.StageScorer)."""
 
-    hidden: (B, S_cur, D) hidden states entering the stage's layer (input embeddings at layer 0).
-    layouts: per sample, the visual tokens still present (original positions, frame ids, grid coords).
-    n_visual: per sample, how many visual tokens the stage sees; n_original: how many the prompt had.
+    def attention(self, query: str, mask: SegmentMask | None, rope: bool, content_free: bool) -> torch.Tensor: ...
+
+    def reference(
+        self, query: str, mask: SegmentMask | None, rope: bool, cache: tuple[int, str | None] | None
+    ) -> torch.Tensor: ...
+
+
+class SampleView:
+    """What a stage method sees of sample `index`.
+
+    layer: the stage's decoder layer (0 = before the decoder).
+    budget: how many visual tokens to keep (the engine's rule, `core.budget.keep_count`).
+    layout: the sample's surviving visual tokens (original positions, frame ids, grid coordinates).
+    hidden: (N, D) their hidden states entering the layer (input embeddings at layer 0).
+    n_original: how many visual tokens the prompt had.
     """
 
     def __init__(
         self,
         layer: int,
+        index: int,
+        budget: int,
+        layout: VisualLayout,
         hidden: torch.Tensor,
-        visual_rows: list[torch.Tensor],
-        layouts: list[VisualLayout],
-        n_original: list[int],
-        scorer: Callable[..., torch.Tensor],
-        extras: dict | None = None,
+        n_original: int,
+        scores: ScoreSource,
+        record: SampleRecord,
     ):
         self.layer = layer
+        self.index = index
+        self.budget = budget
+        self.layout = layout
         self.hidden = hidden
-        self.visual_rows = visual_rows
-        self.layouts = layouts
         self.n_original = n_original
-        self._scorer = scorer
-        self.extras = extras if extras is not None else {}  # per-stage records a method wants in the stats
+        self._scores = scores
+        self._record = record
 
     @property
     def device(self) -> torch.device:
         return self.hidden.device
 
     @property
-    def batch(self) -> int:
-        return self.hidden.shape[0]
+    def n_visual(self) -> int:
+        return int(self.hidden.shape[0])
 
-    @property
-    def n_visual(self) -> list[int]:
-        return [int(r.numel()) for r in self.visual_rows]
+    def attention_scores(self, query: str = "last", mask: SegmentMask | None = None, rope: bool = True) -> torch.Tensor:
+        """(N,) attention from the query rows to each visual token at this layer (mean over heads).
 
-    def visual_hidden(self, b: int) -> torch.Tensor:
-        """(N_b, D) hidden states of sample b's visual tokens."""
-        return self.hidden[b, self.visual_rows[b]]
-
-    def budget(self, retain: float) -> list[int]:
-        """Tokens to keep per sample: round(retain x original count), at least 1, at most what is left."""
-        return [max(1, min(n, math.floor(retain * n0 + 0.5))) for n, n0 in zip(self.n_visual, self.n_original, strict=True)]
-
-    def attention_scores(self, query: str = "last", **options) -> torch.Tensor:
-        """(B, N) attention from the query rows to each visual token at this layer (mean over heads).
-
-        query="last": the last prompt token; "text": mean over the text after the video.
-        Computed beside the model's attention kernel from the layer's own norm, q/k projections and RoPE.
+        query="last": the last prompt token; "text": mean over the text after the video. mask: score under a
+        segment-aware mask. rope=False: q.k without the rotary embedding. Computed beside the attention kernel from
+        the layer's own norm, q/k projections and rotary embedding.
         """
-        return self._scorer(query=query, **options)
+        out = self._scores.attention(query, mask, rope, False)[self.index]
+        self._record.raw_scores = out
+        return out
 
-    def reference_scores(self, query: str = "last", **options) -> torch.Tensor:
-        """(B, N) the same scores for the prompt with content-free (black) frames: the positional bias.
+    def reference_scores(
+        self,
+        query: str = "last",
+        mask: SegmentMask | None = None,
+        rope: bool = True,
+        cache: tuple[int, str | None] | None = None,
+    ) -> torch.Tensor:
+        """(N,) the same scores for the prompt with content-free (black) frames: the positional bias.
 
-        Runs layers 0..K-1 once more on the reference input (cost ~K/L of a dense prefill) unless
-        `cache=(size, directory)` finds it cached for this layout and prompt length.
+        Runs layers 0..K-1 once more on the reference input (~K/L of a dense prefill) unless `cache=(size,
+        directory)` finds it cached for this model, layout and prompt length.
         """
-        return self._scorer(query=query, source="reference", **options)
+        out = self._scores.reference(query, mask, rope, cache)[self.index]
+        self._record.bias = out
+        return out
 
-    def positional_prior(self, query: str = "last", **options) -> torch.Tensor:
-        """(B, N) scores from content-free queries and keys at the real positions (RoPE only)."""
-        return self._scorer(query=query, content_free=True, **options)
+    def positional_prior(self, query: str = "last", mask: SegmentMask | None = None) -> torch.Tensor:
+        """(N,) scores from content-free queries and keys at the real positions (RoPE only)."""
+        out = self._scores.attention(query, mask, True, True)[self.index]
+        self._record.bias = out
+        return out
 
-    @staticmethod
-    def top(scores: torch.Tensor, budgets: list[int]) -> list[torch.Tensor]:
-        """Per sample, the indices of the `budget` highest scores, sorted."""
-        return [top_indices(scores[b], r) for b, r in enumerate(budgets)]
+    def top(self, scores: torch.Tensor, budget: int | None = None) -> torch.Tensor:
+        """Indices of the `budget` (default: the stage's) highest scores, sorted."""
+        return top_indices(scores, self.budget if budget is None else budget).to(self.device)

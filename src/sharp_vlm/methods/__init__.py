@@ -2,6 +2,7 @@
 
 from .baselines import NoPrune, RandomPrune, UniformPrune
 from .fastv import FastV
+from .schedule import Schedule
 from .sharp import ShaRP
 
-__all__ = ["FastV", "ShaRP", "NoPrune", "RandomPrune", "UniformPrune"]
+__all__ = ["FastV", "NoPrune", "RandomPrune", "Schedule", "ShaRP", "UniformPrune"]

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import KeepIndices, Method, Stage, StageMethod, register
+from ..config import ConfigError, Method, Stage, StageMethod, register
 from ..core.select import random_indices, uniform_indices
-from ..engine.view import StageView
+from ..engine.view import SampleView
 
 
 @register("none")
@@ -23,7 +23,10 @@ class NoPrune(Method):
 @register("random")
 @dataclass
 class RandomPrune(StageMethod):
-    """Keep a uniformly random subset of the visual tokens (seeded, reproducible)."""
+    """Keep a uniformly random subset of the visual tokens (seeded, reproducible).
+
+    Every sample draws from a generator seeded with `seed`, so a sample keeps the same tokens alone or in a batch.
+    """
 
     retain: float = 0.25
     layer: int = 2
@@ -31,12 +34,14 @@ class RandomPrune(StageMethod):
     allow_layer_zero = True
     scores_attention = False
 
-    def select(self, view: StageView) -> KeepIndices:
+    def validate(self) -> None:
+        super().validate()
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ConfigError(f"seed={self.seed!r} must be an integer")
+
+    def select(self, view: SampleView) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.seed)
-        return [
-            random_indices(n, r, gen).to(view.device)
-            for n, r in zip(view.n_visual, view.budget(self.retain), strict=True)
-        ]
+        return random_indices(view.n_visual, view.budget, gen).to(view.device)
 
 
 @register("uniform")
@@ -49,8 +54,5 @@ class UniformPrune(StageMethod):
     allow_layer_zero = True
     scores_attention = False
 
-    def select(self, view: StageView) -> KeepIndices:
-        return [
-            uniform_indices(lay.frame_ids, r)
-            for lay, r in zip(view.layouts, view.budget(self.retain), strict=True)
-        ]
+    def select(self, view: SampleView) -> torch.Tensor:
+        return uniform_indices(view.layout.frame_ids, view.budget)

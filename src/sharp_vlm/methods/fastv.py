@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import KeepIndices, StageMethod, check_choice, register
-from ..engine.view import StageView
+import torch
+
+from ..config import StageMethod, check_choice, register
+from ..engine.view import SampleView
 
 
 @register("fastv")
@@ -17,10 +19,9 @@ class FastV(StageMethod):
     layer: int = 2
     query: str = "last"
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def validate(self) -> None:
+        super().validate()
         check_choice(self.query, ("last", "text"), "query")
 
-    def select(self, view: StageView) -> KeepIndices:
-        scores = view.attention_scores(query=self.query)
-        return view.top(scores, view.budget(self.retain))
+    def select(self, view: SampleView) -> torch.Tensor:
+        return view.top(view.attention_scores(query=self.query))

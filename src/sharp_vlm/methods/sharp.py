@@ -6,15 +6,15 @@ are not public. Every choice the paper leaves open is an option here; see docs/m
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 
-from ..config import ConfigError, KeepIndices, SegmentMask, StageMethod, check_choice, register
+from ..config import ConfigError, SegmentMask, StageMethod, check_choice, register
 from ..core.dedup import dedup_select
 from ..core.scoring import renormalize
-from ..engine.view import StageView
+from ..core.selection import DedupCounts, Selection
+from ..engine.view import SampleView
 
 MASKS = ("bidirectional", "local", "off")
 SCOPES = ("forward", "score")
@@ -56,8 +56,12 @@ class ShaRP(StageMethod):
     cache_size: int = 64
     cache_dir: str | None = None
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    @property
+    def reference_pass(self) -> bool:  # type: ignore[override]
+        return self.debias == "reference" and self.retain < 1.0
+
+    def validate(self) -> None:
+        super().validate()
         check_choice(self.mask, MASKS, "mask")
         check_choice(self.mask_scope, SCOPES, "mask_scope")
         check_choice(self.debias, DEBIAS, "debias")
@@ -88,36 +92,23 @@ class ShaRP(StageMethod):
             return None
         return mask
 
-    def select(self, view: StageView) -> KeepIndices:
+    def select(self, view: SampleView) -> Selection:
         mask = self._mask()
         rope = self.debias != "pre_rope"
         scores = view.attention_scores(query=self.query, mask=mask, rope=rope)
-        view.extras["raw_scores"] = scores  # tensors stay out of summaries; diagnostics read them
         if self.debias in ("reference", "cached"):
             cache = (self.cache_size, self.cache_dir) if self.debias == "cached" else None
             bias = view.reference_scores(query=self.query, mask=mask, rope=rope, cache=cache)
-            view.extras["bias"] = bias
             scores = _combine(scores, bias, self.lam, self.combine)
         elif self.debias == "rope_only":
             prior = view.positional_prior(query=self.query, mask=mask)
-            view.extras["bias"] = prior
             scores = _combine(scores, prior, 1.0, "ratio")
-        view.extras["scores"] = scores
-        budgets = view.budget(self.retain)
         if not self.dedup:
-            return view.top(scores, budgets)
-        t0 = time.perf_counter()
-        keep = []
-        for b, budget in enumerate(budgets):
-            window = self.dedup_window or view.n_visual[b]
-            res = dedup_select(scores[b], view.visual_hidden(b), budget, self.dedup_tau, self.max_registers,
-                               candidates=window)
-            keep.append(res.keep.to(view.device))
-            view.extras["dedup_filled"] = view.extras.get("dedup_filled", 0) + res.n_filled
-            view.extras["dedup_skipped"] = view.extras.get("dedup_skipped", 0) + res.n_skipped_similar
-            view.extras["registers"] = view.extras.get("registers", 0) + int(res.registers.numel())
-        view.extras["dedup_seconds"] = time.perf_counter() - t0
-        return keep
+            return Selection(view.top(scores), scores=scores)
+        res = dedup_select(scores, view.hidden, view.budget, self.dedup_tau, self.max_registers,
+                           candidates=self.dedup_window or view.n_visual)
+        counts = DedupCounts(res.n_skipped_similar, res.n_filled, int(res.registers.numel()))
+        return Selection(res.keep.to(view.device), scores=scores, dedup=counts)
 
 
 def _combine(scores: torch.Tensor, bias: torch.Tensor, lam: float, how: str) -> torch.Tensor:

@@ -1,27 +1,74 @@
-"""What the engine needs to know about a model family."""
+"""What the engine needs to know about a model family: every model fact lives in an adapter.
+
+The engine never touches a module attribute by name; it asks the adapter for the decoder, its layers, the
+parts of a layer's attention that the scoring side pass recomputes, the positions of decoding, the inputs of
+the content-free reference pass, and where the visual tokens are.
+"""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..core.layout import VisualLayout
+from ..core.scoring import apply_rotary
+from ..errors import UnsupportedModelError
 
 ReferenceFn = Callable[[torch.Tensor, list[VisualLayout], dict[str, Any]], torch.Tensor]
+Take = Callable[[torch.Tensor, int], torch.Tensor]  # (tensor, dim) -> the tensor gathered to the current rows
+
+
+@dataclass(frozen=True)
+class AttentionParts:
+    """The parts of one decoder layer's attention that the scoring side pass recomputes.
+
+    norm: the layer's input norm, (B, T, D) -> (B, T, D).
+    queries / keys: (B, T, D) normed states -> (B, H, T, hd) / (B, H_kv, T, hd), with the q/k norms applied.
+    rotary: (x, cos, sin) -> x rotated, with cos/sin as the decoder hands them to its layers.
+    scaling: multiplies q.k; softcap: logits -> softcap * tanh(logits / softcap) when set;
+    sliding_window: keys further back than this many positions are not attended (None: no window).
+    """
+
+    norm: Callable[[torch.Tensor], torch.Tensor]
+    queries: Callable[[torch.Tensor], torch.Tensor]
+    keys: Callable[[torch.Tensor], torch.Tensor]
+    rotary: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    scaling: float
+    softcap: float | None = None
+    sliding_window: int | None = None
+
+
+def _heads(proj: nn.Module, norm: nn.Module | None, head_dim: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    def run(x: torch.Tensor) -> torch.Tensor:
+        out = proj(x).view(x.shape[0], x.shape[1], -1, head_dim)
+        if norm is not None:
+            out = norm(out)
+        return out.transpose(1, 2)
+
+    return run
 
 
 class Adapter:
-    """Model-facing facts: the decoder module, its layers, positions, and where the visual tokens are."""
+    """Model-facing facts of one family. Subclasses set `find_layouts` and `reference_embeds`.
+
+    The defaults describe a LLaMA-style decoder layer: `input_layernorm`, `self_attn.q_proj`/`k_proj` (optional
+    `q_norm`/`k_norm`), rotate-half RoPE over the whole head, `self_attn.scaling`.
+    """
 
     name = "adapter"
     mrope = False  # True: position ids are (3, batch, seq) (Qwen's M-RoPE)
+    # generate() kwargs the engine must see on every forward of a generate() call (generate may drop them)
+    generate_kwargs: tuple[str, ...] = ("attention_mask",)
 
     def __init__(self, model: nn.Module):
         self.model = model
 
+    # ---------------------------------------------------------------- the decoder
     def text_model(self) -> nn.Module:
         """The decoder stack: a module with `.layers`, called with inputs_embeds / position_ids / cache."""
         raise NotImplementedError
@@ -33,6 +80,56 @@ class Adapter:
     def n_layers(self) -> int:
         return len(self.layers())
 
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.text_model().embed_tokens(input_ids)
+
+    def check(self) -> None:
+        """Raise UnsupportedModelError at apply() when a layer lacks what the side pass needs."""
+        for i, layer in enumerate(self.layers()):
+            attn = getattr(layer, "self_attn", None)
+            missing = [n for n in ("input_layernorm",) if not hasattr(layer, n)]
+            missing += [f"self_attn.{n}" for n in ("q_proj", "k_proj", "head_dim", "scaling")
+                        if attn is None or not hasattr(attn, n)]
+            if missing:
+                raise UnsupportedModelError(
+                    f"{type(self.model).__name__}: decoder layer {i} has no {', '.join(missing)}, which the "
+                    "scoring side pass recomputes; this architecture is not supported"
+                )
+
+    def attention_parts(self, index: int) -> AttentionParts:
+        layer = self.layers()[index]
+        attn = layer.self_attn
+        return AttentionParts(
+            norm=layer.input_layernorm,
+            queries=_heads(attn.q_proj, getattr(attn, "q_norm", None), attn.head_dim),
+            keys=_heads(attn.k_proj, getattr(attn, "k_norm", None), attn.head_dim),
+            rotary=apply_rotary,
+            scaling=float(attn.scaling),
+            softcap=getattr(attn, "attn_logit_softcapping", None),
+            sliding_window=getattr(attn, "sliding_window", None),
+        )
+
+    def attention_implementation(self) -> str:
+        return getattr(self.text_model().config, "_attn_implementation", "sdpa") or "sdpa"
+
+    def use_attention(self, index: int, implementation: str) -> Callable[[], None]:
+        """Run layer `index` with another attention function (a name in transformers' AttentionInterface), on
+        this instance only; returns the function that undoes it."""
+        attn = self.layers()[index].self_attn
+        original = attn.config
+        cfg = copy.copy(original)
+        cfg._attn_implementation = implementation
+        attn.config = cfg
+
+        def restore() -> None:
+            attn.config = original
+
+        return restore
+
+    def dtype(self) -> torch.dtype:
+        return next(self.text_model().parameters()).dtype
+
+    # ---------------------------------------------------------------- the prompt
     def find_layouts(self, call: dict[str, Any], seq_len: int, batch: int) -> list[VisualLayout]:
         """Visual-token layout per sample, from the kwargs of the outer model call."""
         raise NotImplementedError
@@ -42,6 +139,21 @@ class Adapter:
     ) -> torch.Tensor:
         """The decoder input with every visual token replaced by a content-free one (same count, same places)."""
         raise NotImplementedError
+
+    def gather_layer_kwargs(self, kwargs: dict[str, Any], take: Take) -> dict[str, Any]:
+        """Family-specific per-row tensors among a layer's kwargs, gathered to the rows left after a stage.
+
+        The engine already gathers the hidden states, position ids and embeddings and 4-D masks.
+        """
+        return kwargs
+
+    # ---------------------------------------------------------------- positions
+    def next_positions(self, position_ids: torch.Tensor | None, batch: int, seq_len: int) -> torch.Tensor:
+        """(B,) position of the first decoded token: one past the last prompt token."""
+        if position_ids is None:  # the decoder numbered the prompt 0..S-1
+            return torch.full((batch,), seq_len, dtype=torch.long)
+        pos = position_ids[-3:].amax(0) if position_ids.dim() == 3 else position_ids
+        return (pos.expand(batch, -1)[:, -1] + 1).to(torch.long)
 
     def decode_position_ids(self, next_pos: torch.Tensor, q_len: int) -> torch.Tensor:
         """Position ids for `q_len` new tokens per sample starting at next_pos (B,)."""

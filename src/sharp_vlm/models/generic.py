@@ -79,7 +79,7 @@ class GenericAdapter(Adapter):
                 "the reference pass needs a neutral token to stand in for the frames, and this model's config sets "
                 "neither pad_token_id nor eos_token_id; set one, or pass reference= to sv.apply"
             )
-        blank = self.text_model().embed_tokens.weight[int(token)].to(embeds.dtype)
+        blank = self.embed(torch.tensor([int(token)], device=embeds.device))[0].to(embeds.dtype)
         out = embeds.clone()
         for b, lay in enumerate(layouts):
             out[b, lay.positions] = blank

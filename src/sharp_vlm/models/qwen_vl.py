@@ -22,6 +22,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 class QwenVLAdapter(Adapter):
     name = "qwen-vl"
     mrope = True
+    generate_kwargs = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts", "attention_mask")
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
@@ -85,7 +86,6 @@ class QwenVLAdapter(Adapter):
             layout = VisualLayout.from_grid(positions, items)
             layouts.append(layout)
         return layouts
-
 
     def _black_features(self, kind_id: int, grid: tuple[int, int, int]) -> torch.Tensor:
         """LLM-space features of an all-black image/video with this grid, through the model's own vision encoder."""

@@ -1,6 +1,12 @@
-"""Pick the adapter for a loaded model."""
+"""Pick the adapter for a loaded model: a registry keyed by model class, matched with isinstance.
+
+A subclass of a supported model (a fine-tuned variant, a wrapper class) gets its parent's adapter; among
+several matches the most specific class wins.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from torch import nn
 
@@ -9,18 +15,51 @@ from .base import Adapter
 from .generic import GenericAdapter, SpanSource
 from .qwen_vl import QwenVLAdapter
 
-_QWEN_VL = {"Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration"}
+AdapterFactory = Callable[[nn.Module, "SpanSource | None"], Adapter]
 
-SUPPORTED = sorted(_QWEN_VL) + ["any *ForCausalLM decoder (with span=sv.VideoSpan(...))"]
+_ADAPTERS: list[tuple[type, AdapterFactory, str]] = []
+
+
+def register_adapter(model_class: type, factory: AdapterFactory, note: str = "") -> None:
+    """Make `model_class` (and its subclasses) prunable with the adapter `factory(model, span)` builds."""
+    _ADAPTERS.append((model_class, factory, note))
+
+
+def supported() -> list[str]:
+    return [cls.__name__ + (f" ({note})" if note else "") for cls, _, note in _ADAPTERS]
 
 
 def adapter_for(model: nn.Module, span: SpanSource | None = None) -> Adapter:
-    cls = type(model).__name__
-    if cls in _QWEN_VL:
-        return QwenVLAdapter(model)
-    if cls.endswith("ForCausalLM") and hasattr(getattr(model, "model", None), "layers"):
-        return GenericAdapter(model, span)
-    raise UnsupportedModelError(
-        f"{cls} is not supported; supported: {', '.join(SUPPORTED)}. "
-        "Pass the top-level model returned by from_pretrained (e.g. Qwen2_5_VLForConditionalGeneration)."
+    matches = [(cls, factory) for cls, factory, _ in _ADAPTERS if isinstance(model, cls)]
+    if not matches:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} is not supported; supported: {', '.join(supported())}. "
+            "Pass the top-level model returned by from_pretrained (e.g. Qwen2_5_VLForConditionalGeneration)."
+        )
+    # the most specific registered class: the one with the longest MRO
+    cls, factory = max(matches, key=lambda m: len(m[0].__mro__))
+    adapter = factory(model, span)
+    adapter.check()
+    return adapter
+
+
+def _register_builtin() -> None:
+    from transformers import (
+        LlamaForCausalLM,
+        MistralForCausalLM,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2ForCausalLM,
+        Qwen2VLForConditionalGeneration,
+        Qwen3ForCausalLM,
     )
+
+    def qwen_vl(model: nn.Module, span: SpanSource | None) -> Adapter:
+        return QwenVLAdapter(model)
+
+    register_adapter(Qwen2VLForConditionalGeneration, qwen_vl)
+    register_adapter(Qwen2_5_VLForConditionalGeneration, qwen_vl)
+    for cls in (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM):
+        register_adapter(cls, GenericAdapter, "decoder-only, with span=sv.VideoSpan(...)")
+
+
+_register_builtin()

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..core.budget import keep_count
 from ..core.scoring import renormalize
 from ..methods import ShaRP
 from .generator import make_sample, seeds
@@ -32,10 +33,10 @@ def diagnose(cfg: ProbeConfig, model: Any, tok: Any, method: ShaRP) -> dict[str,
     for seed in seeds(cfg.split, cfg.n):
         sample = make_sample(seed, tok, n_frames=cfg.n_frames, tokens_per_frame=cfg.tokens_per_frame)
         text, stats, _ = answer(model, tok, sample, method, cfg.max_new_tokens, reference)
-        parts = stats.stages[-1].parts
-        raw = renormalize(parts["raw_scores"][0].float())
-        final = parts["scores"][0].float()
-        bias = renormalize(parts["bias"][0].float()) if "bias" in parts else torch.zeros_like(raw)
+        record = stats.stages[-1].samples[0]
+        raw = renormalize(record.raw_scores.float())
+        final = record.scores.float()
+        bias = renormalize(record.bias.float()) if record.bias is not None else torch.zeros_like(raw)
         facts = torch.tensor(sample.needle_fact_positions) - sample.video_start
         rows.append(
             {
@@ -53,7 +54,7 @@ def diagnose(cfg: ProbeConfig, model: Any, tok: Any, method: ShaRP) -> dict[str,
                 ),
             }
         )
-    budget = round(method.retain * cfg.n_frames * cfg.tokens_per_frame)
+    budget = keep_count(method.retain, cfg.n_frames * cfg.tokens_per_frame)
     return {"method": method.to_dict(), "budget": budget, "rows": rows}
 
 

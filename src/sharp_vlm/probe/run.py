@@ -10,9 +10,10 @@ from typing import Any
 
 import torch
 
-from ..config import Method, method_class
+from ..config import Method
 from ..core.layout import VisualLayout
 from ..engine.patch import apply
+from ..loading import method_class
 from ..methods import NoPrune, ShaRP
 from ..models.generic import VideoSpan
 from .generator import ProbeSample, check_answer, make_sample, seeds
@@ -138,8 +139,9 @@ def run_probe(cfg: ProbeConfig, model: Any, tok: Any, progress: bool = True) -> 
                 "needle_frames": sample.needle_frames,
                 "kept_per_frame": torch.bincount(frames, minlength=sample.n_frames).tolist(),
                 "kept_ratio": stats.kept_ratio[0], "seconds": seconds,
-                "parts": {k: v for k, v in (stats.stages[-1].parts if stats.stages else {}).items()
-                          if isinstance(v, (int, float, str))},
+                "costs": stats.stages[-1].costs.numbers() if stats.stages else {},
+                "dedup": asdict(stats.stages[-1].samples[0].dedup) if stats.stages and stats.stages[-1].samples[0].dedup
+                else None,
             })
             bar.update(1)
     bar.close()

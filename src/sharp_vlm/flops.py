@@ -40,6 +40,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .core.budget import keep_count
+
 # Rough per-element costs of the elementwise parts of the scoring pass.
 _RMSNORM_FLOPS_PER_ELEMENT = 4  # square, accumulate, scale by rsqrt, scale by weight
 _SOFTMAX_FLOPS_PER_ELEMENT = 5  # max, subtract, exp, accumulate, divide
@@ -247,12 +249,12 @@ def decode_flops_per_token(
 # ---------------------------------------------------------------------------------------------
 
 
-def _retained_count(retain: int | float, n_visual: int) -> int:
-    # A float is a fraction of the visual tokens, an int a count of them.
+def _retained_count(retain: int | float, n_visual: int, n_left: int) -> int:
+    # A float is a share of the original visual tokens (the engine's rule, core.budget), an int a count.
     if isinstance(retain, float):
-        if not 0.0 <= retain <= 1.0:
-            raise ValueError(f"retain fraction {retain} outside [0, 1]")
-        return int(round(retain * n_visual))
+        if not 0.0 < retain <= 1.0:
+            raise ValueError(f"retain fraction {retain} outside (0, 1]")
+        return keep_count(retain, n_visual, n_left)
     if not 0 <= retain <= n_visual:
         raise ValueError(f"retain count {retain} outside 0..{n_visual}")
     return int(retain)
@@ -268,7 +270,7 @@ def stages_to_removals(stages: Sequence[tuple[int, int | float]], n_visual: int)
     out: list[tuple[int, int]] = []
     kept, last_k = n_visual, -1
     for k, retain in stages:
-        r = _retained_count(retain, n_visual)
+        r = _retained_count(retain, n_visual, kept)
         if k < last_k:
             raise ValueError("stages must be ordered by layer")
         if r > kept:

@@ -1,0 +1,92 @@
+"""What a stage method returns for one sample, and how the engine applies a merge.
+
+Pure tensors: the engine checks a `Selection` against the sample (`check_selection`) and merges with
+`merge_rows`; methods build one with `Selection(keep)` or `Selection(keep, Merge(source, target, weight))`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Merge:
+    """Dropped visual tokens folded into kept ones before the drop.
+
+    source: (M,) visual indices of dropped tokens; target: (M,) visual indices of the kept tokens they go into;
+    weight: (M,) non-negative weights (default 1). A kept token t becomes
+    ``(h_t + sum_i w_i h_i) / (1 + sum_i w_i)`` over the sources i merged into it: with unit weights, the mean of
+    the token and everything merged into it.
+    """
+
+    source: torch.Tensor
+    target: torch.Tensor
+    weight: torch.Tensor | None = None
+
+
+@dataclass
+class DedupCounts:
+    """What a deduplicating walk did for one sample."""
+
+    skipped_similar: int
+    filled: int
+    registers: int
+
+
+@dataclass
+class Selection:
+    """One sample's answer: kept visual indices (sorted, unique, exactly the budget) and an optional merge.
+
+    scores: the scores the method ranked by (diagnostics; recorded in the stats).
+    dedup: what a deduplication step did (diagnostics).
+    """
+
+    keep: torch.Tensor
+    merge: Merge | None = None
+    scores: torch.Tensor | None = None
+    dedup: DedupCounts | None = None
+
+
+def check_selection(sel: Selection, n: int, budget: int, label: str, sample: int) -> None:
+    """Raise RuntimeError naming the method when a selection is not a valid answer for n tokens and a budget."""
+    k = sel.keep
+    where = f"{label} (sample {sample})"
+    if not isinstance(k, torch.Tensor) or k.dim() != 1 or k.dtype not in (torch.long, torch.int32, torch.int64):
+        raise RuntimeError(f"{where} must return a 1-D integer tensor of kept indices")
+    if k.numel() != budget:
+        raise RuntimeError(f"{where} kept {k.numel()} tokens; the stage's budget is {budget}")
+    if k.numel() and (int(k.min()) < 0 or int(k.max()) >= n):
+        raise RuntimeError(f"{where} returned indices outside 0..{n - 1}")
+    if k.numel() > 1 and not bool((k[1:] > k[:-1]).all()):
+        raise RuntimeError(f"{where} must return sorted unique indices")
+    m = sel.merge
+    if m is None:
+        return
+    if m.source.dim() != 1 or m.target.shape != m.source.shape:
+        raise RuntimeError(f"{where}: merge source and target must be 1-D tensors of one length")
+    if m.weight is not None and (m.weight.shape != m.source.shape or not bool((m.weight >= 0).all())):
+        raise RuntimeError(f"{where}: merge weights must be non-negative, one per source")
+    kept = torch.zeros(n, dtype=torch.bool, device=k.device)
+    kept[k] = True
+    src, dst = m.source.to(k.device), m.target.to(k.device)
+    if src.numel() and (int(src.min()) < 0 or int(src.max()) >= n or int(dst.min()) < 0 or int(dst.max()) >= n):
+        raise RuntimeError(f"{where}: merge indices outside 0..{n - 1}")
+    if bool(kept[src].any()) or not bool(kept[dst].all()):
+        raise RuntimeError(f"{where}: a merge goes from dropped tokens into kept ones")
+    if torch.unique(src).numel() != src.numel():
+        raise RuntimeError(f"{where}: each dropped token merges at most once")
+
+
+def merge_rows(hidden: torch.Tensor, rows: torch.Tensor, merge: Merge) -> torch.Tensor:
+    """Apply `merge` to (S, D) hidden states whose visual token i sits at row rows[i]; returns a new tensor."""
+    if merge.source.numel() == 0:
+        return hidden
+    src = rows[merge.source.to(rows.device)]
+    dst = rows[merge.target.to(rows.device)]
+    w = (merge.weight if merge.weight is not None else torch.ones(src.numel())).to(hidden.device, torch.float32)
+    acc = hidden.float().clone()
+    acc.index_add_(0, dst, hidden[src].float() * w[:, None])
+    total = torch.ones(hidden.shape[0], device=hidden.device).index_add_(0, dst, w)
+    return (acc / total[:, None]).to(hidden.dtype)

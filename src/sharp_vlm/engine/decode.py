@@ -1,0 +1,74 @@
+"""Decoding after a pruned prefill: per KV cache, which original positions each layer holds and where decoding
+continues; each layer gets a mask over exactly the keys its cache holds."""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..core.masks import to_attention_mask
+from ..errors import InputError
+from .rows import take
+
+
+@dataclass
+class Decode:
+    cache: weakref.ref
+    seq_len: int
+    next_pos: torch.Tensor  # (B,) next position id
+    layer_rows: list[torch.Tensor | None]  # per layer: original prefill positions in its cache (None: all)
+    steps: int = 0  # decoded tokens already in the cache
+    attn2d: torch.Tensor | None = None  # (B, total) validity of the keys, None when there is no padding
+    q_len: int = 0
+
+    def start_step(self, q_len: int, mask: Any) -> None:
+        """A decoder call with `q_len` new tokens and the caller's 2-D attention mask (or None)."""
+        total = self.seq_len + self.steps + q_len
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+            attn2d = mask[:, -total:].bool()
+            self.attn2d = None if bool(attn2d.all()) else attn2d  # no padding: the unpatched kernel path
+        elif mask is None:
+            self.attn2d = None
+        else:
+            raise InputError(
+                f"decoding after a pruned prefill needs a 2-D attention mask (or none); got {type(mask).__name__}"
+            )
+        self.q_len = q_len
+
+    def advance(self) -> None:
+        self.next_pos = self.next_pos + self.q_len
+        self.steps += self.q_len
+
+    def layer_mask(self, i: int, eager: bool, dtype: torch.dtype) -> Any:
+        """The mask of layer i for this step (None where the kernel's causal default is exact)."""
+        q = self.q_len
+        rows = self.layer_rows[i]
+        b = self.next_pos.shape[0]
+        device = self.next_pos.device
+        if self.attn2d is None and q == 1:
+            return None
+        if rows is None:
+            rows = torch.arange(self.seq_len, device=device).expand(b, -1)
+        new = torch.arange(self.seq_len, self.seq_len + self.steps, device=device).expand(b, -1)
+        cols = torch.cat([rows, new], dim=1)  # original positions of this layer's keys after the update
+        valid = torch.ones_like(cols, dtype=torch.bool) if self.attn2d is None else take(self.attn2d.to(device), cols)
+        kv = cols.shape[1]
+        past = kv - q
+        causal = torch.arange(kv, device=device)[None, :] <= (past + torch.arange(q, device=device))[:, None]
+        allowed = valid[:, None, :] & causal[None]
+        return to_attention_mask(allowed, dtype, "additive" if eager else "bool")
+
+
+def trim_shallow(cache: Any, layer_rows: list[torch.Tensor | None], first_stage: int) -> list[torch.Tensor | None]:
+    """Drop pruned tokens from the KV of the layers before the first stage (saves decode memory)."""
+    first = next(r for r in layer_rows if r is not None)
+    out = list(layer_rows)
+    for i in range(first_stage):
+        lay = cache.layers[i]
+        lay.keys = take(lay.keys, first, dim=2)
+        lay.values = take(lay.values, first, dim=2)
+        out[i] = first
+    return out

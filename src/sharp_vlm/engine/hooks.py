@@ -1,0 +1,297 @@
+"""The engine: per-instance forward hooks that dispatch each call to the module that owns its state.
+
+Data flow of one prefill (nothing is patched on classes):
+  outer model pre-hook   -> remember the call's kwargs (input_ids, grids, attention mask)
+  decoder pre-hook       -> the adapter finds the visual layout; a `Prefill` record starts (prefill.py, rows.py)
+  layer i pre-hook       -> i before a forward-masked stage: segment mask (segments.py)
+                            i is a stage layer: score, select, merge, gather (stage.py, scoring.py, reference.py)
+                            i after a stage: hand the layer the gathered positions and mask
+  decoder post-hook      -> remember, per KV cache, which original positions each layer holds (decode.py)
+During decoding the decoder pre-hook sets positions to (unpruned length + t) and the layer hooks give each
+layer a mask over exactly the keys its cache holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import Method, SegmentMask, Stage
+from ..errors import ConfigError, InputError
+from ..flops import DecoderShape
+from ..models.base import Adapter, ReferenceFn
+from .decode import Decode, trim_shallow
+from .prefill import Prefill
+from .reference import fingerprint
+from .rows import PrefillRows, take
+from .segment_attention import RUNS_KWARG, SEGMENT_ATTENTION
+from .segments import segment_kwargs
+from .stage import StageScorer, run_stage, sync
+from .stats import CallStats, StageCosts
+
+
+def _matches(mask: Any, ids: Any) -> bool:
+    return isinstance(mask, torch.Tensor) and isinstance(ids, torch.Tensor) and mask.shape == ids.shape
+
+
+class Engine:
+    def __init__(
+        self,
+        model: nn.Module,
+        method: Method,
+        adapter: Adapter,
+        trim_kv: bool = False,
+        reference_fn: ReferenceFn | None = None,
+    ):
+        self.model = model
+        self.method = method
+        self.adapter = adapter
+        self.trim_kv = trim_kv
+        self.reference_fn = reference_fn
+        self.stages: list[Stage] = method.stages()
+        self._validate()
+        self.stage_at = {s.layer: s for s in self.stages}
+        self.first_stage = self.stages[0].layer if self.stages else adapter.n_layers
+        self.last_stage = self.stages[-1].layer if self.stages else 0
+        masked = [s for s in self.stages if s.segment_mask is not None]
+        # a stage's forward-scope segment mask covers every decoder layer before it
+        self.seg: SegmentMask | None = masked[-1].segment_mask if masked else None
+        self.seg_until = masked[-1].layer if masked else 0
+        self._eager = adapter.attention_implementation() == "eager"
+        self._block_kernel = False
+        self._in_reference = False
+        self._shape: DecoderShape | None = None
+        self._restore: list[Callable[[], None]] = []
+        self._handles: list[Any] = []
+        self.last_stats: CallStats | None = None
+        self._call: dict[str, Any] = {}
+        self.prompt_len: int | None = None  # set by the generate() wrapper: the query is the last prompt token
+        self.generate_call: dict[str, Any] = {}
+        self._pre: Prefill | None = None
+        self._decodes: dict[int, Decode] = {}
+        self._dec: Decode | None = None
+
+    # ---------------------------------------------------------------- setup
+    def _validate(self) -> None:
+        n = self.adapter.n_layers
+        layers = [s.layer for s in self.stages]
+        for s in self.stages:
+            if s.layer >= n:
+                raise ConfigError(
+                    f"{s.label}: layer={s.layer} is beyond the model's depth; this decoder has {n} layers, "
+                    f"so use a layer in 1..{n - 1} (0 prunes before the decoder)"
+                )
+        if layers != sorted(set(layers)):
+            raise ConfigError(f"stage layers must be strictly increasing, got {layers}")
+
+    def attach(self) -> None:
+        tm = self.adapter.text_model()
+        self._handles.append(self.model.register_forward_pre_hook(self._outer_pre, with_kwargs=True))
+        self._handles.append(tm.register_forward_pre_hook(self._decoder_pre, with_kwargs=True))
+        self._handles.append(tm.register_forward_hook(self._decoder_post, with_kwargs=True))
+        for i, layer in enumerate(self.adapter.layers()):
+            self._handles.append(layer.register_forward_pre_hook(self._layer_pre(i), with_kwargs=True))
+        if self.seg is not None and not self._eager:
+            # block-wise SDPA (segment_attention.py) instead of a dense mask; FlashAttention takes no arbitrary
+            # mask, so it switches too. Eager keeps the dense additive mask (its exact computation was asked for).
+            for i in range(self.seg_until):
+                self._restore.append(self.adapter.use_attention(i, SEGMENT_ATTENTION))
+            self._block_kernel = True
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        for restore in self._restore:
+            restore()
+        self._restore.clear()
+        self._handles.clear()
+        self._decodes.clear()
+        self._block_kernel = False
+        self._pre = self._dec = None
+
+    @contextlib.contextmanager
+    def _bypass(self) -> Iterator[None]:
+        """The reference pass calls layers with fully prepared arguments: the layer hooks stand aside."""
+        self._in_reference = True
+        try:
+            yield
+        finally:
+            self._in_reference = False
+
+    def shape(self) -> DecoderShape:
+        if self._shape is None:
+            self._shape = DecoderShape.from_config(self.adapter.text_model().config)
+        return self._shape
+
+    # ---------------------------------------------------------------- hooks
+    def _outer_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        call = dict(kwargs)
+        if args:
+            call.setdefault("input_ids", args[0])
+        # generate() encodes the video once and may not forward the grids or an all-ones mask to the model:
+        # take them from the generate() call when this forward lacks them
+        for key, value in self.generate_call.items():
+            if call.get(key) is None and value is not None:
+                if key == "attention_mask" and not _matches(value, call.get("input_ids")):
+                    continue
+                call[key] = value
+        self._call = call
+
+    def _decoder_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        embeds = kwargs.get("inputs_embeds")
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        ref = embeds if embeds is not None else ids
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        past = cache.get_seq_length() if cache is not None else 0
+        self._pre = self._dec = None
+        if past > 0:
+            dec = self._decodes.get(id(cache))
+            if dec is not None and dec.cache() is cache:
+                dec.start_step(ref.shape[1], kwargs.get("attention_mask"))
+                pos = self.adapter.decode_position_ids(dec.next_pos, ref.shape[1])
+                dec.advance()
+                self._dec = dec
+                # the decoder computes its RoPE from these positions; its own mask is replaced per layer
+                return args, dict(kwargs, position_ids=pos, attention_mask=None)
+            if self._has_visual_tokens():
+                raise InputError(
+                    "this prompt with visual tokens continues an existing KV cache that was not filled by the "
+                    "pruning engine; pruning must start from an empty cache"
+                )
+            return None
+        self._start_prefill(ref)
+        self._pre.embeds = embeds if embeds is not None else self.adapter.embed(ids)
+        return None
+
+    def _decoder_post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        pre, self._pre = self._pre, None
+        if self._dec is not None:
+            self._dec = None
+            return
+        if pre is None:
+            return
+        self.last_stats = pre.stats
+        cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
+        if cache is None:
+            return
+        next_pos = self.adapter.next_positions(kwargs.get("position_ids"), pre.batch, pre.seq_len)
+        layer_rows = [pre.layer_rows.get(i) for i in range(self.adapter.n_layers)]
+        if self.trim_kv and self.stages:
+            layer_rows = trim_shallow(cache, layer_rows, self.first_stage)
+        for key, dec in list(self._decodes.items()):
+            if dec.cache() is None:
+                del self._decodes[key]
+        device = pre.rows.rows.device
+        self._decodes[id(cache)] = Decode(weakref.ref(cache), pre.seq_len, next_pos.to(device), layer_rows)
+
+    def _layer_pre(self, i: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+            if self._in_reference:
+                return None
+            if self._dec is not None:
+                return args, dict(kwargs, attention_mask=self._dec.layer_mask(i, self._eager, self.adapter.dtype()))
+            pre = self._pre
+            if pre is None:
+                return None
+            if pre.pos_emb is None:
+                pre.pos_emb = pre.pos_emb_cur = kwargs.get("position_embeddings")
+            if i in self.stage_at:
+                args, kwargs = self._stage(self.stage_at[i], args, kwargs)
+            if pre.pruned:
+                kwargs = self._gathered_kwargs(kwargs)
+                pre.layer_rows[i] = pre.rows.rows
+            if self.seg is not None and i < self.seg_until:
+                kwargs = dict(kwargs, **segment_kwargs(pre, self.seg, self._block_kernel, self._eager,
+                                                       self.adapter.dtype()))
+            if i < self.last_stage:
+                pre.layer_kwargs[i] = {k: kwargs.get(k) for k in ("attention_mask", "position_ids", RUNS_KWARG)}
+            return args, kwargs
+
+        return hook
+
+    # ---------------------------------------------------------------- prefill
+    def _has_visual_tokens(self) -> bool:
+        try:
+            ids = self._call.get("input_ids")
+            seq = ids.shape[1] if ids is not None else 0
+            return any(lay.n_visual for lay in self.adapter.find_layouts(self._call, seq, 1))
+        except InputError:
+            return False
+
+    def _start_prefill(self, ref: torch.Tensor) -> None:
+        batch, seq_len = ref.shape[0], ref.shape[1]
+        layouts = self.adapter.find_layouts(self._call, seq_len, batch)
+        if not any(lay.n_visual for lay in layouts):
+            raise InputError(
+                "no visual tokens in the prompt: nothing to prune. Build the inputs from a message with a video "
+                "(or, for a decoder-only model, declare the video span)"
+            )
+        if batch > 1 and len({lay.n_visual for lay in layouts}) > 1:
+            raise InputError(
+                f"a batch of videos with different token counts ({[lay.n_visual for lay in layouts]}) is not "
+                "supported yet; batch videos of one size together or run them one at a time"
+            )
+        device = ref.device
+        mask2d = self._call.get("attention_mask")
+        key_valid = (
+            torch.ones(batch, seq_len, dtype=torch.bool, device=device)
+            if mask2d is None or mask2d.dim() != 2
+            else mask2d[:, -seq_len:].bool().to(device)
+        )
+        prompt_len = self.prompt_len if self.prompt_len is not None and self.prompt_len <= seq_len else seq_len
+        query_last = torch.full((batch,), prompt_len - 1, dtype=torch.long, device=device)
+        self._pre = Prefill(
+            batch=batch,
+            seq_len=seq_len,
+            layouts=layouts,
+            rows=PrefillRows.start(layouts, key_valid, query_last),
+            stats=CallStats(batch, seq_len, [lay.n_visual for lay in layouts]),
+            call=self._call,
+        )
+        sync(ref)
+        self._pre.started = time.perf_counter()
+
+    def _fingerprint(self) -> tuple:
+        return fingerprint(self.model, self.adapter)
+
+    def _stage(self, stage: Stage, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        pre = self._pre
+        hidden = args[0] if args else kwargs["hidden_states"]
+        sync(hidden)
+        t0 = time.perf_counter()
+        costs = StageCosts()
+        if not pre.stats.stages:
+            costs.layers_before_seconds = t0 - pre.started
+        scorer = StageScorer(stage, hidden, pre, self.adapter, self.shape(), costs, self.reference_fn, self._bypass,
+                             self._fingerprint)
+        hidden = run_stage(stage, hidden, pre, scorer, costs, t0)
+        if args:
+            return (hidden, *args[1:]), kwargs
+        return args, dict(kwargs, hidden_states=hidden)
+
+    def _gathered_kwargs(self, kwargs: dict) -> dict:
+        pre = self._pre
+        rows = pre.rows.rows
+        out = dict(kwargs)
+        out["position_embeddings"] = pre.pos_emb_cur
+        pid = kwargs.get("position_ids")
+        if isinstance(pid, torch.Tensor) and pid.shape[-1] == pre.seq_len:
+            out["position_ids"] = take(pid, rows) if pid.dim() == 2 else pid
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 4:
+            key = (id(mask), pre.stages_done)
+            if key not in pre.mask_cache:
+                pre.mask_cache[key] = take(take(mask, rows, dim=2), rows, dim=3)
+            out["attention_mask"] = pre.mask_cache[key]
+        elif mask is not None and not isinstance(mask, torch.Tensor):
+            raise InputError(
+                f"attention mask of type {type(mask).__name__} is not supported by the pruning engine; "
+                "load the model with attn_implementation='sdpa' or 'eager'"
+            )
+        return self.adapter.gather_layer_kwargs(out, lambda t, dim: take(t, rows, dim=dim))

@@ -1,0 +1,71 @@
+"""ShaRP's reference pass: the same prompt with content-free frames through the layers before a stage.
+
+The adapter builds the content-free decoder input (black frames through the model's own vision tower, or the
+family's equivalent); the layers then run with exactly the masks and positions the real input had, after the
+same layer-0 stages (merges included). The bias-cache key names the weights, layer, options and layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+import torch
+from torch import nn
+
+from ..config import SegmentMask
+from ..errors import ConfigError
+from ..models.base import Adapter, ReferenceFn
+from .bias_cache import BiasCache
+from .prefill import Prefill
+from .segment_attention import RUNS_KWARG
+
+
+def fingerprint(model: nn.Module, adapter: Adapter) -> tuple:
+    """Identifies the weights for the on-disk bias cache without hashing the whole model."""
+    cfg = adapter.text_model().config
+    weight = next(adapter.layers()[0].parameters())
+    return (type(model).__name__, getattr(cfg, "_name_or_path", ""), tuple(weight.shape),
+            float(weight.detach().flatten()[:64].float().sum()))
+
+
+def bias_key(cache: BiasCache, fp: tuple, layer: int, query: str, rope: bool, mask: SegmentMask | None,
+             pre: Prefill) -> str:
+    return cache.key(
+        fp, layer, query, rope, mask, pre.rows.rows, pre.rows.query_last,
+        *[lay.positions for lay in pre.layouts], *[tuple(lay.items) for lay in pre.layouts],
+    )
+
+
+def reference_hidden(
+    adapter: Adapter,
+    pre: Prefill,
+    stage_layer: int,
+    reference_fn: ReferenceFn | None,
+    bypass_hooks: Callable[[], AbstractContextManager],
+) -> torch.Tensor:
+    """Hidden states entering `stage_layer` for the same prompt with content-free frames."""
+    if any(0 < s.layer < stage_layer for s in pre.stats.stages):
+        raise ConfigError("a reference pass cannot follow an in-decoder stage; put the debiased stage first")
+    ref = reference_fn(pre.embeds, pre.layouts, pre.call) if reference_fn else None
+    if ref is None:
+        ref = adapter.reference_embeds(pre.embeds, pre.layouts, pre.call)
+    h = ref.to(pre.embeds.dtype)
+    for op in pre.ops_before_decoder:
+        h = op.run(h)
+    layers = adapter.layers()
+    with bypass_hooks(), torch.no_grad():
+        for i in range(stage_layer):
+            kw = pre.layer_kwargs[i]
+            runs = {RUNS_KWARG: kw[RUNS_KWARG]} if kw.get(RUNS_KWARG) is not None else {}
+            out = layers[i](
+                h,
+                attention_mask=kw["attention_mask"],
+                position_embeddings=pre.pos_emb_cur,
+                position_ids=kw["position_ids"],
+                cache=None,
+                use_cache=False,
+                **runs,
+            )
+            h = out[0] if isinstance(out, tuple) else out
+    return h

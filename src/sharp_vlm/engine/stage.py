@@ -1,0 +1,166 @@
+"""Running one stage: budget, per-sample selection, checks, merge and gather, timing and stats.
+
+A method only answers `select(view)` for one sample; everything else of a stage happens here, the same way
+for every method.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+import torch
+
+from ..config import SegmentMask, Stage
+from ..core.budget import keep_count
+from ..core.selection import Selection, check_selection
+from ..errors import ConfigError, InputError
+from ..flops import DecoderShape, prefill_flops, scoring_flops
+from ..models.base import Adapter, ReferenceFn
+from .bias_cache import BiasCache
+from .prefill import Prefill
+from .reference import bias_key, reference_hidden
+from .rows import take
+from .scoring import query_probs, visual_scores
+from .stats import SampleRecord, StageCosts, StageStats
+from .view import SampleView
+
+
+def sync(t: torch.Tensor) -> None:
+    if t.is_cuda:
+        torch.cuda.synchronize(t.device)
+
+
+class StageScorer:
+    """Scores of one stage for the whole batch, computed once per option set and timed into `costs`."""
+
+    def __init__(
+        self,
+        stage: Stage,
+        hidden: torch.Tensor,
+        pre: Prefill,
+        adapter: Adapter,
+        shape: DecoderShape,
+        costs: StageCosts,
+        reference_fn: ReferenceFn | None,
+        bypass_hooks: Callable[[], AbstractContextManager],
+        fingerprint: Callable[[], tuple],
+    ):
+        self.stage, self.hidden, self.pre, self.adapter = stage, hidden, pre, adapter
+        self.shape, self.costs = shape, costs
+        self.reference_fn, self.bypass_hooks, self.fingerprint = reference_fn, bypass_hooks, fingerprint
+        self.layouts = pre.current_layouts()
+        self._memo: dict[tuple, torch.Tensor] = {}
+
+    def _check_layer(self) -> None:
+        if self.stage.layer == 0:
+            raise ConfigError(
+                f"{self.stage.label} scores by attention and cannot run at layer 0 (before the decoder); "
+                "use layer >= 1"
+            )
+
+    def _flops(self, query: str) -> int:
+        n_query = int(sum(r.numel() for r in self.pre.rows.query_rows(query, self.layouts)))
+        return scoring_flops(self.shape, self.pre.rows.rows.shape[1], n_query)["total"] * self.pre.batch
+
+    def _scores(self, hidden: torch.Tensor, query: str, mask: SegmentMask | None, rope: bool,
+                content_free: bool) -> torch.Tensor:
+        parts = self.adapter.attention_parts(self.stage.layer)
+        probs = query_probs(parts, hidden, self.pre.pos_emb_cur, self.pre.rows, self.pre.layouts, query, rope, mask,
+                            content_free)
+        out = visual_scores(probs, self.pre.rows)
+        sync(out)
+        return out
+
+    def attention(self, query: str, mask: SegmentMask | None, rope: bool, content_free: bool) -> torch.Tensor:
+        self._check_layer()
+        key = ("input", query, mask, rope, content_free)
+        if key not in self._memo:
+            t = time.perf_counter()
+            self._memo[key] = self._scores(self.hidden, query, mask, rope, content_free)
+            self.costs.scoring_seconds += time.perf_counter() - t
+            self.costs.scoring_flops += self._flops(query)
+        return self._memo[key]
+
+    def reference(self, query: str, mask: SegmentMask | None, rope: bool,
+                  cache: tuple[int, str | None] | None) -> torch.Tensor:
+        self._check_layer()
+        key = ("reference", query, mask, rope, cache)
+        if key in self._memo:
+            return self._memo[key]
+        t = time.perf_counter()
+        store, ckey = None, None
+        if cache is not None:
+            store = BiasCache.shared(*cache)
+            ckey = bias_key(store, self.fingerprint(), self.stage.layer, query, rope, mask, self.pre)
+            hit = store.get(ckey)
+            self.costs.bias_cache = "hit" if hit is not None else "miss"
+            if hit is not None:
+                self._memo[key] = hit.to(self.hidden.device)
+                self.costs.reference_seconds += time.perf_counter() - t
+                return self._memo[key]
+        ref_hidden = reference_hidden(self.adapter, self.pre, self.stage.layer, self.reference_fn, self.bypass_hooks)
+        out = self._scores(ref_hidden, query, mask, rope, False)
+        if store is not None:
+            store.put(ckey, out)
+        dense = prefill_flops(self.shape, self.pre.rows.rows.shape[1])["layers"][: self.stage.layer]
+        self.costs.reference_seconds += time.perf_counter() - t
+        self.costs.reference_flops += (sum(dense) + self._flops(query)) * self.pre.batch
+        self._memo[key] = out
+        return out
+
+
+def select_all(stage: Stage, hidden: torch.Tensor, pre: Prefill, scorer: StageScorer, costs: StageCosts,
+               ) -> tuple[list[Selection], list[SampleRecord]]:
+    """The method's answer for every sample, checked against the engine's budget."""
+    rows = pre.rows
+    layouts = scorer.layouts
+    selections, records = [], []
+    t0 = time.perf_counter()
+    for b in range(pre.batch):
+        n0 = pre.stats.n_visual[b]
+        budget = keep_count(stage.retain, n0, rows.n_visual[b])
+        record = SampleRecord()
+        view = SampleView(stage.layer, b, budget, layouts[b], hidden[b, rows.visual_rows[b]], n0, scorer, record)
+        answer = stage.method.select(view)
+        sel = answer if isinstance(answer, Selection) else Selection(answer)
+        check_selection(sel, rows.n_visual[b], budget, stage.label, b)
+        record.scores, record.dedup = sel.scores, sel.dedup
+        selections.append(sel)
+        records.append(record)
+    if len({int(s.keep.numel()) for s in selections}) > 1:
+        raise InputError("samples of a batch kept different token counts; run them one at a time")
+    sync(hidden)
+    costs.select_seconds = time.perf_counter() - t0 - costs.scoring_seconds - costs.reference_seconds
+    return selections, records
+
+
+def run_stage(stage: Stage, hidden: torch.Tensor, pre: Prefill, scorer: StageScorer, costs: StageCosts,
+              started: float) -> torch.Tensor:
+    """Select, merge and gather at `stage`; updates `pre` and its stats; returns the hidden states of the kept rows."""
+    n_in = pre.rows.n_visual
+    selections, records = select_all(stage, hidden, pre, scorer, costs)
+    op = pre.rows.apply(selections, hidden.device)
+    hidden = op.run(hidden)
+    pre.pos_emb_cur = tuple(take(t, pre.rows.rows) for t in pre.pos_emb)
+    if stage.layer == 0:
+        pre.ops_before_decoder.append(op)
+    pre.stages_done += 1
+    sync(hidden)
+    pre.stats.stages.append(
+        StageStats(
+            layer=stage.layer,
+            label=stage.label,
+            n_in=n_in,
+            n_kept=[int(s.keep.numel()) for s in selections],
+            kept=[o.clone() for o in pre.rows.visual_orig],
+            kept_positions=[lay.positions[o] for lay, o in zip(pre.layouts, pre.rows.visual_orig, strict=True)],
+            seconds=time.perf_counter() - started,
+            costs=costs,
+            samples=records,
+            n_merged=[0 if s.merge is None else int(s.merge.source.numel()) for s in selections],
+        )
+    )
+    return hidden
+
