@@ -1,18 +1,31 @@
-"""A hand-written pruned forward of a tiny Qwen-VL model: the reference the engine is tested against.
+"""A hand-written pruned forward: the reference the engine is tested against.
 
-Layers < K run on every token (optionally under a dense 4-D mask), the kept rows are gathered, layers >= K run
-on the short sequence with the original positions, then greedy decoding continues one past the last prompt
-position.
+Layers before a stage run on every row still present (optionally under a dense 4-D mask), each stage keeps the
+non-visual rows and the kept visual rows (optionally after merging dropped rows into kept ones), later layers run
+on the short sequence with the original positions, and greedy decoding continues one past the last prompt
+position. Works for a tiny Qwen-VL (3-D M-RoPE) and a tiny LLaMA (1-D RoPE).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
 
 
-def decoder_inputs(model, inputs):
-    """inputs_embeds and 3-D position ids that the unpatched model hands to its decoder."""
+@dataclass
+class Prompt:
+    """What the decoder of a model gets for one prompt (batch 1)."""
+
+    embeds: torch.Tensor  # (1, S, D)
+    pos: torch.Tensor  # (3, 1, S) for M-RoPE, (1, S) otherwise
+    visual: torch.Tensor  # (S,) bool
+    next_pos: int  # the position of the first decoded token
+
+
+def qwen_prompt(model, inputs) -> Prompt:
+    """inputs_embeds and 3-D position ids that the unpatched Qwen-VL hands to its decoder."""
     seen = {}
 
     def grab(mod, args, kwargs):
@@ -24,37 +37,65 @@ def decoder_inputs(model, inputs):
         model(**inputs)
     h.remove()
     pos = seen["pos"]
-    return seen["embeds"], pos[1:] if pos.shape[0] == 4 else pos
+    pos = pos[1:] if pos.shape[0] == 4 else pos
+    return Prompt(seen["embeds"], pos, inputs["mm_token_type_ids"][0] != 0, int(pos[:, 0, -1].max()) + 1)
 
 
-def pruned_forward(model, inputs, keep_positions, layer, n_decode, shallow_mask=None):
-    """(logits per step, greedy tokens, cache); ``shallow_mask`` is the attention mask of layers < ``layer``."""
-    tm = model.model.language_model
-    embeds, pos = decoder_inputs(model, inputs)
-    seq = embeds.shape[1]
-    keep = torch.ones(seq, dtype=torch.bool)
-    keep[inputs["mm_token_type_ids"][0] != 0] = False
-    keep[keep_positions] = True
-    rows = torch.nonzero(keep).flatten()
-    cache = DynamicCache(config=tm.config)
+def llama_prompt(model, ids, span) -> Prompt:
+    seq = ids.shape[1]
+    visual = torch.zeros(seq, dtype=torch.bool)
+    visual[span.start : span.start + span.n_tokens] = True
     with torch.no_grad():
-        h = embeds
-        cos, sin = tm.rotary_emb(h, pos)
+        embeds = model.model.embed_tokens(ids)
+    return Prompt(embeds, torch.arange(seq)[None], visual, seq)
+
+
+def _decode_pos(prompt: Prompt, p: int) -> torch.Tensor:
+    return torch.full((3, 1, 1), p) if prompt.pos.dim() == 3 else torch.full((1, 1), p)
+
+
+def staged_forward(model, tm, prompt: Prompt, stages, n_decode, shallow_mask=None, merge=None, mask_until=None):
+    """(logits per step, greedy tokens, cache).
+
+    stages: [(layer, kept original positions)], layers increasing. shallow_mask: the 4-D attention mask of the
+    layers before `mask_until` (default: the first stage), or a function of the current rows' original positions
+    that returns it. merge: {layer: fn(h (S_cur, D), rows (S_cur,)) -> h}, applied at that stage before the gather.
+    """
+    seq = prompt.embeds.shape[1]
+    cache = DynamicCache(config=tm.config)
+    stage_at = dict(stages)
+    first = stages[0][0] if stages else len(tm.layers)
+    mask_until = first if mask_until is None else mask_until
+    with torch.no_grad():
+        h = prompt.embeds
+        cos, sin = tm.rotary_emb(h, prompt.pos)
+        rows = torch.arange(seq)
         for i, lay in enumerate(tm.layers):
-            if i == layer:
-                h, cos, sin = h[:, rows], cos[:, rows], sin[:, rows]
-            mask = shallow_mask if i < layer else None
+            if i in stage_at:
+                if merge and i in merge:
+                    h = merge[i](h[0], rows)[None]
+                keep = ~prompt.visual[rows] | torch.isin(rows, stage_at[i])
+                h, cos, sin, rows = h[:, keep], cos[:, keep], sin[:, keep], rows[keep]
+            mask = shallow_mask if i < mask_until else None
+            if callable(mask):
+                mask = mask(rows)
             h = lay(h, attention_mask=mask, position_embeddings=(cos, sin), cache=cache, use_cache=True)
         logits = [model.lm_head(tm.norm(h))]
-        next_pos = int(pos[:, 0, -1].max()) + 1
         token = logits[-1][:, -1].argmax(-1)
         tokens = [int(token)]
         for t in range(n_decode - 1):
             h = tm.embed_tokens(token)[:, None]
-            cos, sin = tm.rotary_emb(h, torch.full((3, 1, 1), next_pos + t))
+            cos, sin = tm.rotary_emb(h, _decode_pos(prompt, prompt.next_pos + t))
             for lay in tm.layers:
                 h = lay(h, attention_mask=None, position_embeddings=(cos, sin), cache=cache, use_cache=True)
             logits.append(model.lm_head(tm.norm(h)))
             token = logits[-1][:, -1].argmax(-1)
             tokens.append(int(token))
     return logits, tokens, cache
+
+
+def pruned_forward(model, inputs, keep_positions, layer, n_decode, shallow_mask=None):
+    """One stage on a tiny Qwen-VL: (logits per step, greedy tokens, cache)."""
+    prompt = qwen_prompt(model, inputs)
+    return staged_forward(model, model.model.language_model, prompt, [(layer, keep_positions)], n_decode,
+                          shallow_mask)

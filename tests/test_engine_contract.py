@@ -1,0 +1,163 @@
+"""The stage contract: row bookkeeping on tensors, what the engine accepts from a method, the one budget rule,
+the adapter registry, schedules as configs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+import sharp_vlm as sv
+from sharp_vlm.bench.latency import _kv_lens
+from sharp_vlm.core.layout import VisualItem, VisualLayout
+from sharp_vlm.core.selection import check_selection, merge_rows
+from sharp_vlm.engine.rows import PrefillRows
+from sharp_vlm.flops import stages_to_removals
+from sharp_vlm.models.factory import tiny_llama
+from sharp_vlm.models.registry import adapter_for
+
+
+def _rows(batch=2, prefix=3, n=12, suffix=4):
+    seq = prefix + n + suffix
+    lay = VisualLayout.from_grid(torch.arange(prefix, prefix + n), [VisualItem("video", 0, 3, 2, 2)])
+    valid = torch.ones(batch, seq, dtype=torch.bool)
+    return PrefillRows.start([lay] * batch, valid, torch.full((batch,), seq - 1)), lay
+
+
+def test_rows_gather_keeps_text_and_kept_visual_rows_in_order():
+    rows, lay = _rows()
+    keep = [torch.tensor([0, 5, 11]), torch.tensor([1, 2, 7])]
+    op = rows.apply([sv.Selection(k) for k in keep], torch.device("cpu"))
+    assert rows.rows[0].tolist() == [0, 1, 2, 3, 8, 14, 15, 16, 17, 18]
+    assert rows.rows[1].tolist() == [0, 1, 2, 4, 5, 10, 15, 16, 17, 18]
+    for b in range(2):
+        assert torch.equal(rows.rows[b, rows.visual_rows[b]], lay.positions[keep[b]])
+        assert torch.equal(rows.visual_orig[b], keep[b])
+    hidden = torch.arange(19.0)[None, :, None].expand(2, -1, 3)
+    assert torch.equal(op.run(hidden)[..., 0], rows.rows.float())
+    # a second stage indexes the survivors; visual_orig stays in the prompt's numbering
+    rows.apply([sv.Selection(torch.tensor([2])), sv.Selection(torch.tensor([0]))], torch.device("cpu"))
+    assert rows.visual_orig[0].tolist() == [11] and rows.visual_orig[1].tolist() == [1]
+    assert rows.rows[0].tolist() == [0, 1, 2, 14, 15, 16, 17, 18]
+
+
+def test_merge_rows_is_a_weighted_mean():
+    h = torch.tensor([[1.0], [2.0], [4.0], [8.0]])
+    rows = torch.tensor([0, 1, 2, 3])
+    out = merge_rows(h, rows, sv.Merge(torch.tensor([1, 2]), torch.tensor([0, 0]), torch.tensor([1.0, 2.0])))
+    assert out[0].item() == pytest.approx((1 + 2 + 2 * 4) / 4) and torch.equal(out[1:], h[1:])
+
+
+@pytest.mark.parametrize(
+    "sel, message",
+    [
+        (sv.Selection(torch.tensor([0, 1])), "budget is 3"),
+        (sv.Selection(torch.tensor([2, 1, 0])), "sorted unique"),
+        (sv.Selection(torch.tensor([0, 1, 9])), "outside 0..7"),
+        (sv.Selection(torch.tensor([0.0, 1.0, 2.0])), "integer tensor"),
+        (sv.Selection(torch.tensor([0, 1, 2]), sv.Merge(torch.tensor([1]), torch.tensor([0]))), "dropped tokens into"),
+        (sv.Selection(torch.tensor([0, 1, 2]), sv.Merge(torch.tensor([3, 3]), torch.tensor([0, 1]))), "at most once"),
+        (sv.Selection(torch.tensor([0, 1, 2]), sv.Merge(torch.tensor([3]), torch.tensor([0]), torch.tensor([-1.0]))),
+         "non-negative"),
+    ],
+)
+def test_check_selection_names_the_method(sel, message):
+    with pytest.raises(RuntimeError, match=message) as err:
+        check_selection(sel, 8, 3, "mymethod", 0)
+    assert "mymethod (sample 0)" in str(err.value)
+
+
+@dataclass
+class KeepsTooMany(sv.StageMethod):
+    scores_attention = False
+
+    def select(self, view):
+        return torch.arange(view.budget + 1)
+
+
+def test_engine_enforces_the_budget():
+    model = tiny_llama()
+    span = sv.VideoSpan(start=2, n_frames=4, tokens_per_frame=8)
+    with sv.apply(model, KeepsTooMany(retain=0.25, layer=1), span=span), pytest.raises(RuntimeError, match="budget is 8"):
+        model(input_ids=torch.randint(3, 100, (1, 40)))
+
+
+@pytest.mark.parametrize("n", [1, 5, 7, 13, 33])
+@pytest.mark.parametrize("retains", [(0.5,), (0.3,), (0.5, 0.25), (0.7, 0.5, 0.1)])
+def test_engine_flops_and_bench_agree_on_kept_counts(n, retains):
+    model = tiny_llama(layers=4)
+    span = sv.VideoSpan(start=3, n_frames=n, tokens_per_frame=1)
+    steps = [sv.UniformPrune(retain=r, layer=i) for i, r in enumerate(retains)]
+    method = sv.Schedule(steps) if len(steps) > 1 else steps[0]
+    seq = 3 + n + 4
+    with sv.apply(model, method, span=span) as handle, torch.no_grad():
+        model(input_ids=torch.randint(3, 100, (1, seq)))
+    engine = [s.n_kept[0] for s in handle.last_stats.stages]
+    removals = stages_to_removals([(s.layer, s.retain) for s in method.stages()], n)
+    flops, left = [], n
+    for _, removed in removals:
+        left -= removed
+        flops.append(left)
+    assert engine == flops == [sv.keep_count(r, n) for r in retains]
+    assert _kv_lens(4, seq, n, method, trim=False)[-1] == seq - n + engine[-1]
+
+
+def test_half_way_retain_rounds_up_everywhere():
+    assert sv.keep_count(0.5, 5) == 3
+    assert stages_to_removals([(2, 0.5)], 5) == [(2, 2)]
+
+
+def test_subclass_of_a_supported_model_gets_its_adapter():
+    from transformers import LlamaForCausalLM
+
+    class MyLlama(LlamaForCausalLM):
+        pass
+
+    base = tiny_llama()
+    model = MyLlama(base.config).eval()
+    assert type(adapter_for(model)).__name__ == "GenericAdapter"
+    span = sv.VideoSpan(start=2, n_frames=4, tokens_per_frame=8)
+    with sv.apply(model, sv.FastV(retain=0.25, layer=1), span=span) as h, torch.no_grad():
+        model(input_ids=torch.randint(3, 100, (1, 40)))
+    assert h.last_stats.stages[0].n_kept == [8]
+
+
+def test_schedule_config_rules_and_loading(tmp_path):
+    s = sv.Schedule([sv.UniformPrune(retain=0.5, layer=0), sv.ShaRP(retain=0.2, layer=2)])
+    assert [(st.layer, st.retain) for st in s.stages()] == [(0, 0.5), (2, 0.2)]
+    assert sv.load_config(s.to_dict()) == s
+    path = tmp_path / "s.yaml"
+    path.write_text("method: schedule\nsteps:\n  - {method: fastv, retain: 0.5, layer: 1}\n"
+                    "  - {method: fastv, retain: 0.25, layer: 3}\n")
+    assert sv.load_config(path) == sv.Schedule([sv.FastV(retain=0.5, layer=1), sv.FastV(retain=0.25, layer=3)])
+    with pytest.raises(sv.ConfigError, match="strictly increasing"):
+        sv.Schedule([sv.FastV(retain=0.5, layer=2), sv.FastV(retain=0.2, layer=2)])
+    with pytest.raises(sv.ConfigError, match="must not increase"):
+        sv.Schedule([sv.FastV(retain=0.2, layer=1), sv.FastV(retain=0.5, layer=2)])
+    with pytest.raises(sv.ConfigError, match="at least one"):
+        sv.Schedule([])
+    with pytest.raises(sv.ConfigError, match="single-stage methods"):
+        sv.Schedule([sv.NoPrune()])
+    with pytest.raises(sv.ConfigError, match="at most one stage"):
+        sv.Schedule([sv.ShaRP(retain=0.5, layer=1), sv.ShaRP(retain=0.2, layer=3)])
+    with pytest.raises(sv.ConfigError, match="steps"):
+        sv.load_config({"method": "schedule", "stages": []})
+
+
+def test_config_edited_after_construction_is_checked_at_apply():
+    model = tiny_llama()
+    cfg = sv.FastV(retain=0.5, layer=1)
+    cfg.retain = 5
+    with pytest.raises(sv.ConfigError, match="outside"):
+        sv.apply(model, cfg, span=sv.VideoSpan(2, 4, 8))
+    assert "generate" not in model.__dict__
+
+
+def test_decoder_family_without_an_adapter_is_refused_with_the_supported_list():
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    cfg = Phi3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)
+    with pytest.raises(sv.UnsupportedModelError, match="Phi3ForCausalLM is not supported; supported: .*LlamaForCausalLM"):
+        sv.apply(Phi3ForCausalLM(cfg), sv.FastV(), span=sv.VideoSpan(0, 2, 2))
