@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import sharp_vlm as sv
@@ -51,3 +52,36 @@ def test_cache_and_no_cache_agree_and_span_can_change():
         model(input_ids=_ids(2, length=50))
         assert handle.last_stats.n_visual == [32]
         assert handle.last_stats.stages[0].n_kept == [8]
+
+
+def _tiny_decoder(family: str, attn: str):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    extra = {"qwen3": {"head_dim": 16}, "mistral": {"sliding_window": None}}.get(family, {})
+    cfg = AutoConfig.for_model(
+        family, vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=0, **extra,
+    )
+    cfg._attn_implementation = attn
+    torch.manual_seed(11)
+    return AutoModelForCausalLM.from_config(cfg).eval()
+
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3"])
+def test_fastv_matches_eager_reference_on_each_decoder_family(family):
+    sdpa, eager = _tiny_decoder(family, "sdpa"), _tiny_decoder(family, "eager")
+    eager.load_state_dict(sdpa.state_dict())
+    ids = _ids(seed=5)
+    with torch.no_grad():
+        att = eager(input_ids=ids, output_attentions=True).attentions[2]
+    vis = torch.arange(SPAN.start, SPAN.start + SPAN.n_tokens)
+    ref = torch.sort(torch.topk(att[0, :, -1, vis].mean(0), 13).indices).values
+    for model in (sdpa, eager):
+        with sv.apply(model, sv.FastV(retain=0.1, layer=2), span=SPAN) as handle, torch.no_grad():
+            model(input_ids=ids)
+        assert torch.equal(handle.last_stats.stages[0].kept[0], ref)
+    with sv.apply(sdpa, sv.FastV(retain=1.0, layer=2), span=SPAN), torch.no_grad():
+        out = sdpa(input_ids=ids).logits
+    with torch.no_grad():
+        assert (out - sdpa(input_ids=ids).logits).abs().max() <= 1e-5

@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     b.add_argument("--variants", default="none,floor,fastv,sharp-reference,sharp-cached",
                    help="comma list: none (always run), floor (same schedule, free selection), fastv, "
-                   "sharp-reference, sharp-cached, sharp-nodebias, or any method name")
+                   "sharp-reference, sharp-cached, sharp-nodebias, unpatched (no hooks), bare-fastv (a hand-rolled "
+                   "hook FastV: the engine's own cost), or any method name")
     b.add_argument("--vision", default="auto",
                    help="time this shape's vision tower too (auto: the model's own, none: skip), "
                    "e.g. llava-onevision-0.5b beside --model qwen2.5-0.5b")

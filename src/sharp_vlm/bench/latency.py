@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,18 +18,24 @@ import torch
 
 from ..config import Method, check_retain
 from ..core.budget import keep_count
-from ..engine.patch import apply
+from ..engine.patch import Handle, apply
 from ..errors import ConfigError
 from ..flops import DecoderShape, decode_flops_per_token, method_flops
 from ..loading import load_config
 from ..methods import FastV, NoPrune, ShaRP, UniformPrune
 from ..models.generic import VideoSpan
+from .bare import BareFastV
 from .memory import PeakMemory
 from .timer import Timer
 
 # The same schedule as the methods (prune at layer K to the same budget) with a selection that costs nothing:
 # what a method's prefill would take without its own work. A method's measured overhead is its time above it.
 FLOOR = "floor"
+# Outside the engine: the model with no hooks at all, and a hand-rolled hook-based FastV (bench/bare.py). They
+# measure what the engine itself costs: `none` against `unpatched`, `fastv` against `bare-fastv`.
+UNPATCHED = "unpatched"
+BARE_FASTV = "bare-fastv"
+_OUTSIDE_ENGINE = (UNPATCHED, BARE_FASTV)
 
 
 @dataclass
@@ -58,6 +65,8 @@ def variant(name: str, retain: float, layer: int) -> Method:
     """Benchmark variants by name; anything else is parsed as a method name or a JSON/YAML config."""
     table = {
         "none": lambda: NoPrune(),
+        UNPATCHED: lambda: NoPrune(),
+        BARE_FASTV: lambda: FastV(retain=retain, layer=layer),
         "fastv": lambda: FastV(retain=retain, layer=layer),
         "sharp-reference": lambda: ShaRP(retain=retain, layer=layer, debias="reference"),
         "sharp-cached": lambda: ShaRP(retain=retain, layer=layer, debias="cached"),
@@ -141,6 +150,15 @@ def _one_run(model: torch.nn.Module, ids: torch.Tensor, decode_tokens: int, devi
             "kv_bytes": _kv_bytes(cache), **mem.result()}
 
 
+def _attached(name: str, method: Method, model: torch.nn.Module, span: VideoSpan, trim: bool,
+              cfg: BenchConfig) -> AbstractContextManager:
+    if name == UNPATCHED:
+        return nullcontext()
+    if name == BARE_FASTV:
+        return BareFastV(model, cfg.layer, cfg.retain, span.start, span.n_tokens)
+    return apply(model, method, span=span, trim_kv=trim)
+
+
 def _spread(xs: list[float]) -> dict[str, float]:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": len(xs)}
 
@@ -207,7 +225,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     _check(cfg)
     # the unpruned model first: everything else is compared with it
     names = ["none"] + [v for v in cfg.variants if v != "none"]
-    plan = [(name, trim) for name in names for trim in ((False, True) if cfg.trim_kv and name != "none" else (False,))]
+    plan = [(name, trim) for name in names
+            for trim in ((False, True) if cfg.trim_kv and name not in ("none", *_OUTSIDE_ENGINE) else (False,))]
     methods = [variant(name, cfg.retain, cfg.layer) for name, _ in plan]
     tower = _vision_config(cfg)
     dtype, dtype_reason = resolve_dtype(cfg.dtype, cfg.device)
@@ -225,12 +244,12 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     for i in range(cfg.warmup + cfg.repeats):
         for (name, trim), method, (runs, parts) in zip(plan, methods, results, strict=True):
             bar.set_postfix_str(f"{name}{'+trim_kv' if trim else ''}", refresh=False)
-            with apply(model, method, span=span, trim_kv=trim) as handle:
+            with _attached(name, method, model, span, trim, cfg) as handle:
                 r = _one_run(model, ids, cfg.decode_tokens, cfg.device)
             bar.update(1)
             if i >= cfg.warmup:
                 runs.append(r)
-                parts.append(_stage_parts(handle.last_stats.stages))
+                parts.append(_stage_parts(handle.last_stats.stages if isinstance(handle, Handle) else []))
     rows = []
     for (name, trim), method, (runs, parts) in zip(plan, methods, results, strict=True):
         stages = [(s.layer, s.retain) for s in method.stages()]
@@ -267,7 +286,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
 def _derive(rows: list[dict[str, Any]], vision: dict[str, Any] | None) -> None:
     """Speedups against the unpruned row, the share of the FLOPs bound reached, and each method's overhead.
 
-    overhead_s: the method's own work in the prefill: scoring + dedup + its segment mask's extra cost in the
+    overhead_s: the method's own work in the prefill: scoring + selection + its segment mask's extra cost in the
     layers before the stage (layers_before_s above the floor's), without the reference pass (reported apart).
     above_floor_s: measured prefill minus the floor's with the same KV setting, i.e. everything the method adds.
     """
@@ -275,6 +294,8 @@ def _derive(rows: list[dict[str, Any]], vision: dict[str, Any] | None) -> None:
     dense = base["prefill_s"]["median"]
     floors = {r["trim_kv"]: r for r in rows if r["variant"].split("+")[0] == FLOOR}
     encode = vision["seconds"]["median"] if vision else 0.0
+    bare = next((r for r in rows if r["variant"] == BARE_FASTV), None)
+    unpatched = next((r for r in rows if r["variant"] == UNPATCHED), None)
     for r in rows:
         prefill = r["prefill_s"]["median"]
         r["speedup"] = dense / prefill
@@ -283,13 +304,17 @@ def _derive(rows: list[dict[str, Any]], vision: dict[str, Any] | None) -> None:
         r["of_bound"] = r["speedup"] / r["flops_bound"]
         floor = floors.get(r["trim_kv"])
         mask = 0.0
-        if floor is not None and r is not base:
+        if floor is not None and r is not base and r["variant"] != UNPATCHED:
             if r["segment_mask"]:
                 mask = max(0.0, r["layers_before_s"]["median"] - floor["layers_before_s"]["median"])
             r["above_floor_s"] = prefill - floor["prefill_s"]["median"]
         r["mask_s"] = mask
         r["overhead_s"] = r["scoring_s"]["median"] + r["select_s"]["median"] + mask
         r["overhead_share_of_dense"] = r["overhead_s"] / dense
+        if bare is not None:
+            r["vs_bare_fastv"] = bare["prefill_s"]["median"] / prefill  # > 1: faster than the hand-rolled FastV
+        if unpatched is not None:
+            r["vs_unpatched"] = unpatched["prefill_s"]["median"] / prefill
         if vision:
             r["ttft_s"] = encode + prefill
             r["ttft_speedup"] = (encode + dense) / r["ttft_s"]

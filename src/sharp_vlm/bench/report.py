@@ -52,6 +52,16 @@ def table(result: dict[str, Any]) -> str:
         "apart. above floor: prefill minus "
         f"the 'floor' run (same schedule, free selection). Peak memory: {rows[0].get('memory_source')}.",
     ]
+    by_name = {r["variant"]: r for r in rows}
+    engine_cost = []
+    if "unpatched" in by_name:
+        engine_cost.append(f"unpruned through the engine runs at {by_name['none']['vs_unpatched']:.2f}x the "
+                           "unpatched model's speed")
+    if "bare-fastv" in by_name:
+        engine_cost += [f"{name} at {by_name[name]['vs_bare_fastv']:.2f}x a hand-rolled hook FastV's"
+                        for name in ("floor", "fastv", "sharp-cached") if name in by_name]
+    if engine_cost:
+        lines += ["", "Engine cost: " + "; ".join(engine_cost) + " (prefill medians; 1.00x = no cost)."]
     v = result.get("vision")
     if v:
         how = (f"measured on {v['frames_measured']} and scaled" if v["extrapolated"] else "measured")
