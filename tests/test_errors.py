@@ -86,3 +86,79 @@ def test_unknown_method_and_option():
         sv.load_config({"method": "fastvv"})
     with pytest.raises(sv.ConfigError, match="fastv has no option"):
         sv.load_config({"method": "fastv", "ratio": 0.1})
+
+
+def test_user_reenters_a_removed_handle_in_a_loop():
+    model = tiny_llama()
+    ids = torch.randint(3, 100, (1, 40))
+    handle = sv.apply(model, sv.FastV(retain=0.25, layer=1), span=sv.VideoSpan(2, 4, 8))
+    handle.remove()
+    for _ in range(2):
+        with handle, torch.no_grad():
+            model(input_ids=ids)
+        assert handle.last_stats.stages[0].n_kept == [8]
+        assert "generate" not in model.__dict__ and not hasattr(model, "_sharp_vlm_handle")
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("retain", 5), ("retain", -1), ("layer", -1), ("layer", 0), ("query", "first")],
+)
+def test_user_edits_a_config_after_building_it(field, value):
+    cfg = sv.FastV(retain=0.5, layer=1)
+    setattr(cfg, field, value)
+    with pytest.raises(sv.ConfigError, match=field):
+        sv.apply(tiny_llama(), cfg, span=sv.VideoSpan(2, 4, 8))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"retain": True}, "must be a number"),
+        ({"lam": "1"}, "lam='1' must be a number"),
+        ({"dedup_tau": "0.9"}, "dedup_tau='0.9' must be a number"),
+        ({"cache_size": "64"}, "cache_size='64' must be an integer"),
+        ({"lam": float("nan")}, "lam=nan"),
+        ({"dedup": "no"}, "dedup='no' must be True or False"),
+        ({"mask": None}, "mask=None is not one of"),
+    ],
+)
+def test_user_passes_options_of_the_wrong_type(kwargs, message):
+    with pytest.raises(sv.ConfigError, match=message):
+        sv.ShaRP(**kwargs)
+
+
+def test_user_gives_random_prune_no_seed():
+    with pytest.raises(sv.ConfigError, match="seed=None must be an integer"):
+        sv.RandomPrune(seed=None)
+
+
+@pytest.mark.parametrize("args", [(-1, 4, 8), (0.5, 4, 8), (0, 0, 8), (0, 4, True)])
+def test_user_declares_an_impossible_video_span(args):
+    with pytest.raises(sv.ConfigError, match="VideoSpan"):
+        sv.VideoSpan(*args)
+
+
+def test_user_span_function_returns_nothing():
+    model = tiny_llama()
+    with sv.apply(model, sv.FastV(), span=lambda call: None), torch.no_grad():
+        with pytest.raises(sv.InputError, match="returned NoneType, not an sv.VideoSpan"):
+            model(input_ids=torch.randint(3, 100, (1, 40)))
+
+
+def test_user_declares_a_span_on_a_video_llm(qwen25):
+    with pytest.raises(sv.ConfigError, match="span= is only for decoder-only"):
+        sv.apply(qwen25[0], sv.FastV(), span=sv.VideoSpan(0, 4, 8))
+
+
+def test_user_loads_broken_or_missing_config_files(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: [fastv\n")
+    with pytest.raises(sv.ConfigError, match="not valid JSON/YAML"):
+        sv.load_config(bad)
+    with pytest.raises(sv.ConfigError, match="not valid JSON/YAML"):
+        sv.load_config('{"method": "fastv",')
+    with pytest.raises(sv.ConfigError, match="does not exist"):
+        sv.load_config(tmp_path / "configs" / "mine")
+    with pytest.raises(sv.ConfigError, match="none has no option.s. retain; its options: none"):
+        sv.load_config({"method": "none", "retain": 0.1})

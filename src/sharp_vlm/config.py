@@ -7,6 +7,7 @@ module imports none of them, so `methods/` can import it without a cycle.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -38,11 +39,36 @@ def registered() -> dict[str, type[Method]]:
     return dict(_REGISTRY)
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_retain(retain: float, what: str = "retain") -> None:
-    if not isinstance(retain, (int, float)) or not (0.0 < float(retain) <= 1.0):
+    if not _is_number(retain):
+        raise ConfigError(f"{what}={retain!r} must be a number in (0, 1]: the share of visual tokens to keep")
+    if not (0.0 < float(retain) <= 1.0):
         raise ConfigError(
             f"{what}={retain!r} is outside (0, 1]: it is the share of visual tokens to keep, e.g. 0.1 keeps 10%"
         )
+
+
+def check_number(value: object, what: str, low: float, high: float = math.inf, low_open: bool = False) -> None:
+    """A finite real number (not a bool or a string) in [low, high] (or (low, high] with low_open)."""
+    ok = _is_number(value) and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        span = f"{'(' if low_open else '['}{low:g}, {high:g}]" if high != math.inf else (
+            f"{'>' if low_open else '>='} {low:g}")
+        raise ConfigError(f"{what}={value!r} must be a number {span}")
+
+
+def check_int(value: object, what: str, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ConfigError(f"{what}={value!r} must be an integer >= {low}")
+
+
+def check_bool(value: object, what: str) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{what}={value!r} must be True or False")
 
 
 def check_layer(layer: int, allow_zero: bool = False) -> None:
@@ -53,7 +79,7 @@ def check_layer(layer: int, allow_zero: bool = False) -> None:
 
 
 def check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise ConfigError(f"{what}={value!r} is not one of {', '.join(map(repr, choices))}")
 
 

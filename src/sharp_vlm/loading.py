@@ -48,16 +48,20 @@ def load_config(source: str | Path | dict[str, Any]) -> Method:
         return from_dict(source)
     text = str(source)
     path = Path(text)
-    if path.suffix.lower() in {".yaml", ".yml", ".json"}:
-        if not path.exists():
+    looks_like_path = isinstance(source, Path) or (
+        "\n" not in text and ":" not in text and "{" not in text and (path.suffix or "/" in text)
+    )
+    if path.suffix.lower() in {".yaml", ".yml", ".json"} or looks_like_path:
+        if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         text = path.read_text()
-    if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
-        data = json.loads(text)
-    else:
-        import yaml
+    import yaml
 
-        data = yaml.safe_load(text)
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" or text.lstrip().startswith("{") else (
+            yaml.safe_load(text))
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"the config is not valid JSON/YAML: {err}") from None
     if not isinstance(data, dict):
-        raise ConfigError("a config must be a mapping with a 'method' key")
+        raise ConfigError("a config must be a mapping with a 'method' key, e.g. {'method': 'fastv', 'retain': 0.1}")
     return from_dict(data)

@@ -37,6 +37,11 @@ class Handle:
         self.model = model
         self.method = method
         self.adapter = adapter_for(model, span)
+        if span is not None and not hasattr(self.adapter, "span"):
+            raise ConfigError(
+                f"{type(model).__name__} finds its visual tokens from its inputs; span= is only for decoder-only "
+                "LMs, drop it"
+            )
         self.engine = Engine(model, method, self.adapter, trim_kv=trim_kv, reference_fn=reference)
         self._orig_generate = model.__dict__.get("generate")
         self._attached = False
@@ -94,6 +99,14 @@ class Handle:
         self._attached = False
 
     def __enter__(self) -> Handle:
+        # a removed handle entered again (e.g. `with handle:` in a loop) attaches again rather than run unpruned
+        if not self._attached:
+            if getattr(self.model, _ATTR, None) is not None:
+                raise ConfigError("this model already has a pruning method attached; remove() the other handle")
+            self._orig_generate = self.model.__dict__.get("generate")
+            self.engine = Engine(self.model, self.method, self.adapter, trim_kv=self.engine.trim_kv,
+                                 reference_fn=self.engine.reference_fn)
+            self._attach()
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -6,11 +6,21 @@ are not public. Every choice the paper leaves open is an option here; see docs/m
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 
-from ..config import ConfigError, SegmentMask, StageMethod, check_choice, register
+from ..config import (
+    ConfigError,
+    SegmentMask,
+    StageMethod,
+    check_bool,
+    check_choice,
+    check_int,
+    check_number,
+    register,
+)
 from ..core.dedup import dedup_select
 from ..core.scoring import renormalize
 from ..core.selection import DedupCounts, Selection
@@ -67,18 +77,16 @@ class ShaRP(StageMethod):
         check_choice(self.debias, DEBIAS, "debias")
         check_choice(self.query, ("last", "text"), "query")
         check_choice(self.combine, COMBINE, "combine")
-        if not isinstance(self.segment_frames, int) or self.segment_frames < 1:
-            raise ConfigError(f"segment_frames={self.segment_frames!r} must be an integer >= 1 (frames per segment)")
-        if not 0.0 < float(self.dedup_tau) <= 1.0:
-            raise ConfigError(f"dedup_tau={self.dedup_tau!r} must be in (0, 1]; 1.0 disables the similarity test")
-        if not isinstance(self.max_registers, int) or self.max_registers < 0:
-            raise ConfigError(f"max_registers={self.max_registers!r} must be an integer >= 0")
-        if float(self.lam) < 0:
-            raise ConfigError(f"lam={self.lam!r} must be >= 0 (the weight of the subtracted bias)")
-        if self.dedup_window is not None and (not isinstance(self.dedup_window, int) or self.dedup_window < 1):
-            raise ConfigError(f"dedup_window={self.dedup_window!r} must be None (all tokens) or an integer >= 1")
-        if self.cache_size < 1:
-            raise ConfigError(f"cache_size={self.cache_size!r} must be >= 1")
+        check_int(self.segment_frames, "segment_frames", 1)
+        check_number(self.dedup_tau, "dedup_tau", 0.0, 1.0, low_open=True)
+        check_int(self.max_registers, "max_registers", 0)
+        check_number(self.lam, "lam", 0.0)
+        check_bool(self.dedup, "dedup")
+        if self.dedup_window is not None:
+            check_int(self.dedup_window, "dedup_window (None: all tokens)", 1)
+        check_int(self.cache_size, "cache_size", 1)
+        if self.cache_dir is not None and not isinstance(self.cache_dir, (str, os.PathLike)):
+            raise ConfigError(f"cache_dir={self.cache_dir!r} must be a directory path or None")
 
     def _mask(self) -> SegmentMask | None:
         if self.mask == "off":

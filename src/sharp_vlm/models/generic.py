@@ -26,6 +26,12 @@ class VideoSpan:
     n_frames: int
     tokens_per_frame: int
 
+    def __post_init__(self) -> None:
+        for name, low in (("start", 0), ("n_frames", 1), ("tokens_per_frame", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ConfigError(f"VideoSpan {name}={value!r} must be an integer >= {low}")
+
     @property
     def n_tokens(self) -> int:
         return self.n_frames * self.tokens_per_frame
@@ -55,6 +61,11 @@ class GenericAdapter(Adapter):
                 "n_frames, tokens_per_frame)` (or pass span= to sv.apply) before calling it"
             )
         span = self.span(call) if callable(self.span) else self.span
+        if not isinstance(span, VideoSpan):
+            raise InputError(
+                f"the span function returned {type(span).__name__}, not an sv.VideoSpan; return "
+                "sv.VideoSpan(start, n_frames, tokens_per_frame) for every prompt"
+            )
         if span.start < 0 or span.start + span.n_tokens > seq_len:
             raise InputError(
                 f"the declared video span [{span.start}, {span.start + span.n_tokens}) does not fit in the "
