@@ -54,3 +54,25 @@ def test_batch_of_different_video_sizes_is_refused(model):
     with sv.apply(model, sv.FastV(retain=0.25)), torch.no_grad():
         with pytest.raises(sv.InputError, match="different token counts"):
             model(**_left_pad([a, b]))
+
+
+@pytest.mark.parametrize("how", [{"num_beams": 2}, {"num_return_sequences": 2, "do_sample": True, "top_k": 5}])
+def test_user_runs_beam_search_or_several_return_sequences(qwen25, how):
+    model, inputs = qwen25
+    kw = dict(max_new_tokens=3, **how)
+    kw.setdefault("do_sample", False)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        ref = model.generate(**inputs, **kw)
+        with sv.apply(model, sv.FastV(retain=1.0, layer=2)):
+            torch.manual_seed(0)
+            same = model.generate(**inputs, **kw)
+        with sv.apply(model, sv.FastV(retain=0.25, layer=2)) as handle:
+            model(**inputs)
+            alone = handle.last_stats.stages[0].kept[0]
+            model.generate(**inputs, **kw)
+    assert torch.equal(same, ref)
+    stage = handle.last_stats.stages[0]
+    assert len(stage.kept) == 2  # each beam / sequence pruned as its source sample
+    for kept in stage.kept:
+        assert torch.equal(kept, alone)

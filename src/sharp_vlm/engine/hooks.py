@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..config import Method, SegmentMask, Stage
+from ..core.layout import VisualLayout
 from ..errors import ConfigError, InputError
 from ..flops import DecoderShape
 from ..models.base import Adapter, ReferenceFn
@@ -34,6 +35,9 @@ from .segment_attention import RUNS_KWARG, SEGMENT_ATTENTION
 from .segments import segment_kwargs
 from .stage import StageScorer, run_stage, sync
 from .stats import CallStats, StageCosts
+
+# kwargs of the outer call with one row per sample (what generate() repeats for beams)
+_PER_SAMPLE = ("input_ids", "inputs_embeds", "attention_mask", "mm_token_type_ids")
 
 
 def _matches(mask: Any, ids: Any) -> bool:
@@ -73,6 +77,7 @@ class Engine:
         self._call: dict[str, Any] = {}
         self.prompt_len: int | None = None  # set by the generate() wrapper: the query is the last prompt token
         self.generate_call: dict[str, Any] = {}
+        self.generate_batch: int | None = None  # the batch of the generate() call, before beams expand it
         self._pre: Prefill | None = None
         self._decodes: dict[int, Decode] = {}
         self._dec: Decode | None = None
@@ -224,9 +229,19 @@ class Engine:
         except InputError:
             return False
 
+    def _layouts(self, batch: int, seq_len: int) -> list[VisualLayout]:
+        """Per-sample layouts. generate() repeats each prompt for beams or num_return_sequences but hands the
+        forward the grids of the unexpanded prompts: find the layouts of those and repeat them alike."""
+        factor = batch // self.generate_batch if self.generate_batch else 1
+        if factor > 1 and batch == factor * self.generate_batch:
+            call = {k: v[::factor] if k in _PER_SAMPLE and isinstance(v, torch.Tensor) and v.shape[0] == batch else v
+                    for k, v in self._call.items()}
+            return [lay for lay in self.adapter.find_layouts(call, seq_len, self.generate_batch) for _ in range(factor)]
+        return self.adapter.find_layouts(self._call, seq_len, batch)
+
     def _start_prefill(self, ref: torch.Tensor) -> None:
         batch, seq_len = ref.shape[0], ref.shape[1]
-        layouts = self.adapter.find_layouts(self._call, seq_len, batch)
+        layouts = self._layouts(batch, seq_len)
         if not any(lay.n_visual for lay in layouts):
             raise InputError(
                 "no visual tokens in the prompt: nothing to prune. Build the inputs from a message with a video "

@@ -75,11 +75,12 @@ class Handle:
             if ref is None:
                 ref = kwargs.get("inputs_embeds")
             engine.prompt_len = int(ref.shape[1]) if isinstance(ref, torch.Tensor) else None
+            engine.generate_batch = int(ref.shape[0]) if isinstance(ref, torch.Tensor) else None
             engine.generate_call = {k: kwargs.get(k) for k in self.adapter.generate_kwargs}
             try:
                 return generate(self.model, *args, **kwargs)
             finally:
-                engine.prompt_len = None
+                engine.prompt_len = engine.generate_batch = None
                 engine.generate_call = {}
 
         self.model.generate = generate_with_prompt_length
