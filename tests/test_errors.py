@@ -162,3 +162,22 @@ def test_user_loads_broken_or_missing_config_files(tmp_path):
         sv.load_config(tmp_path / "configs" / "mine")
     with pytest.raises(sv.ConfigError, match="none has no option.s. retain; its options: none"):
         sv.load_config({"method": "none", "retain": 0.1})
+
+
+def test_user_asks_for_a_training_loss():
+    model = tiny_llama()
+    ids = torch.randint(3, 100, (1, 40))
+    with sv.apply(model, sv.FastV(), span=sv.VideoSpan(2, 4, 8)), pytest.raises(sv.InputError, match="labels="):
+        model(input_ids=ids, labels=ids)
+
+
+def test_user_appends_a_new_video_to_a_pruned_cache(qwen25):
+    model, inputs = qwen25
+    with sv.apply(model, sv.FastV(retain=0.25)), torch.no_grad():
+        out = model(**inputs, use_cache=True)
+        cache = out.cache
+        more = {k: v for k, v in inputs.items() if k in ("input_ids", "mm_token_type_ids")}
+        mask = torch.ones(1, cache.get_seq_length() + more["input_ids"].shape[1], dtype=torch.long)
+        with pytest.raises(sv.InputError, match="cannot be appended to a KV cache filled by a pruned prefill"):
+            model(**more, attention_mask=mask, cache=cache, pixel_values_videos=inputs["pixel_values_videos"],
+                  video_grid_thw=inputs["video_grid_thw"])

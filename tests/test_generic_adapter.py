@@ -85,3 +85,20 @@ def test_fastv_matches_eager_reference_on_each_decoder_family(family):
         out = sdpa(input_ids=ids).logits
     with torch.no_grad():
         assert (out - sdpa(input_ids=ids).logits).abs().max() <= 1e-5
+
+
+def test_right_padded_batch_scores_with_the_last_real_token():
+    model = tiny_llama(seed=9)
+    a, b = _ids(seed=1), _ids(seed=2, length=6 + 128 + 6)
+    width = a.shape[1]
+    batch = torch.cat([a, torch.cat([b, torch.zeros(1, width - b.shape[1], dtype=torch.long)], 1)])
+    mask = torch.ones_like(batch)
+    mask[1, b.shape[1]:] = 0
+    kept = []
+    with sv.apply(model, sv.FastV(retain=0.25, layer=2), span=SPAN) as handle, torch.no_grad():
+        for x in (a, b):
+            model(input_ids=x)
+            kept.append(handle.last_stats.stages[0].kept[0])
+        model(input_ids=batch, attention_mask=mask)
+    assert torch.equal(handle.last_stats.stages[0].kept[0], kept[0])
+    assert torch.equal(handle.last_stats.stages[0].kept[1], kept[1])

@@ -136,6 +136,12 @@ class Engine:
 
     # ---------------------------------------------------------------- hooks
     def _outer_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if kwargs.get("labels") is not None:
+            raise InputError(
+                "labels= (a training loss over every position) is not supported while pruning: the pruned rows "
+                "have no logits. Compute the loss without the handle (handle.remove()), or generate/score without "
+                "labels"
+            )
         call = dict(kwargs)
         if args:
             call.setdefault("input_ids", args[0])
@@ -158,6 +164,11 @@ class Engine:
         if past > 0:
             dec = self._decodes.get(id(cache))
             if dec is not None and dec.cache() is cache:
+                if ref.shape[1] > 1 and self._has_visual_tokens():
+                    raise InputError(
+                        "new visual tokens cannot be appended to a KV cache filled by a pruned prefill (multi-turn "
+                        "with a new video); start a new conversation (a new cache) with the whole prompt"
+                    )
                 dec.start_step(ref.shape[1], kwargs.get("attention_mask"))
                 pos = self.adapter.decode_position_ids(dec.next_pos, ref.shape[1])
                 dec.advance()
@@ -222,10 +233,16 @@ class Engine:
 
     # ---------------------------------------------------------------- prefill
     def _has_visual_tokens(self) -> bool:
+        """Whether the current call's new tokens include visual ones (a call that continues a cache)."""
+        ids = self._call.get("input_ids")
+        if ids is None:
+            return False
+        call = dict(self._call)
+        mask = call.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+            call["attention_mask"] = mask[:, -ids.shape[1]:]  # the mask also covers the cached tokens
         try:
-            ids = self._call.get("input_ids")
-            seq = ids.shape[1] if ids is not None else 0
-            return any(lay.n_visual for lay in self.adapter.find_layouts(self._call, seq, 1))
+            return any(lay.n_visual for lay in self.adapter.find_layouts(call, ids.shape[1], ids.shape[0]))
         except InputError:
             return False
 
@@ -260,7 +277,9 @@ class Engine:
             else mask2d[:, -seq_len:].bool().to(device)
         )
         prompt_len = self.prompt_len if self.prompt_len is not None and self.prompt_len <= seq_len else seq_len
-        query_last = torch.full((batch,), prompt_len - 1, dtype=torch.long, device=device)
+        # the last real prompt token: a right-padded batch ends some samples with padding
+        last_valid = seq_len - 1 - key_valid.flip(1).int().argmax(dim=1)
+        query_last = torch.clamp(last_valid, max=prompt_len - 1).to(torch.long)
         self._pre = Prefill(
             batch=batch,
             seq_len=seq_len,
