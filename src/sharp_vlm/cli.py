@@ -10,35 +10,76 @@ from pathlib import Path
 
 import torch
 
+from .errors import SharpError
+
 
 def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x]
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of numbers, e.g. 0.5,0.25,0.1") from None
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one value, e.g. 0.1")
+    return values
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return value
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err})") from None
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise argparse.ArgumentTypeError('expected {"method": {"option": value}}, e.g. {"sharp": {"dedup_tau": 0.8}}')
+    return value
 
 
 def _probe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default="none,fastv,sharp", help="comma list; name@K sets the layer (uniform@0)")
-    p.add_argument("--retain", default="0.1", help="comma list of retained shares, e.g. 0.5,0.25,0.1")
-    p.add_argument("--layer", type=int, default=2)
-    p.add_argument("--n", type=int, default=20, help="samples")
+    p.add_argument("--retain", type=_floats, default=[0.1], help="comma list of retained shares, e.g. 0.5,0.25,0.1")
+    p.add_argument("--layer", type=_non_negative, default=2)
+    p.add_argument("--n", type=_positive, default=20, help="samples")
     p.add_argument("--split", default="heldout", choices=["dev", "heldout"])
-    p.add_argument("--frames", type=int, default=32)
-    p.add_argument("--tokens-per-frame", type=int, default=32)
+    p.add_argument("--frames", type=_positive, default=32)
+    p.add_argument("--tokens-per-frame", type=_positive, default=32)
     p.add_argument("--ablate", action="store_true", help="also run ShaRP's 8 on/off combinations of C1/C2/C3")
-    p.add_argument("--options", default="{}", help='JSON per method, e.g. \'{"sharp": {"dedup_tau": 0.8}}\'')
+    p.add_argument("--options", type=_json_object, default={},
+                   help='JSON per method, e.g. \'{"sharp": {"dedup_tau": 0.8}}\'')
     p.add_argument("--diagnose", action="store_true",
                    help="instead: per-frame scores, bias and needle ranks of ShaRP (with --options) at --retain")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    p.add_argument("--threads", type=_non_negative, default=0, help="torch CPU threads (0: leave as is)")
     p.add_argument("--out", type=Path, default=Path("runs/probe"))
 
 
 def _probe_config(a: argparse.Namespace):
-    from .probe.run import ProbeConfig
+    from .probe.run import ProbeConfig, check_probe
 
-    return ProbeConfig(
-        methods=[m for m in a.methods.split(",") if m], retains=_floats(a.retain), layer=a.layer, n=a.n,
+    cfg = ProbeConfig(
+        methods=[m for m in a.methods.split(",") if m], retains=a.retain, layer=a.layer, n=a.n,
         split=a.split, n_frames=a.frames, tokens_per_frame=a.tokens_per_frame, ablate=a.ablate,
-        options=json.loads(a.options),
+        options=a.options,
     )
+    check_probe(cfg)  # every variant's config is built (and checked) before the model loads
+    return cfg
 
 
 def cmd_probe(a: argparse.Namespace) -> int:
@@ -47,6 +88,10 @@ def cmd_probe(a: argparse.Namespace) -> int:
     from .probe.run import run_probe
 
     cfg = _probe_config(a)
+    if a.diagnose:
+        from .methods import ShaRP
+
+        ShaRP(retain=cfg.retains[0], layer=cfg.layer, **cfg.options.get("sharp", {}))
     model, tok = load_smollm2()
     if a.diagnose:
         from .methods import ShaRP
@@ -71,10 +116,11 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from .probe.generator import make_sample, seeds
     from .probe.lm import load_smollm2
     from .probe.report import table, write
-    from .probe.run import ProbeConfig, answer, blank_frames, run_probe
+    from .probe.run import ProbeConfig, answer, blank_frames, check_probe, run_probe
     from .viz.kept import plot_kept_tokens
 
     cfg = ProbeConfig(methods=["fastv", "sharp"], retains=[a.retain], layer=2, n=a.n, split="heldout")
+    check_probe(cfg)
     print(f"sharp-vlm demo: needle-in-a-video probe on SmolLM2-135M-Instruct, {cfg.n} held-out samples, "
           f"{cfg.n_frames} frames x {cfg.tokens_per_frame} tokens, layer {cfg.layer}, retain {a.retain:g}")
     model, tok = load_smollm2()
@@ -128,23 +174,23 @@ def main(argv: list[str] | None = None) -> int:
     _probe_args(p)
     p.set_defaults(fn=cmd_probe)
     d = sub.add_parser("demo", help="a few-minute probe run with a picture of the kept tokens")
-    d.add_argument("--n", type=int, default=20)
+    d.add_argument("--n", type=_positive, default=20)
     d.add_argument("--retain", type=float, default=0.1)
-    d.add_argument("--threads", type=int, default=0)
+    d.add_argument("--threads", type=_non_negative, default=0)
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
     d.set_defaults(fn=cmd_demo)
     b = sub.add_parser("bench", help="FLOPs, prefill/decode latency and KV memory vs the unpruned model")
     b.add_argument("--model", default="qwen2.5-0.5b", help="built-in shape name (random weights) or local folder")
-    b.add_argument("--frames", type=int, default=32)
-    b.add_argument("--tokens-per-frame", type=int, default=196)
-    b.add_argument("--layer", type=int, default=2)
+    b.add_argument("--frames", type=_positive, default=32)
+    b.add_argument("--tokens-per-frame", type=_positive, default=196)
+    b.add_argument("--layer", type=_non_negative, default=2)
     b.add_argument("--retain", type=float, default=0.1)
     b.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="auto: bfloat16 on a GPU or a CPU with bf16 instructions, else float32")
     b.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"])
-    b.add_argument("--repeats", type=int, default=3)
-    b.add_argument("--warmup", type=int, default=1)
-    b.add_argument("--decode-tokens", type=int, default=8)
+    b.add_argument("--repeats", type=_positive, default=3)
+    b.add_argument("--warmup", type=_non_negative, default=1)
+    b.add_argument("--decode-tokens", type=_non_negative, default=8)
     b.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     b.add_argument("--variants", default="none,floor,fastv,sharp-reference,sharp-cached",
                    help="comma list: none (always run), floor (same schedule, free selection), fastv, "
@@ -153,10 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--vision", default="auto",
                    help="time this shape's vision tower too (auto: the model's own, none: skip), "
                    "e.g. llava-onevision-0.5b beside --model qwen2.5-0.5b")
-    b.add_argument("--vision-frames", type=int, default=None,
+    b.add_argument("--vision-frames", type=_positive, default=None,
                    help="encode only this many frames and scale to --frames (the towers encode frames apart)")
     b.add_argument("--no-trim-kv", action="store_true", help="skip the runs with trimmed shallow-layer KV")
-    b.add_argument("--threads", type=int, default=0)
+    b.add_argument("--threads", type=_non_negative, default=0)
     b.add_argument("--out", type=Path, default=Path("runs/bench"))
     b.add_argument("--render", type=Path, default=None, metavar="BENCH_JSON",
                    help="only redraw bench.md and speedup.png beside an earlier run's bench.json")
@@ -164,7 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    return a.fn(a)
+    try:
+        return a.fn(a)
+    except SharpError as err:  # a usage error: one line that says what to do, no traceback
+        print(f"sharp {a.cmd}: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -217,6 +217,28 @@ def _check(cfg: BenchConfig) -> None:
         raise ConfigError("repeats must be >= 1 and warmup >= 0")
     if "none" not in cfg.variants:
         raise ConfigError("the variants must include 'none': every speedup is measured against it in the same run")
+    depth = _depth(cfg)
+    if cfg.layer >= depth:
+        raise ConfigError(f"--layer {cfg.layer} is beyond the model's depth: {cfg.model} has {depth} decoder layers, "
+                          f"so use a layer in 1..{depth - 1}")
+
+
+def _depth(cfg: BenchConfig) -> int:
+    """Decoder layers of the benchmarked model, read from its config (before any weights exist)."""
+    from .shapes import decoder_config
+
+    if Path(cfg.model).is_dir():
+        path = Path(cfg.model) / "config.json"
+        if not path.is_file():
+            raise ConfigError(
+                f"{cfg.model} has no config.json: give a folder written by save_pretrained (a decoder-only "
+                "*ForCausalLM checkpoint) or a built-in shape name"
+            )
+        import json
+
+        data = json.loads(path.read_text())
+        return int(data.get("text_config", data)["num_hidden_layers"])
+    return int(decoder_config(cfg.model).num_hidden_layers)
 
 
 def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Callable
@@ -13,10 +14,11 @@ import torch
 from ..config import Method
 from ..core.layout import VisualLayout
 from ..engine.patch import apply
+from ..errors import ConfigError
 from ..loading import method_class
 from ..methods import NoPrune, ShaRP
 from ..models.generic import VideoSpan
-from .generator import ProbeSample, check_answer, make_sample, seeds
+from .generator import MAX_FRAMES, MAX_TPF, MIN_FRAMES, MIN_TPF, ProbeSample, check_answer, make_sample, seeds
 
 
 @dataclass
@@ -54,23 +56,59 @@ def ablation_label(c1: bool, c2: bool, c3: bool) -> str:
     return "sharp[" + ("+".join(on) if on else "none") + "]"
 
 
+def _build(cls: type[Method], name: str, options: dict[str, Any], **fixed: Any) -> Method:
+    try:
+        return cls(**fixed, **options)
+    except TypeError:
+        fields = sorted(f.name for f in dataclasses.fields(cls) if f.init)
+        unknown = sorted(set(options) - set(fields))
+        raise ConfigError(f"{name} has no option(s) {', '.join(unknown)}; its options: {', '.join(fields)}") from None
+
+
 def variants(cfg: ProbeConfig) -> list[Variant]:
     out = [Variant("none", "none", 1.0, NoPrune())]
+    unknown = sorted(set(cfg.options) - {spec.partition("@")[0] for spec in cfg.methods})
+    if unknown:
+        raise ConfigError(f"--options names {', '.join(unknown)}, which is not among the methods run: {cfg.methods}")
     for spec in cfg.methods:
         name, _, at = spec.partition("@")
         if name == "none":
             continue
+        if at and not at.isdigit():
+            raise ConfigError(f"{spec!r}: the layer after '@' must be an integer, e.g. uniform@0")
         layer = int(at) if at else cfg.layer
         cls = method_class(name)
         for r in cfg.retains:
-            out.append(Variant(spec, name, r, cls(retain=r, layer=layer, **cfg.options.get(name, {}))))
+            out.append(Variant(spec, name, r, _build(cls, name, cfg.options.get(name, {}), retain=r, layer=layer)))
     if cfg.ablate:
         base = cfg.options.get("sharp", {})
         for (c1, c2, c3), opts in ABLATIONS.items():
             for r in cfg.retains:
                 out.append(Variant(ablation_label(c1, c2, c3), "sharp", r,
-                                   ShaRP(retain=r, layer=cfg.layer, **{**base, **opts})))
+                                   _build(ShaRP, "sharp", {**base, **opts}, retain=r, layer=cfg.layer)))
     return out
+
+
+def check_probe(cfg: ProbeConfig, n_layers: int | None = None) -> list[Variant]:
+    """Every flag checked before anything loads (and, given the model's depth, every stage's layer)."""
+    if cfg.n < 1:
+        raise ConfigError(f"--n {cfg.n}: run at least one sample")
+    if not MIN_FRAMES <= cfg.n_frames <= MAX_FRAMES or not MIN_TPF <= cfg.tokens_per_frame <= MAX_TPF:
+        raise ConfigError(f"the probe's videos have {MIN_FRAMES}-{MAX_FRAMES} frames of {MIN_TPF}-{MAX_TPF} tokens; "
+                          f"got {cfg.n_frames} x {cfg.tokens_per_frame}")
+    available = len(seeds(cfg.split))
+    if cfg.n > available:
+        raise ConfigError(f"--n {cfg.n}: the {cfg.split} split has {available} samples")
+    plan = variants(cfg)
+    if n_layers is not None:
+        for v in plan:
+            for st in v.config.stages():
+                if st.layer >= n_layers:
+                    raise ConfigError(
+                        f"{v.label}: layer={st.layer} is beyond the model's depth; it has {n_layers} layers, "
+                        f"so use a layer in 1..{n_layers - 1} (0 prunes before the decoder)"
+                    )
+    return plan
 
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -112,7 +150,7 @@ def run_probe(cfg: ProbeConfig, model: Any, tok: Any, progress: bool = True) -> 
     """Every variant on every sample; returns {config, records, summary}."""
     from tqdm import tqdm
 
-    plan = variants(cfg)
+    plan = check_probe(cfg, len(model.model.layers))
     seed_list = seeds(cfg.split, cfg.n)
     neutral = tok.encode(" ", add_special_tokens=False)[0]
     reference = blank_frames(model, neutral)
