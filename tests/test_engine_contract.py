@@ -155,9 +155,9 @@ def test_config_edited_after_construction_is_checked_at_apply():
 
 
 def test_decoder_family_without_an_adapter_is_refused_with_the_supported_list():
-    from transformers import Phi3Config, Phi3ForCausalLM
+    from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    cfg = Phi3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)
-    with pytest.raises(sv.UnsupportedModelError, match="Phi3ForCausalLM is not supported; supported: .*LlamaForCausalLM"):
-        sv.apply(Phi3ForCausalLM(cfg), sv.FastV(), span=sv.VideoSpan(0, 2, 2))
+    cfg = Gemma2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=8, pad_token_id=0)
+    with pytest.raises(sv.UnsupportedModelError, match="Gemma2ForCausalLM is not supported; supported: .*LlamaForCausalLM"):
+        sv.apply(Gemma2ForCausalLM(cfg), sv.FastV(), span=sv.VideoSpan(0, 2, 2))

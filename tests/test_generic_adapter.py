@@ -57,10 +57,16 @@ def test_cache_and_no_cache_agree_and_span_can_change():
 def _tiny_decoder(family: str, attn: str):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    extra = {"qwen3": {"head_dim": 16}, "mistral": {"sliding_window": None}}.get(family, {})
+    extra = {
+        "qwen3": {"head_dim": 16},
+        "mistral": {"sliding_window": None},
+        "phi": {"partial_rotary_factor": 0.5, "qk_layernorm": True},  # partial rotary, per-head LayerNorms
+        "phi3": {"partial_rotary_factor": 0.5},  # fused qkv, partial rotary
+        "cohere": {"use_qk_norm": True},  # interleaved rotary
+    }.get(family, {})
     cfg = AutoConfig.for_model(
         family, vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=0, **extra,
+        num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=0, bos_token_id=1, eos_token_id=2, **extra,
     )
     cfg._attn_implementation = attn
     torch.manual_seed(11)
@@ -68,7 +74,7 @@ def _tiny_decoder(family: str, attn: str):
 
 
 
-@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3"])
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "phi", "phi3", "olmo2", "cohere"])
 def test_fastv_matches_eager_reference_on_each_decoder_family(family):
     sdpa, eager = _tiny_decoder(family, "sdpa"), _tiny_decoder(family, "eager")
     eager.load_state_dict(sdpa.state_dict())

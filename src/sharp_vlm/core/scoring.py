@@ -14,12 +14,25 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Standard (non-interleaved) rotary embedding; x is (B, H, T, hd), cos/sin are (B, T, hd).
+    """Rotary embedding in the rotate-half layout; x is (B, H, T, hd), cos/sin are (B, T, r) with r <= hd.
 
-    cos/sin come from the model's own rotary module, so model specifics such as Qwen's 3-D M-RoPE
-    sections are already folded into them.
+    cos/sin come from the model's own rotary module, so model specifics such as Qwen's 3-D M-RoPE sections are
+    already folded into them. A partial rotary (Phi, Phi-3: r < hd) rotates the first r dims and passes the rest.
     """
+    r = cos.shape[-1]
+    if r < x.shape[-1]:
+        return torch.cat([apply_rotary(x[..., :r], cos, sin), x[..., r:]], dim=-1)
     return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
+
+
+def rotate_pairs(x: torch.Tensor) -> torch.Tensor:
+    """The interleaved layout's rotation: (x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...)."""
+    return torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
+
+
+def apply_rotary_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding in the interleaved layout (Cohere: cos/sin repeat each frequency twice in a row)."""
+    return x * cos.unsqueeze(1) + rotate_pairs(x) * sin.unsqueeze(1)
 
 
 def attention_probs(

@@ -45,13 +45,19 @@ def adapter_for(model: nn.Module, span: SpanSource | None = None) -> Adapter:
 
 def _register_builtin() -> None:
     from transformers import (
+        CohereForCausalLM,
         LlamaForCausalLM,
         MistralForCausalLM,
+        Olmo2ForCausalLM,
+        Phi3ForCausalLM,
+        PhiForCausalLM,
         Qwen2_5_VLForConditionalGeneration,
         Qwen2ForCausalLM,
         Qwen2VLForConditionalGeneration,
         Qwen3ForCausalLM,
     )
+
+    from .decoders import CohereAdapter, Olmo2Adapter, Phi3Adapter, PhiAdapter
 
     def qwen_vl(model: nn.Module, span: SpanSource | None) -> Adapter:
         return QwenVLAdapter(model)
@@ -60,6 +66,9 @@ def _register_builtin() -> None:
     register_adapter(Qwen2_5_VLForConditionalGeneration, qwen_vl)
     for cls in (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM):
         register_adapter(cls, GenericAdapter, "decoder-only, with span=sv.VideoSpan(...)")
+    for cls, adapter in ((Phi3ForCausalLM, Phi3Adapter), (PhiForCausalLM, PhiAdapter),
+                         (Olmo2ForCausalLM, Olmo2Adapter), (CohereForCausalLM, CohereAdapter)):
+        register_adapter(cls, adapter, "decoder-only, with span=sv.VideoSpan(...)")
 
 
 _register_builtin()
