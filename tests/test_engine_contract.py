@@ -161,3 +161,61 @@ def test_decoder_family_without_an_adapter_is_refused_with_the_supported_list():
                        num_attention_heads=4, num_key_value_heads=2, head_dim=8, pad_token_id=0)
     with pytest.raises(sv.UnsupportedModelError, match="Gemma2ForCausalLM is not supported; supported: .*LlamaForCausalLM"):
         sv.apply(Gemma2ForCausalLM(cfg), sv.FastV(), span=sv.VideoSpan(0, 2, 2))
+
+
+def test_registering_a_class_again_replaces_its_adapter():
+    from transformers import LlamaForCausalLM
+
+    from sharp_vlm.models import registry
+    from sharp_vlm.models.generic import GenericAdapter
+
+    class Mine(GenericAdapter):
+        name = "mine"
+
+    before = registry._ADAPTERS[LlamaForCausalLM]
+    registry.register_adapter(LlamaForCausalLM, Mine)
+    try:
+        assert type(adapter_for(tiny_llama())) is Mine
+    finally:
+        registry._ADAPTERS[LlamaForCausalLM] = before
+    assert type(adapter_for(tiny_llama())) is GenericAdapter
+
+
+def test_config_edited_after_apply_is_refused_not_half_read():
+    model = tiny_llama()
+    cfg = sv.FastV(retain=0.5, layer=1)
+    with sv.apply(model, cfg, span=sv.VideoSpan(2, 4, 8)), torch.no_grad():
+        cfg.retain = 0.25
+        with pytest.raises(sv.ConfigError, match="changed after sv.apply"):
+            model(input_ids=torch.randint(3, 100, (1, 40)))
+
+
+def test_a_score_scope_or_off_mask_leaves_the_shallow_layers_alone():
+    for mask in (sv.ShaRP(retain=0.2, mask_scope="score"), sv.ShaRP(retain=0.2, mask="off")):
+        assert mask.stages()[0].segment_mask is None
+    assert sv.ShaRP(retain=0.2).stages()[0].segment_mask.scope == "forward"
+
+
+def test_a_reference_debiased_stage_cannot_follow_an_in_decoder_stage():
+    with pytest.raises(sv.ConfigError, match="cannot follow an in-decoder stage"):
+        sv.Schedule([sv.FastV(retain=0.5, layer=1), sv.ShaRP(retain=0.2, layer=3, mask="off")])
+    sv.Schedule([sv.UniformPrune(retain=0.5, layer=0), sv.ShaRP(retain=0.2, layer=2, debias="cached")])
+    sv.Schedule([sv.FastV(retain=0.5, layer=1), sv.ShaRP(retain=0.2, layer=3, mask="off", debias="off")])
+
+
+def test_flops_count_scoring_and_reference_per_stage():
+    from sharp_vlm.flops import DecoderShape, reference_pass_flops, scoring_flops
+
+    shape = DecoderShape(64, 128, 4, 4, 2, 16, 100)
+    stages = [(0, 0.5), (2, 0.2)]
+    both = method_flops_for(shape, stages, scoring=True, reference_pass=False)
+    per = method_flops_for(shape, stages, scoring=[False, True], reference_pass=[False, True])
+    assert both["scoring"] == scoring_flops(shape, 200, 1)["total"] + scoring_flops(shape, 150, 1)["total"]
+    assert per["scoring"] == scoring_flops(shape, 150, 1)["total"]
+    assert per["reference"] == reference_pass_flops(shape, 200, 2, 1)["total"]
+
+
+def method_flops_for(shape, stages, **kw):
+    from sharp_vlm.flops import method_flops
+
+    return method_flops(shape, 200, 100, stages, **kw)

@@ -29,10 +29,10 @@ def _view(n_frames=8, per_frame=16, seed=0, retain=0.25):
     gen = torch.Generator().manual_seed(seed)
     n = n_frames * per_frame
     layout = VisualLayout.from_grid(torch.arange(5, 5 + n), [VisualItem("video", 0, n_frames, 4, per_frame // 4)])
-    hidden = torch.randn(n, 8, generator=gen)
+    hidden = torch.randn(1, n + 10, 8, generator=gen)
     scores = torch.rand(1, n, generator=gen)
     budget = sv.keep_count(retain, n)
-    return SampleView(2, 0, budget, layout, hidden, n, FixedScores(scores), SampleRecord()), scores
+    return SampleView(2, 0, budget, layout, hidden, layout.positions, n, FixedScores(scores), SampleRecord()), scores
 
 
 @pytest.mark.parametrize("seed", range(5))

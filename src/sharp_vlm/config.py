@@ -151,6 +151,14 @@ class StageMethod(Method):
         """The forward-scope mask of the layers before this stage (None: the model's causal mask)."""
         return None
 
+    @property
+    def uses_reference(self) -> bool:
+        """Whether the stage scores against a reference pass (per request or cached)."""
+        return False
+
     def stages(self) -> list[Stage]:
         self.validate()
-        return [Stage(self.layer, float(self.retain), self, self.name, self.segment_mask())]
+        mask = self.segment_mask()
+        # only a forward-scope mask that masks something changes the shallow layers
+        forward = mask if mask is not None and mask.scope == "forward" and mask.mode != "off" else None
+        return [Stage(self.layer, float(self.retain), self, self.name, forward)]

@@ -286,8 +286,8 @@ def method_flops(
     n_visual: int,
     stages: Sequence[tuple[int, int | float]],
     n_query: int = 1,
-    reference_pass: bool = False,
-    scoring: bool = True,
+    reference_pass: bool | Sequence[bool] = False,
+    scoring: bool | Sequence[bool] = True,
     lm_head_tokens: int = 1,
     causal: bool = False,
 ) -> dict[str, Any]:
@@ -300,27 +300,33 @@ def method_flops(
     scoring side pass per stage, on the sequence entering layer K, with ``n_query`` query rows.
     ``reference_pass`` adds ShaRP's reference pass: the content-free prompt (same length) dense
     through layers ``0..K_max-1`` plus scoring at every stage layer; leave it False when the
-    reference is cached.
+    reference is cached. Both may be given per stage (a schedule whose stages differ): scoring then
+    counts only the stages that score, and the reference pass runs up to the last stage that asks
+    for it, with one scoring step per such stage.
 
     Returns ``dense``, ``pruned_prefill``, ``scoring``, ``reference``, ``pruned`` (the sum of the
     last three), ``reduction`` (``1 - pruned / dense``) and ``speedup_bound`` (``dense / pruned``,
     the speedup if time were proportional to FLOPs).
     """
     removals = stages_to_removals(stages, n_visual)
+    scores = [scoring] * len(removals) if isinstance(scoring, bool) else list(scoring)
+    refs = [reference_pass] * len(removals) if isinstance(reference_pass, bool) else list(reference_pass)
+    if len(scores) != len(removals) or len(refs) != len(removals):
+        raise ValueError("give scoring / reference_pass as one bool or one per stage")
     dense = prefill_flops(shape, seq_len, (), lm_head_tokens, causal)["total"]
     pruned = prefill_flops(shape, seq_len, removals, lm_head_tokens, causal)
     score = 0
-    if scoring:
-        # Each stage scores the sequence entering layer K, before its own removal.
-        cur = seq_len
-        for _, removed in removals:
+    # Each stage scores the sequence entering layer K, before its own removal.
+    cur = seq_len
+    for (_, removed), scores_here in zip(removals, scores, strict=True):
+        if scores_here:
             score += scoring_flops(shape, cur, n_query)["total"]
-            cur -= removed
+        cur -= removed
     reference = 0
-    if reference_pass and removals:
-        k_max = max(k for k, _ in removals)
-        reference = reference_pass_flops(shape, seq_len, k_max, n_query, causal)["total"]
-        reference += (len(removals) - 1) * scoring_flops(shape, seq_len, n_query)["total"]
+    debiased = [k for (k, _), r in zip(removals, refs, strict=True) if r]
+    if debiased:
+        reference = reference_pass_flops(shape, seq_len, max(debiased), n_query, causal)["total"]
+        reference += (len(debiased) - 1) * scoring_flops(shape, seq_len, n_query)["total"]
     total = pruned["total"] + score + reference
     return {
         "seq_len": seq_len,

@@ -275,8 +275,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     rows = []
     for (name, trim), method, (runs, parts) in zip(plan, methods, results, strict=True):
         stages = [(s.layer, s.retain) for s in method.stages()]
-        count = {"reference_pass": any(s.method.reference_pass for s in method.stages()),
-                 "scoring": any(s.method.scores_attention for s in method.stages())}
+        count = {"reference_pass": [s.method.reference_pass for s in method.stages()],
+                 "scoring": [s.method.scores_attention for s in method.stages()]}
         fl = method_flops(shape, seq, n_visual, stages, causal=True, **count)
         fl_rect = method_flops(shape, seq, n_visual, stages, **count)
         kv_lens = _kv_lens(shape.num_layers, seq, n_visual, method, trim)
@@ -343,12 +343,18 @@ def _derive(rows: list[dict[str, Any]], vision: dict[str, Any] | None) -> None:
 
 
 def _kv_lens(n_layers: int, seq: int, n_visual: int, method: Method, trim: bool) -> list[int]:
+    """Keys each layer's cache holds after the prefill: the rows that reached it (trim_kv: the shallow layers
+    keep only what the first stage kept)."""
     stages = method.stages()
-    if not stages:
-        return [seq] * n_layers
-    kept = seq - n_visual + keep_count(stages[-1].retain, n_visual)
-    k = stages[0].layer
-    return [(kept if trim else seq) if i < k else kept for i in range(n_layers)]
+    out, cur = [], seq
+    for i in range(n_layers):
+        for s in stages:
+            if s.layer == i:
+                cur = seq - n_visual + keep_count(s.retain, n_visual)
+        out.append(cur)
+    if trim and stages:
+        out[: stages[0].layer] = [out[stages[0].layer]] * stages[0].layer
+    return out
 
 
 def _cpu_name() -> str:

@@ -8,7 +8,7 @@ kept; no weights are ever loaded. :func:`decoder_config` turns an entry into a d
 For the VLMs only the language decoder goes into :func:`decoder_config`; the ``vision``
 dict is the vision tower's config, in the same key names as the transformers config class
 (``Qwen2_5_VLVisionConfig`` or ``SiglipVisionConfig``), usable by
-:func:`sharp_vlm.bench.flops.vision_encoder_flops`.
+:func:`sharp_vlm.flops.vision_encoder_flops`.
 """
 
 from __future__ import annotations

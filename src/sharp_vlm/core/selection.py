@@ -53,7 +53,7 @@ def check_selection(sel: Selection, n: int, budget: int, label: str, sample: int
     """Raise RuntimeError naming the method when a selection is not a valid answer for n tokens and a budget."""
     k = sel.keep
     where = f"{label} (sample {sample})"
-    if not isinstance(k, torch.Tensor) or k.dim() != 1 or k.dtype not in (torch.long, torch.int32, torch.int64):
+    if not isinstance(k, torch.Tensor) or k.dim() != 1 or k.dtype not in (torch.int64, torch.int32):
         raise RuntimeError(f"{where} must return a 1-D integer tensor of kept indices")
     if k.numel() != budget:
         raise RuntimeError(f"{where} kept {k.numel()} tokens; the stage's budget is {budget}")
@@ -64,6 +64,12 @@ def check_selection(sel: Selection, n: int, budget: int, label: str, sample: int
     m = sel.merge
     if m is None:
         return
+    if not isinstance(m, Merge) or not all(
+        isinstance(t, torch.Tensor) and t.dtype in (torch.int64, torch.int32) for t in (m.source, m.target)
+    ):
+        raise RuntimeError(f"{where}: merge must be an sv.Merge of integer index tensors")
+    if m.weight is not None and not isinstance(m.weight, torch.Tensor):
+        raise RuntimeError(f"{where}: merge weights must be a tensor")
     if m.source.dim() != 1 or m.target.shape != m.source.shape:
         raise RuntimeError(f"{where}: merge source and target must be 1-D tensors of one length")
     if m.weight is not None and (m.weight.shape != m.source.shape or not bool((m.weight >= 0).all())):
@@ -85,8 +91,9 @@ def merge_rows(hidden: torch.Tensor, rows: torch.Tensor, merge: Merge) -> torch.
         return hidden
     src = rows[merge.source.to(rows.device)]
     dst = rows[merge.target.to(rows.device)]
-    w = (merge.weight if merge.weight is not None else torch.ones(src.numel())).to(hidden.device, torch.float32)
+    w = (merge.weight if merge.weight is not None else torch.ones(src.numel(), dtype=torch.float32))
+    w = w.to(hidden.device, torch.float32)
     acc = hidden.float().clone()
     acc.index_add_(0, dst, hidden[src].float() * w[:, None])
-    total = torch.ones(hidden.shape[0], device=hidden.device).index_add_(0, dst, w)
+    total = torch.ones(hidden.shape[0], device=hidden.device, dtype=torch.float32).index_add_(0, dst, w)
     return (acc / total[:, None]).to(hidden.dtype)

@@ -68,6 +68,9 @@ class Engine:
         self.seg: SegmentMask | None = masked[-1].segment_mask if masked else None
         self.seg_until = masked[-1].layer if masked else 0
         self._eager = adapter.attention_implementation() == "eager"
+        self._dtype = adapter.dtype()
+        # the config as attached: a later edit must be applied again, not half-read (the kernels were chosen)
+        self._config = method.to_dict()
         self._block_kernel = False
         self._in_reference = False
         self._shape: DecoderShape | None = None
@@ -211,7 +214,7 @@ class Engine:
             if self._in_reference:
                 return None
             if self._dec is not None:
-                return args, dict(kwargs, attention_mask=self._dec.layer_mask(i, self._eager, self.adapter.dtype()))
+                return args, dict(kwargs, attention_mask=self._dec.layer_mask(i, self._eager, self._dtype))
             pre = self._pre
             if pre is None:
                 return None
@@ -223,8 +226,7 @@ class Engine:
                 kwargs = self._gathered_kwargs(kwargs)
                 pre.layer_rows[i] = pre.rows.rows
             if self.seg is not None and i < self.seg_until:
-                kwargs = dict(kwargs, **segment_kwargs(pre, self.seg, self._block_kernel, self._eager,
-                                                       self.adapter.dtype()))
+                kwargs = dict(kwargs, **segment_kwargs(pre, self.seg, self._block_kernel, self._eager, self._dtype))
             if i < self.last_stage:
                 pre.layer_kwargs[i] = {k: kwargs.get(k) for k in ("attention_mask", "position_ids", RUNS_KWARG)}
             return args, kwargs
@@ -257,6 +259,11 @@ class Engine:
         return self.adapter.find_layouts(self._call, seq_len, batch)
 
     def _start_prefill(self, ref: torch.Tensor) -> None:
+        if self.method.to_dict() != self._config:
+            raise ConfigError(
+                "the method's config was changed after sv.apply attached it; apply it again "
+                "(handle.remove(); sv.apply(model, cfg)) so the change is checked and takes effect"
+            )
         batch, seq_len = ref.shape[0], ref.shape[1]
         layouts = self._layouts(batch, seq_len)
         if not any(lay.n_visual for lay in layouts):

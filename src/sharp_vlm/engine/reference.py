@@ -22,18 +22,25 @@ from .segment_attention import RUNS_KWARG
 
 
 def fingerprint(model: nn.Module, adapter: Adapter) -> tuple:
-    """Identifies the weights for the on-disk bias cache without hashing the whole model."""
+    """Identifies the weights for the on-disk bias cache without hashing the whole model: the shape and a slice of
+    every parameter of the first decoder layer (norm weights alone can be all ones)."""
     cfg = adapter.text_model().config
-    weight = next(adapter.layers()[0].parameters())
-    return (type(model).__name__, getattr(cfg, "_name_or_path", ""), tuple(weight.shape),
-            float(weight.detach().flatten()[:64].float().sum()))
+    params = [(tuple(p.shape), float(p.detach().flatten()[:64].float().sum())) for p in adapter.layers()[0].parameters()]
+    return (type(model).__name__, getattr(cfg, "_name_or_path", ""), tuple(params))
 
 
 def bias_key(cache: BiasCache, fp: tuple, layer: int, query: str, rope: bool, mask: SegmentMask | None,
              pre: Prefill) -> str:
+    # what layer-0 stages did to the reference prompt (kept rows, merges) is part of the key
+    ops = []
+    for op in pre.ops_before_decoder:
+        ops.append(op.idx)
+        for m in op.merges:
+            if m is not None:
+                ops += [m[0], m[1].source, m[1].target] + ([m[1].weight] if m[1].weight is not None else [])
     return cache.key(
         fp, layer, query, rope, mask, pre.rows.rows, pre.rows.query_last,
-        *[lay.positions for lay in pre.layouts], *[tuple(lay.items) for lay in pre.layouts],
+        *[lay.positions for lay in pre.layouts], *[tuple(lay.items) for lay in pre.layouts], *ops,
     )
 
 

@@ -15,7 +15,7 @@ import torch
 from ..config import SegmentMask, Stage
 from ..core.budget import keep_count
 from ..core.selection import Selection, check_selection
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError
 from ..flops import DecoderShape, prefill_flops, scoring_flops
 from ..models.base import Adapter, ReferenceFn
 from .bias_cache import BiasCache
@@ -61,7 +61,7 @@ class StageScorer:
             )
 
     def _flops(self, query: str) -> int:
-        n_query = int(sum(r.numel() for r in self.pre.rows.query_rows(query, self.layouts)))
+        n_query = int(sum(r.numel() for r in self.pre.rows.query_rows(query, self.pre.layouts)))
         return scoring_flops(self.shape, self.pre.rows.rows.shape[1], n_query)["total"] * self.pre.batch
 
     def _scores(self, hidden: torch.Tensor, query: str, mask: SegmentMask | None, rope: bool,
@@ -119,18 +119,19 @@ def select_all(stage: Stage, hidden: torch.Tensor, pre: Prefill, scorer: StageSc
     selections, records = [], []
     t0 = time.perf_counter()
     for b in range(pre.batch):
-        n0 = pre.stats.n_visual[b]
-        budget = keep_count(stage.retain, n0, rows.n_visual[b])
+        n0, n = pre.stats.n_visual[b], rows.n_visual[b]
+        budget = keep_count(stage.retain, n0, n)
         record = SampleRecord()
-        view = SampleView(stage.layer, b, budget, layouts[b], hidden[b, rows.visual_rows[b]], n0, scorer, record)
-        answer = stage.method.select(view)
-        sel = answer if isinstance(answer, Selection) else Selection(answer)
-        check_selection(sel, rows.n_visual[b], budget, stage.label, b)
+        if budget == n:  # everything stays: nothing to choose (retain=1.0 is exactly the unpatched model)
+            sel = Selection(torch.arange(n, device=hidden.device))
+        else:
+            view = SampleView(stage.layer, b, budget, layouts[b], hidden, rows.visual_rows[b], n0, scorer, record)
+            answer = stage.method.select(view)
+            sel = answer if isinstance(answer, Selection) else Selection(answer)
+            check_selection(sel, n, budget, stage.label, b)
         record.scores, record.dedup = sel.scores, sel.dedup
         selections.append(sel)
         records.append(record)
-    if len({int(s.keep.numel()) for s in selections}) > 1:
-        raise InputError("samples of a batch kept different token counts; run them one at a time")
     sync(hidden)
     costs.select_seconds = time.perf_counter() - t0 - costs.scoring_seconds - costs.reference_seconds
     return selections, records

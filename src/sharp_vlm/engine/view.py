@@ -28,7 +28,7 @@ class SampleView:
     layer: the stage's decoder layer (0 = before the decoder).
     budget: how many visual tokens to keep (the engine's rule, `core.budget.keep_count`).
     layout: the sample's surviving visual tokens (original positions, frame ids, grid coordinates).
-    hidden: (N, D) their hidden states entering the layer (input embeddings at layer 0).
+    hidden: (N, D) their hidden states entering the layer (input embeddings at layer 0), gathered on first use.
     n_original: how many visual tokens the prompt had.
     """
 
@@ -38,7 +38,8 @@ class SampleView:
         index: int,
         budget: int,
         layout: VisualLayout,
-        hidden: torch.Tensor,
+        batch_hidden: torch.Tensor,
+        visual_rows: torch.Tensor,
         n_original: int,
         scores: ScoreSource,
         record: SampleRecord,
@@ -47,18 +48,26 @@ class SampleView:
         self.index = index
         self.budget = budget
         self.layout = layout
-        self.hidden = hidden
         self.n_original = n_original
+        self._batch_hidden = batch_hidden
+        self._visual_rows = visual_rows
+        self._hidden: torch.Tensor | None = None
         self._scores = scores
         self._record = record
 
     @property
+    def hidden(self) -> torch.Tensor:
+        if self._hidden is None:
+            self._hidden = self._batch_hidden[self.index, self._visual_rows]
+        return self._hidden
+
+    @property
     def device(self) -> torch.device:
-        return self.hidden.device
+        return self._batch_hidden.device
 
     @property
     def n_visual(self) -> int:
-        return int(self.hidden.shape[0])
+        return int(self._visual_rows.numel())
 
     def attention_scores(self, query: str = "last", mask: SegmentMask | None = None, rope: bool = True) -> torch.Tensor:
         """(N,) attention from the query rows to each visual token at this layer (mean over heads).

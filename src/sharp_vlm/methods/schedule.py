@@ -42,8 +42,15 @@ class Schedule(Method):
             raise ConfigError(
                 f"Schedule retains must not increase, got {retains}: each is a share of the original visual tokens"
             )
-        if sum(s.segment_mask() is not None for s in self.steps) > 1:
+        if sum(st.segment_mask is not None for s in self.steps for st in s.stages()) > 1:
             raise ConfigError("at most one stage of a Schedule may use a forward-scope segment mask")
+        for i, s in enumerate(self.steps):
+            if s.uses_reference and any(p.layer > 0 for p in self.steps[:i]):
+                raise ConfigError(
+                    f"{s.name} at layer {s.layer} debiases with a reference pass, which cannot follow an in-decoder "
+                    "stage (the reference prompt would need the earlier stage's choices); put it first, or after "
+                    "layer-0 stages only"
+                )
 
     def stages(self) -> list[Stage]:
         self.validate()

@@ -68,7 +68,11 @@ class ShaRP(StageMethod):
 
     @property
     def reference_pass(self) -> bool:  # type: ignore[override]
-        return self.debias == "reference" and self.retain < 1.0
+        return self.debias == "reference" and self.retain < 1.0  # retain=1.0 keeps all without selecting
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.debias in ("reference", "cached")
 
     def validate(self) -> None:
         super().validate()

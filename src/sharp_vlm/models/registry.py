@@ -17,28 +17,29 @@ from .qwen_vl import QwenVLAdapter
 
 AdapterFactory = Callable[[nn.Module, "SpanSource | None"], Adapter]
 
-_ADAPTERS: list[tuple[type, AdapterFactory, str]] = []
+_ADAPTERS: dict[type, tuple[AdapterFactory, str]] = {}
 
 
 def register_adapter(model_class: type, factory: AdapterFactory, note: str = "") -> None:
-    """Make `model_class` (and its subclasses) prunable with the adapter `factory(model, span)` builds."""
-    _ADAPTERS.append((model_class, factory, note))
+    """Make `model_class` (and its subclasses) prunable with the adapter `factory(model, span)` builds.
+
+    Registering a class again replaces its adapter (e.g. your own adapter for a built-in family)."""
+    _ADAPTERS[model_class] = (factory, note)
 
 
 def supported() -> list[str]:
-    return [cls.__name__ + (f" ({note})" if note else "") for cls, _, note in _ADAPTERS]
+    return [cls.__name__ + (f" ({note})" if note else "") for cls, (_, note) in _ADAPTERS.items()]
 
 
 def adapter_for(model: nn.Module, span: SpanSource | None = None) -> Adapter:
-    matches = [(cls, factory) for cls, factory, _ in _ADAPTERS if isinstance(model, cls)]
-    if not matches:
+    # the most specific registered class in the model's MRO
+    cls = next((c for c in type(model).__mro__ if c in _ADAPTERS), None)
+    if cls is None:
         raise UnsupportedModelError(
             f"{type(model).__name__} is not supported; supported: {', '.join(supported())}. "
             "Pass the top-level model returned by from_pretrained (e.g. Qwen2_5_VLForConditionalGeneration)."
         )
-    # the most specific registered class: the one with the longest MRO
-    cls, factory = max(matches, key=lambda m: len(m[0].__mro__))
-    adapter = factory(model, span)
+    adapter = _ADAPTERS[cls][0](model, span)
     adapter.check()
     return adapter
 
