@@ -83,6 +83,10 @@ def check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
         raise ConfigError(f"{what}={value!r} is not one of {', '.join(map(repr, choices))}")
 
 
+TARGETS = ("video", "image", "all")
+TARGET_KINDS = {"video": ("video",), "image": ("image",), "all": ("video", "image")}
+
+
 @dataclass(frozen=True)
 class SegmentMask:
     """Segment-aware attention for the shallow layers (see core/masks.py)."""
@@ -106,6 +110,7 @@ class Stage:
     method: StageMethod
     label: str
     segment_mask: SegmentMask | None = None  # forward-scope mask of the layers before this stage
+    targets: str = "video"  # which visual tokens the stage prunes: "video", "image" or "all"
 
 
 @dataclass
@@ -131,6 +136,9 @@ class StageMethod(Method):
 
     retain: float = 0.25
     layer: int = 2
+    # which of the prompt's visual tokens the stage prunes and budgets: "video" (images beside the video are kept
+    # whole), "image", or "all" (one budget over every image and video, frames and images alike)
+    targets: str = "video"
     allow_layer_zero: ClassVar[bool] = False
     scores_attention: ClassVar[bool] = True  # runs the scoring side pass (counted in its FLOPs)
     reference_pass: ClassVar[bool] = False  # runs a per-request reference pass (counted in its FLOPs)
@@ -142,6 +150,7 @@ class StageMethod(Method):
         """Check every option; the engine calls it again at apply() time, so later edits are checked too."""
         check_retain(self.retain)
         check_layer(self.layer, allow_zero=self.allow_layer_zero)
+        check_choice(self.targets, TARGETS, "targets")
 
     def select(self, view: SampleView) -> Selection | torch.Tensor:
         """Which of the sample's visual tokens to keep: a `Selection`, or a sorted index tensor."""
@@ -161,4 +170,4 @@ class StageMethod(Method):
         mask = self.segment_mask()
         # only a forward-scope mask that masks something changes the shallow layers
         forward = mask if mask is not None and mask.scope == "forward" and mask.mode != "off" else None
-        return [Stage(self.layer, float(self.retain), self, self.name, forward)]
+        return [Stage(self.layer, float(self.retain), self, self.name, forward, self.targets)]

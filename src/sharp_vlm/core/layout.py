@@ -55,6 +55,16 @@ class VisualLayout:
             self.positions[idx], self.frame_ids[idx], self.rows[idx], self.cols[idx], list(self.items)
         )
 
+    def of_kinds(self, kinds: tuple[str, ...]) -> VisualLayout:
+        """The layout restricted to the tokens of items of these kinds ("video", "image")."""
+        keep = torch.zeros(self.n_visual, dtype=torch.bool, device=self.positions.device)
+        for it in self.items:
+            if it.kind in kinds:
+                keep[it.start : it.start + it.n_tokens] = True
+        if not self.items:
+            return self
+        return self.subset(torch.nonzero(keep).flatten())
+
     def segment_ids(self, seq_len: int, frames_per_segment: int = 1) -> torch.Tensor:
         """Per-sequence-position segment id (-1 for non-visual), segments of k consecutive frames."""
         seg = torch.full((seq_len,), -1, dtype=torch.long, device=self.positions.device)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import Method, SegmentMask, Stage
+from ..config import TARGET_KINDS, Method, SegmentMask, Stage
 from ..core.layout import VisualLayout
 from ..errors import ConfigError, InputError
 from ..flops import DecoderShape
@@ -67,6 +67,7 @@ class Engine:
         # a stage's forward-scope segment mask covers every decoder layer before it
         self.seg: SegmentMask | None = masked[-1].segment_mask if masked else None
         self.seg_until = masked[-1].layer if masked else 0
+        self.targets = self.stages[0].targets if self.stages else "all"
         self._eager = adapter.attention_implementation() == "eager"
         self._dtype = adapter.dtype()
         # the config as attached: a later edit must be applied again, not half-read (the kernels were chosen)
@@ -265,11 +266,18 @@ class Engine:
                 "(handle.remove(); sv.apply(model, cfg)) so the change is checked and takes effect"
             )
         batch, seq_len = ref.shape[0], ref.shape[1]
-        layouts = self._layouts(batch, seq_len)
-        if not any(lay.n_visual for lay in layouts):
+        full = self._layouts(batch, seq_len)
+        if not any(lay.n_visual for lay in full):
             raise InputError(
                 "no visual tokens in the prompt: nothing to prune. Build the inputs from a message with a video "
                 "(or, for a decoder-only model, declare the video span)"
+            )
+        layouts = [lay.of_kinds(TARGET_KINDS[self.targets]) for lay in full]
+        if not any(lay.n_visual for lay in layouts):
+            kinds = sorted({it.kind for lay in full for it in lay.items})
+            raise InputError(
+                f"the prompt has {' and '.join(kinds)} tokens but the method prunes targets={self.targets!r}; "
+                f"set targets='all' (or {kinds[0]!r}) on the method config"
             )
         if batch > 1 and len({lay.n_visual for lay in layouts}) > 1:
             raise InputError(
@@ -291,6 +299,7 @@ class Engine:
             batch=batch,
             seq_len=seq_len,
             layouts=layouts,
+            full_layouts=full,
             rows=PrefillRows.start(layouts, key_valid, query_last),
             stats=CallStats(batch, seq_len, [lay.n_visual for lay in layouts]),
             call=self._call,

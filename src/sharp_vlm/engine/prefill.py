@@ -16,10 +16,11 @@ from .stats import CallStats
 class Prefill:
     batch: int
     seq_len: int
-    layouts: list[VisualLayout]  # the prompt's visual tokens, per sample
+    layouts: list[VisualLayout]  # the visual tokens the stages prune (their targets), per sample
     rows: PrefillRows
     stats: CallStats
     call: dict[str, Any]  # the outer model call's kwargs (grids, masks) for the adapter
+    full_layouts: list[VisualLayout] | None = None  # every visual token (the reference input replaces them all)
     embeds: torch.Tensor | None = None  # decoder input, for the reference pass
     pos_emb: tuple[torch.Tensor, torch.Tensor] | None = None  # (cos, sin) of the original rows
     pos_emb_cur: tuple[torch.Tensor, torch.Tensor] | None = None  # ... of the current rows

@@ -54,9 +54,9 @@ def reference_hidden(
     """Hidden states entering `stage_layer` for the same prompt with content-free frames."""
     if any(0 < s.layer < stage_layer for s in pre.stats.stages):
         raise ConfigError("a reference pass cannot follow an in-decoder stage; put the debiased stage first")
-    ref = reference_fn(pre.embeds, pre.layouts, pre.call) if reference_fn else None
+    ref = reference_fn(pre.embeds, pre.full_layouts, pre.call) if reference_fn else None
     if ref is None:
-        ref = adapter.reference_embeds(pre.embeds, pre.layouts, pre.call)
+        ref = adapter.reference_embeds(pre.embeds, pre.full_layouts, pre.call)
     h = ref.to(pre.embeds.dtype)
     for op in pre.ops_before_decoder:
         h = op.run(h)
