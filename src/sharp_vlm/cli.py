@@ -62,6 +62,8 @@ def _probe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=_positive, default=32)
     p.add_argument("--tokens-per-frame", type=_positive, default=32)
     p.add_argument("--ablate", action="store_true", help="also run ShaRP's 8 on/off combinations of C1/C2/C3")
+    p.add_argument("--trim-kv", action="store_true",
+                   help="decode with the pruned tokens dropped from the KV of the layers before the stage too")
     p.add_argument("--options", type=_json_object, default={},
                    help='JSON per method, e.g. \'{"sharp": {"dedup_tau": 0.8}}\'')
     p.add_argument("--diagnose", action="store_true",
@@ -76,7 +78,7 @@ def _probe_config(a: argparse.Namespace):
     cfg = ProbeConfig(
         methods=[m for m in a.methods.split(",") if m], retains=a.retain, layer=a.layer, n=a.n,
         split=a.split, n_frames=a.frames, tokens_per_frame=a.tokens_per_frame, ablate=a.ablate,
-        options=a.options,
+        options=a.options, trim_kv=a.trim_kv,
     )
     check_probe(cfg)  # every variant's config is built (and checked) before the model loads
     return cfg

@@ -34,6 +34,7 @@ class ProbeConfig:
     tokens_per_frame: int = 32
     max_new_tokens: int = 6
     ablate: bool = False
+    trim_kv: bool = False  # decode with the pruned tokens dropped from the shallow layers' KV too
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per method name: extra config fields
 
 
@@ -134,10 +135,10 @@ def blank_frames(model: Any, token_id: int) -> Callable[[torch.Tensor, list[Visu
 
 @torch.inference_mode()
 def answer(model: Any, tok: Any, sample: ProbeSample, method: Method, max_new_tokens: int,
-           reference: Callable | None) -> tuple[str, Any, float]:
+           reference: Callable | None, trim_kv: bool = False) -> tuple[str, Any, float]:
     ids = torch.tensor([sample.input_ids])
     span = VideoSpan(sample.video_start, sample.n_frames, sample.tokens_per_frame)
-    with apply(model, method, span=span, reference=reference) as handle:
+    with apply(model, method, span=span, reference=reference, trim_kv=trim_kv) as handle:
         t0 = time.perf_counter()
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                              do_sample=False)
@@ -162,7 +163,7 @@ def run_probe(cfg: ProbeConfig, model: Any, tok: Any, progress: bool = True) -> 
         fact = torch.tensor(sample.needle_fact_positions)
         unpruned = None
         for v in plan:
-            text, stats, seconds = answer(model, tok, sample, v.config, cfg.max_new_tokens, reference)
+            text, stats, seconds = answer(model, tok, sample, v.config, cfg.max_new_tokens, reference, cfg.trim_kv)
             if v.label == "none":
                 unpruned = text
             kept = (stats.stages[-1].kept_positions[0] if stats.stages
