@@ -59,6 +59,8 @@ def _register_builtin() -> None:
     )
 
     from .decoders import CohereAdapter, Olmo2Adapter, Phi3Adapter, PhiAdapter
+    from .llava_onevision import register as register_llava
+    from .qwen3_vl import register as register_qwen3_vl
 
     def qwen_vl(model: nn.Module, span: SpanSource | None) -> Adapter:
         return QwenVLAdapter(model)
@@ -70,6 +72,8 @@ def _register_builtin() -> None:
     for cls, adapter in ((Phi3ForCausalLM, Phi3Adapter), (PhiForCausalLM, PhiAdapter),
                          (Olmo2ForCausalLM, Olmo2Adapter), (CohereForCausalLM, CohereAdapter)):
         register_adapter(cls, adapter, "decoder-only, with span=sv.VideoSpan(...)")
+    register_llava(register_adapter)
+    register_qwen3_vl(register_adapter)
 
 
 _register_builtin()

@@ -1,0 +1,162 @@
+"""Random-weight LLaVA-OneVision and LLaVA-NeXT-Video models built from configs, and prompts for them.
+
+No downloads: the placeholder counts come from the adapter's layout rules (`models/llava_onevision.py`), which
+follow the processors; the models themselves check that the features fill the placeholders exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ONEVISION_TEXT = "qwen2"  # LLaVA-OneVision / LLaVA-Video checkpoints use a Qwen2 decoder
+NEXT_VIDEO_TEXT = "llama"  # LLaVA-NeXT-Video checkpoints use a Vicuna (LLaMA) decoder
+
+
+def _text_config(model_type: str, layers: int, hidden: int, heads: int, kv_heads: int, vocab: int) -> dict:
+    return dict(
+        model_type=model_type,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=4096,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+
+
+def _pinpoints(tile: int) -> list[list[int]]:
+    """anyres resolutions of 1x1 up to 3x3 tiles (the real checkpoints go up to 6x6 tiles of 384 px)."""
+    return [[tile * a, tile * b] for a in range(1, 4) for b in range(1, 4)]
+
+
+def tiny_llava_onevision(
+    layers: int = 4,
+    hidden: int = 64,
+    heads: int = 4,
+    kv_heads: int = 2,
+    vocab: int = 256,
+    image_size: int = 16,
+    patch_size: int = 2,
+    vision_aspect_ratio: str = "anyres_max_9",
+    attn_implementation: str = "sdpa",
+    seed: int = 0,
+) -> nn.Module:
+    """A random-weight LLaVA-OneVision (SigLIP tower without CLS, Qwen2 decoder).
+
+    Each frame is `image_size` px with `patch_size` px patches; the default 16/2 gives an 8x8 patch grid, pooled
+    to 4x4 = 16 tokens per video frame.
+    """
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+    vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                  num_attention_heads=2, image_size=image_size, patch_size=patch_size, vision_use_head=False)
+    cfg = LlavaOnevisionConfig(
+        text_config=_text_config(ONEVISION_TEXT, layers, hidden, heads, kv_heads, vocab),
+        vision_config=vision,
+        image_token_index=vocab - 3,
+        video_token_index=vocab - 4,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        image_grid_pinpoints=_pinpoints(image_size),
+        vision_aspect_ratio=vision_aspect_ratio,
+    )
+    return _build(LlavaOnevisionForConditionalGeneration, cfg, attn_implementation, seed)
+
+
+def tiny_llava_next_video(
+    layers: int = 4,
+    hidden: int = 64,
+    heads: int = 4,
+    kv_heads: int = 2,
+    vocab: int = 256,
+    image_size: int = 16,
+    patch_size: int = 2,
+    attn_implementation: str = "sdpa",
+    seed: int = 0,
+) -> nn.Module:
+    """A random-weight LLaVA-NeXT-Video (CLIP tower with CLS, 2x2 average pooling of video frames, LLaMA decoder).
+
+    The default 16/2 px gives an 8x8 patch grid, pooled to 4x4 = 16 tokens per video frame.
+    """
+    from transformers import LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration
+
+    vision = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                  num_attention_heads=2, image_size=image_size, patch_size=patch_size, projection_dim=32)
+    cfg = LlavaNextVideoConfig(
+        text_config=_text_config(NEXT_VIDEO_TEXT, layers, hidden, heads, kv_heads, vocab),
+        vision_config=vision,
+        image_token_index=vocab - 3,
+        video_token_index=vocab - 4,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        image_grid_pinpoints=_pinpoints(image_size),
+    )
+    return _build(LlavaNextVideoForConditionalGeneration, cfg, attn_implementation, seed)
+
+
+def _build(model_cls: type, cfg, attn_implementation: str, seed: int) -> nn.Module:
+    cfg._attn_implementation = attn_implementation
+    cfg.text_config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    return model_cls(cfg).eval()
+
+
+def tiny_llava_inputs(
+    model: nn.Module,
+    frames: int = 8,
+    image_sizes: tuple[tuple[int, int], ...] = (),
+    prefix: int = 5,
+    middle: int = 3,
+    question: int = 7,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Inputs for a tiny LLaVA-OneVision / LLaVA-NeXT-Video, as the processor returns them.
+
+    The prompt is `prefix text, images (one placeholder run each, original (height, width) in image_sizes),
+    middle text, the video (frames x the pooled grid, plus OneVision's newline), question text`, with random
+    pixels. frames=0 gives an image-only prompt.
+    """
+    from .llava_onevision import adapter_for_family
+
+    adapter = adapter_for_family(model)
+    cfg = model.config
+    vc = cfg.vision_config
+    gen = torch.Generator().manual_seed(seed)
+    vocab_text = cfg.text_config.vocab_size - 8
+    n_img = len(image_sizes)
+    many = n_img > 1  # OneVision encodes each image of a multi-image prompt as one tile (no anyres)
+
+    def text(n: int) -> torch.Tensor:
+        return torch.randint(3, vocab_text, (n,), generator=gen)
+
+    parts = [text(prefix)]
+    for size in image_sizes:
+        piece = adapter.image_piece(size, patched=not many)
+        parts.append(torch.full((piece.length,), cfg.image_token_id))
+    parts.append(text(middle))
+    out: dict[str, torch.Tensor] = {}
+    if frames:
+        side = vc.image_size
+        piece = adapter.video_piece(frames, (side, side))
+        parts.append(torch.full((piece.length,), cfg.video_token_id))
+        out["pixel_values_videos"] = torch.randn(1, frames, vc.num_channels, side, side, generator=gen)
+    parts.append(text(question))
+    ids = torch.cat(parts)[None]
+    out = {"input_ids": ids, "attention_mask": torch.ones_like(ids), **out}
+    if n_img:
+        tiles = [adapter.image_piece(size, patched=not many).tiles for size in image_sizes]
+        side = vc.image_size
+        # the processor pads every image to the largest tile count (zeros past an image's own tiles)
+        pixels = torch.zeros(n_img, max(tiles), vc.num_channels, side, side)
+        for i, n in enumerate(tiles):
+            pixels[i, :n] = torch.randn(n, vc.num_channels, side, side, generator=gen)
+        out["pixel_values"] = pixels
+        out["image_sizes"] = torch.tensor([list(s) for s in image_sizes])
+        if adapter.name == "llava-onevision":
+            out["batch_num_images"] = torch.tensor([n_img])
+    return out

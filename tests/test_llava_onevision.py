@@ -1,0 +1,575 @@
+"""LLaVA-OneVision and LLaVA-NeXT-Video on the engine: layouts against the model's own features and the
+processors' token rules, exactness against a hand-written pruned forward, FastV against eager attention,
+ShaRP's reference pass, save/load.
+
+The oracle here defines the prunable rows independently of the adapter: placeholder tokens whose decoder input
+is not the model's `image_newline` embedding.
+"""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+import torch
+from transformers import DynamicCache
+
+import sharp_vlm as sv
+from sharp_vlm.core.budget import keep_count
+from sharp_vlm.core.masks import segment_allowed
+from sharp_vlm.engine.segment_attention import RUNS_KWARG
+from sharp_vlm.models import registry
+from sharp_vlm.models.llava_onevision import LlavaNextVideoAdapter, LlavaOnevisionAdapter, register
+from sharp_vlm.models.tiny_llava import tiny_llava_inputs, tiny_llava_next_video, tiny_llava_onevision
+
+FAMILIES = {"onevision": tiny_llava_onevision, "next_video": tiny_llava_next_video}
+N_VIDEO = 128  # 8 frames x 4 x 4 pooled tokens in the tiny models
+PER_FRAME = 16
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered():
+    """The adapters registered (before the registry wires them in), on one thread (tiny matmuls run slower on
+    two busy cores); both restored afterwards."""
+    saved, threads = dict(registry._ADAPTERS), torch.get_num_threads()
+    register(registry.register_adapter)
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    registry._ADAPTERS.clear()
+    registry._ADAPTERS.update(saved)
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def llava(request):
+    model = FAMILIES[request.param]()
+    return model, tiny_llava_inputs(model, frames=8)
+
+
+@pytest.fixture(scope="module")
+def onevision_mixed():
+    """One 20x40 px image (anyres: base 8x8 + 12x24 grid with row newlines) and an 8-frame video."""
+    model = tiny_llava_onevision()
+    return model, tiny_llava_inputs(model, frames=8, image_sizes=((20, 40),))
+
+
+# ---------------------------------------------------------------- the oracle
+def decoder_input(model, inputs) -> torch.Tensor:
+    """inputs_embeds the unpatched model hands its decoder (positions are 0..S-1: position_ids is None)."""
+    seen = {}
+
+    def grab(mod, args, kwargs):
+        seen["embeds"] = kwargs["inputs_embeds"]
+        seen["pos"] = kwargs.get("position_ids")
+
+    h = model.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
+    with torch.no_grad():
+        model(**inputs)
+    h.remove()
+    assert seen["pos"] is None
+    return seen["embeds"]
+
+
+def prunable(model, inputs, kinds=("video",)) -> torch.Tensor:
+    """(S,) bool: placeholders of these kinds whose feature is not the newline embedding."""
+    cfg = model.config
+    ids = inputs["input_ids"][0]
+    place = torch.zeros_like(ids, dtype=torch.bool)
+    for kind in kinds:
+        place |= ids == (cfg.video_token_id if kind == "video" else cfg.image_token_id)
+    newline = (decoder_input(model, inputs)[0] == model.model.image_newline).all(-1)
+    return place & ~newline
+
+
+def staged_forward(model, embeds, visual, stages, n_decode, shallow_mask=None):
+    """(logits per step, greedy tokens, cache). stages: [(layer, kept original positions)], increasing layers.
+
+    Layers before the first stage run on every row (under `shallow_mask` if given), each stage keeps the
+    non-visual rows and the kept visual rows with their original positions, greedy decoding continues at S, S+1...
+    """
+    tm = model.model.language_model
+    seq = embeds.shape[1]
+    cache = DynamicCache(config=tm.config)
+    stage_at = dict(stages)
+    first = stages[0][0] if stages else len(tm.layers)
+    with torch.no_grad():
+        h = embeds
+        cos, sin = tm.rotary_emb(h, torch.arange(seq)[None])
+        rows = torch.arange(seq)
+        for i, lay in enumerate(tm.layers):
+            if i in stage_at:
+                keep = ~visual[rows] | torch.isin(rows, stage_at[i])
+                h, cos, sin, rows = h[:, keep], cos[:, keep], sin[:, keep], rows[keep]
+            mask = shallow_mask if i < first else None
+            h = lay(h, attention_mask=mask, position_embeddings=(cos, sin), cache=cache, use_cache=True)
+        logits = [model.lm_head(tm.norm(h))]
+        token = logits[-1][:, -1].argmax(-1)
+        tokens = [int(token)]
+        for t in range(n_decode - 1):
+            h = tm.embed_tokens(token)[:, None]
+            cos, sin = tm.rotary_emb(h, torch.full((1, 1), seq + t))
+            for lay in tm.layers:
+                h = lay(h, attention_mask=None, position_embeddings=(cos, sin), cache=cache, use_cache=True)
+            logits.append(model.lm_head(tm.norm(h)))
+            token = logits[-1][:, -1].argmax(-1)
+            tokens.append(int(token))
+    return logits, tokens, cache
+
+
+def _logits(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def _greedy(model, inputs, n=6, **kw):
+    with torch.no_grad():
+        return model.generate(**inputs, max_new_tokens=n, do_sample=False, **kw)
+
+
+def _check_against_oracle(model, inputs, method, kinds=("video",), n_decode=4, shallow_mask=None):
+    with sv.apply(model, method) as handle, torch.no_grad():
+        prefill = model(**inputs).logits
+        stats = handle.last_stats
+        out = model.generate(**inputs, max_new_tokens=n_decode, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)
+    stages = [(s.layer, s.kept_positions[0]) for s in stats.stages]
+    visual = prunable(model, inputs, kinds)
+    for _, kept in stages:  # only prunable rows are ever chosen: newlines and text always stay
+        assert bool(visual[kept].all())
+    logits, tokens, cache = staged_forward(model, decoder_input(model, inputs), visual, stages, n_decode,
+                                           shallow_mask)
+    assert prefill.shape == logits[0].shape
+    assert (prefill - logits[0]).abs().max() < 1e-5
+    assert out.sequences[0, -n_decode:].tolist() == tokens
+    for step, (a, b) in enumerate(zip(out.logits, logits, strict=True)):
+        assert (a - b[:, -1]).abs().max() < 1e-4, f"decode step {step}"
+    return stats
+
+
+# ---------------------------------------------------------------- layouts
+def _pooled_video(model, pixels) -> torch.Tensor:
+    """(F, g, g, D): each frame's pooled grid, computed here from the tower's patch features."""
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    cfg = model.config
+    hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[cfg.vision_feature_layer]
+    if cfg.vision_feature_select_strategy == "default":
+        hidden = hidden[:, 1:]  # CLS
+    p = cfg.vision_config.image_size // cfg.vision_config.patch_size
+    grid = hidden.view(pixels.shape[0], p, p, -1)  # the patches are row-major
+    if isinstance(model, LlavaOnevisionForConditionalGeneration):  # project, then bilinear to ceil(p/2)
+        proj = model.model.multi_modal_projector(grid).permute(0, 3, 1, 2)
+        g = -(-p // 2)
+        return torch.nn.functional.interpolate(proj, size=[g, g], mode="bilinear").permute(0, 2, 3, 1)
+    s = cfg.spatial_pool_stride  # average-pool by the stride, then project
+    pooled = torch.nn.functional.avg_pool2d(grid.permute(0, 3, 1, 2), s, s).permute(0, 2, 3, 1)
+    return model.model.multi_modal_projector(pooled)
+
+
+LAYOUT_CASES = [
+    ("onevision", 1, ()),
+    ("onevision", 3, ((20, 40),)),
+    ("onevision", 8, ((40, 20), (16, 16))),  # two images: each one tile + a newline
+    ("onevision", 0, ((33, 17),)),
+    ("onevision_max1", 2, ((20, 40),)),  # anyres_max_1: the 8x16 grid is shrunk to 5x11
+    ("next_video", 1, ()),
+    ("next_video", 5, ((20, 40),)),
+    ("next_video", 4, ((40, 20), (33, 17))),
+]
+
+
+@pytest.mark.parametrize(("family", "frames", "sizes"), LAYOUT_CASES)
+def test_layout_places_every_feature_where_the_model_puts_it(family, frames, sizes):
+    if family == "onevision_max1":
+        model = tiny_llava_onevision(vision_aspect_ratio="anyres_max_1")
+    else:
+        model = FAMILIES[family]()
+    inputs = tiny_llava_inputs(model, frames=frames, image_sizes=sizes)
+    adapter = registry.adapter_for(model)
+    (lay,) = adapter.find_layouts(inputs, inputs["input_ids"].shape[1], 1)
+    embeds = decoder_input(model, inputs)[0]
+    cfg = model.config
+    ids = inputs["input_ids"][0]
+    placeholders = (ids == cfg.video_token_id) | (ids == cfg.image_token_id)
+    in_layout = torch.zeros_like(placeholders)
+    in_layout[lay.positions] = True
+    assert not bool((in_layout & ~placeholders).any())
+    newline = model.model.image_newline
+    # every placeholder left out of the layout holds the newline embedding, and no visual token does
+    assert torch.equal(embeds[placeholders & ~in_layout], newline.expand(int((placeholders & ~in_layout).sum()), -1))
+    assert not bool((embeds[lay.positions] == newline).all(-1).any())
+    images = [it for it in lay.items if it.kind == "image"]
+    videos = [it for it in lay.items if it.kind == "video"]
+    assert len(videos) == (1 if frames else 0)
+    tiled = family == "next_video" or len(sizes) == 1  # OneVision tiles only the image of a one-image sample
+    if tiled:  # base tile, then the anyres grid with a newline closing each of its rows
+        assert len(images) == 2 * len(sizes)
+        expected = sum(grid.h for grid in images[1::2])
+        assert all((base.h, base.w) == (8, 8) for base in images[::2])
+    else:  # one tile and one newline per image
+        assert len(images) == len(sizes) and all((it.h, it.w) == (8, 8) for it in images)
+        expected = len(sizes)
+    if family.startswith("onevision"):
+        expected += len(videos)  # one newline closes each video
+    assert int((placeholders & ~in_layout).sum()) == expected
+    if frames:
+        (video,) = videos
+        assert (video.t, video.h, video.w) == (frames, 4, 4)
+        with torch.no_grad():
+            pooled = _pooled_video(model, inputs["pixel_values_videos"][0])
+        sub = lay.of_kinds(("video",))
+        f0 = int(sub.frame_ids.min())
+        expect = pooled[sub.frame_ids - f0, sub.rows, sub.cols]
+        assert (embeds[sub.positions] - expect).abs().max() < 1e-5  # frame-major, then rows, then cols
+
+
+def _onevision_processor(num_image_tokens: int, strategy: str, pinpoints, aspect: str = "anyres_max_9"):
+    """The processor's own token-count methods on its attributes (no tokenizer, no download)."""
+    from transformers import LlavaOnevisionProcessor as P
+
+    ns = types.SimpleNamespace(num_image_tokens=num_image_tokens, vision_feature_select_strategy=strategy,
+                               vision_aspect_ratio=aspect, image_token="<image>", video_token="<video>",
+                               image_processor=types.SimpleNamespace(image_grid_pinpoints=pinpoints))
+    for name in ("_get_unpadded_features", "_get_number_of_features", "replace_image_token", "replace_video_token"):
+        setattr(ns, name, types.MethodType(getattr(P, name), ns))
+    return ns
+
+
+def _next_video_processor(patch_size: int, pinpoints):
+    from transformers import LlavaNextVideoProcessor as P
+
+    ns = types.SimpleNamespace(patch_size=patch_size, num_additional_image_tokens=1,
+                               vision_feature_select_strategy="default", image_token="<image>",
+                               video_token="<video>",
+                               image_processor=types.SimpleNamespace(image_grid_pinpoints=pinpoints))
+    for name in ("_get_unpadded_features", "_get_number_of_features", "replace_image_token", "replace_video_token"):
+        setattr(ns, name, types.MethodType(getattr(P, name), ns))
+    return ns
+
+
+SIZES = [(480, 640), (1080, 1920), (300, 2000), (2000, 300), (384, 384), (100, 100), (720, 1280), (1024, 768),
+         (37, 3000), (336, 1000), (899, 901)]
+FRAMES = [1, 8, 32, 64]
+
+
+def test_onevision_counts_follow_the_processor_rules():
+    """Real geometry (SigLIP 384/14: 27x27 patches, pooled 14x14; default pinpoints up to 6x6 tiles)."""
+    from transformers import LlavaOnevisionConfig
+
+    cfg = LlavaOnevisionConfig()
+    adapter = LlavaOnevisionAdapter(types.SimpleNamespace(config=cfg))
+    proc = _onevision_processor(729, cfg.vision_feature_select_strategy, cfg.image_grid_pinpoints)
+    for frames in FRAMES:
+        video = {"pixel_values_videos": [np.zeros((frames, 3, 384, 384), dtype=np.float32)]}
+        n = len(proc.replace_video_token(video, 0)) // len("<video>")
+        piece = adapter.video_piece(frames)
+        assert piece.length == n == frames * 196 + 1
+        assert piece.grids == ((frames, 14, 14),) and int(piece.visual.sum()) == n - 1
+    pixels = [[np.zeros((3, 384, 384), dtype=np.float32)]]
+    shrunk = 0
+    for h, w in SIZES:
+        single = {"batch_num_images": [1], "image_sizes": [[h, w]], "pixel_values": pixels}
+        n = len(proc.replace_image_token(single, 0)) // len("<image>")
+        piece = adapter.image_piece((h, w))
+        assert piece.length == n, (h, w)
+        (_, p, q), (_, rows, cols) = piece.grids
+        assert (p, q) == (27, 27) and piece.length == 729 + rows * (cols + 1)
+        shrunk += rows * cols < (piece.tiles - 1) * 729 * 0.5
+        multi = {"batch_num_images": [2], "image_sizes": [[h, w], [h, w]], "pixel_values": pixels}
+        n = len(proc.replace_image_token(multi, 0)) // len("<image>")
+        assert adapter.image_piece((h, w), patched=False).length == n == 730
+    assert shrunk  # some sizes take the anyres_max_9 shrinking branch
+
+
+def test_next_video_counts_follow_the_processor_rules():
+    """Real geometry (CLIP 336/14: 24x24 patches + CLS, stride-2 pooling to 12x12; default pinpoints)."""
+    from transformers import LlavaNextVideoConfig
+
+    cfg = LlavaNextVideoConfig()
+    adapter = LlavaNextVideoAdapter(types.SimpleNamespace(config=cfg))
+    proc = _next_video_processor(14, cfg.image_grid_pinpoints)
+    for frames in FRAMES:
+        video = {"pixel_values_videos": [np.zeros((frames, 3, 336, 336), dtype=np.float32)]}
+        n = len(proc.replace_video_token(video, 0)) // len("<video>")
+        piece = adapter.video_piece(frames, (336, 336))
+        assert piece.length == n == frames * 144 and bool(piece.visual.all())
+        assert piece.grids == ((frames, 12, 12),)
+    for h, w in SIZES:
+        inputs = {"image_sizes": [[h, w]], "pixel_values": [[np.zeros((3, 336, 336), dtype=np.float32)]]}
+        n = len(proc.replace_image_token(inputs, 0)) // len("<image>")
+        piece = adapter.image_piece((h, w))
+        (_, rows, cols) = piece.grids[1]
+        assert piece.length == n == 576 + rows * (cols + 1), (h, w)
+
+
+def test_processor_rule_agrees_with_the_tiny_models():
+    """The tiny factories' counts, checked by the processors' methods at the tiny geometry."""
+    ov = tiny_llava_onevision()
+    proc = _onevision_processor(64, "full", ov.config.image_grid_pinpoints)
+    for h, w in [(20, 40), (40, 20), (33, 17), (16, 16), (47, 5)]:
+        single = {"batch_num_images": [1], "image_sizes": [[h, w]], "pixel_values": [[np.zeros((3, 16, 16))]]}
+        n = len(proc.replace_image_token(single, 0)) // len("<image>")
+        assert n == LlavaOnevisionAdapter(ov).image_piece((h, w)).length
+
+
+# ---------------------------------------------------------------- exactness
+@pytest.mark.parametrize("cfg", [sv.NoPrune(), sv.FastV(retain=1.0, layer=2), sv.UniformPrune(retain=1.0, layer=1)])
+def test_keep_everything_equals_unpatched(llava, cfg):
+    model, inputs = llava
+    ref, ref_gen = _logits(model, inputs), _greedy(model, inputs)
+    with sv.apply(model, cfg) as handle:
+        out, gen = _logits(model, inputs), _greedy(model, inputs)
+    assert out.shape == ref.shape
+    assert (out - ref).abs().max().item() <= 1e-5
+    assert torch.equal(gen, ref_gen)
+    assert handle.last_stats.n_visual == [N_VIDEO]
+
+
+@pytest.mark.parametrize("layer", [1, 2, 3])
+def test_fastv_matches_oracle(llava, layer):
+    model, inputs = llava
+    stats = _check_against_oracle(model, inputs, sv.FastV(retain=0.2, layer=layer))
+    assert stats.stages[0].n_kept == [keep_count(0.2, N_VIDEO)]
+
+
+def test_two_stage_schedule_matches_oracle(llava):
+    model, inputs = llava
+    cfg = sv.Schedule([sv.UniformPrune(retain=0.5, layer=0), sv.FastV(retain=0.25, layer=2)])
+    stats = _check_against_oracle(model, inputs, cfg)
+    assert [s.n_kept for s in stats.stages] == [[64], [32]]
+    assert bool(torch.isin(stats.stages[1].kept_positions[0], stats.stages[0].kept_positions[0]).all())
+
+
+def test_fastv_on_image_and_video_matches_oracle(onevision_mixed):
+    model, inputs = onevision_mixed
+    n_image = 64 + 12 * 24
+    with sv.apply(model, sv.FastV(retain=0.25, layer=2)) as handle, torch.no_grad():
+        model(**inputs)
+    assert handle.last_stats.n_visual == [N_VIDEO]  # targets="video" by default: the image stays whole
+    stats = _check_against_oracle(model, inputs, sv.FastV(retain=0.25, layer=2, targets="all"),
+                                  kinds=("video", "image"))
+    assert stats.n_visual == [N_VIDEO + n_image]
+
+
+def test_beam_search_with_an_image_keeps_exactness(onevision_mixed):
+    # generate() repeats the prompt (and image_sizes / batch_num_images) per beam
+    model, inputs = onevision_mixed
+    ref = _greedy(model, inputs, n=3, num_beams=2)
+    with sv.apply(model, sv.UniformPrune(retain=1.0, layer=1, targets="all")) as handle:
+        out = _greedy(model, inputs, n=3, num_beams=2)
+    assert torch.equal(out, ref)
+    assert handle.last_stats.n_visual == [N_VIDEO + 64 + 12 * 24] * 2
+
+
+@pytest.mark.parametrize("trim", [False, True])
+def test_kv_cache_lengths_and_decode_positions(llava, trim):
+    model, inputs = llava
+    seq = inputs["input_ids"].shape[1]
+    seen = []
+
+    def grab(mod, args, kwargs):
+        seen.append(kwargs["position_embeddings"][0][:, -1].clone())
+
+    h = model.model.language_model.layers[-1].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        _greedy(model, inputs, n=4)
+        ref_pos = seen[1:]
+        seen.clear()
+        with sv.apply(model, sv.FastV(retain=0.25, layer=2), trim_kv=trim), torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
+        pruned_pos = seen[1:]
+    finally:
+        h.remove()
+    assert len(ref_pos) == len(pruned_pos) == 3
+    for a, b in zip(ref_pos, pruned_pos, strict=True):
+        assert torch.equal(a, b)  # decode continues at the unpruned positions
+    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+    kept = seq - N_VIDEO + 32
+    shallow = kept if trim else seq
+    assert [cache.layers[i].keys.shape[-2] for i in range(4)] == [shallow + 3] * 2 + [kept + 3] * 2
+
+
+def test_generate_with_and_without_cache_agree(llava):
+    model, inputs = llava
+    with sv.apply(model, sv.FastV(retain=0.25, layer=2)) as handle:
+        cached = _greedy(model, inputs)
+        kept_cached = handle.last_stats.stages[0].kept[0]
+        uncached = _greedy(model, inputs, use_cache=False)
+        kept_uncached = handle.last_stats.stages[0].kept[0]
+    assert torch.equal(cached, uncached)
+    assert torch.equal(kept_cached, kept_uncached)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("layer", [1, 2])
+def test_fastv_matches_eager_attention_reference(family, layer):
+    sdpa = FAMILIES[family](seed=5)
+    eager = FAMILIES[family](seed=5, attn_implementation="eager")
+    for a, b in zip(sdpa.state_dict().values(), eager.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    inputs = tiny_llava_inputs(sdpa, frames=8, seed=6)
+    with torch.no_grad():
+        att = eager(**inputs, output_attentions=True).attentions[layer]  # (1, H, S, S)
+    vis = torch.nonzero(prunable(sdpa, inputs)).flatten()
+    assert vis.numel() == N_VIDEO
+    ref_scores = att[0, :, -1, vis].mean(0)
+    ref = torch.sort(torch.topk(ref_scores, keep_count(0.3, N_VIDEO)).indices).values
+    for model in (sdpa, eager):
+        with sv.apply(model, sv.FastV(retain=0.3, layer=layer)) as handle, torch.no_grad():
+            model(**inputs)
+        assert torch.equal(handle.last_stats.stages[0].kept[0], ref)
+
+
+def _left_pad(samples):
+    """A processor-like batch: ids left-padded, pixels stacked (image tiles zero-padded to the largest count)."""
+    pad = torch.nn.functional.pad
+    width = max(x["input_ids"].shape[1] for x in samples)
+    out = {k: torch.cat([pad(x[k], (width - x[k].shape[1], 0)) for x in samples])
+           for k in ("input_ids", "attention_mask")}
+    out["pixel_values_videos"] = torch.cat([x["pixel_values_videos"] for x in samples])
+    tiles = max(x["pixel_values"].shape[1] for x in samples)
+    out["pixel_values"] = torch.cat([pad(x["pixel_values"], (0, 0, 0, 0, 0, 0, 0, tiles - x["pixel_values"].shape[1]))
+                                     for x in samples])
+    for k in ("image_sizes", "batch_num_images"):
+        out[k] = torch.cat([x[k] for x in samples])
+    return out
+
+
+@pytest.mark.parametrize("cfg", [sv.FastV(retain=0.25, layer=2), sv.ShaRP(retain=0.25, layer=2),
+                                 sv.Schedule([sv.UniformPrune(retain=0.5, layer=0), sv.FastV(retain=0.25, layer=2)])])
+def test_batched_equals_one_by_one(onevision_mixed, cfg):
+    # images of different sizes (different token counts and grids) before same-size videos, left-padded
+    model, _ = onevision_mixed
+    samples = [tiny_llava_inputs(model, frames=8, image_sizes=((20, 40),), seed=1, question=7),
+               tiny_llava_inputs(model, frames=8, image_sizes=((40, 36),), seed=2, question=3)]
+    batch = _left_pad(samples)
+    gen = dict(max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    with sv.apply(model, cfg) as handle, torch.no_grad():
+        singles, kept = [], []
+        for x in samples:
+            singles.append(model.generate(**x, **gen))
+            kept.append([s.kept[0] for s in handle.last_stats.stages])
+        both = model.generate(**batch, **gen)
+        kept_both = [[s.kept[b] for s in handle.last_stats.stages] for b in range(2)]
+    for b, single in enumerate(singles):
+        assert both.sequences[b, -4:].tolist() == single.sequences[0, -4:].tolist()
+        for step, (lb, ls) in enumerate(zip(both.logits, single.logits, strict=True)):
+            assert (lb[b] - ls[0]).abs().max() < 1e-4, f"sample {b} step {step}"
+        for kb, ks in zip(kept_both[b], kept[b], strict=True):
+            assert torch.equal(kb, ks)
+
+
+# ---------------------------------------------------------------- ShaRP
+def test_sharp_defaults_match_the_segment_masked_oracle(llava):
+    model, inputs = llava
+    seq = inputs["input_ids"].shape[1]
+    visual = prunable(model, inputs)
+    seg = torch.full((seq,), -1)
+    seg[visual] = torch.arange(N_VIDEO) // PER_FRAME  # one segment per frame; the newline is not in one
+    shallow = segment_allowed(seg, "bidirectional")[None, None]
+    cfg = sv.ShaRP(retain=0.2)  # forward-scope mask, reference debias, dedup
+    with sv.apply(model, cfg) as handle, torch.no_grad():
+        prefill = model(**inputs).logits
+        out = model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)
+    stage = handle.last_stats.stages[0]
+    assert stage.n_kept == [keep_count(0.2, N_VIDEO)] and stage.costs.reference_flops > 0
+    logits, tokens, _ = staged_forward(model, decoder_input(model, inputs), visual,
+                                       [(2, stage.kept_positions[0])], 4, shallow)
+    assert (prefill - logits[0]).abs().max() < 1e-5
+    assert out.sequences[0, -4:].tolist() == tokens
+    for a, b in zip(out.logits, logits, strict=True):
+        assert (a - b[:, -1]).abs().max() < 1e-4
+
+
+def test_reference_pass_uses_the_real_positions_and_masks(llava):
+    model, inputs = llava
+    calls = []
+    layer0 = model.model.language_model.layers[0]
+    with sv.apply(model, sv.ShaRP(retain=0.2, debias="reference")), torch.no_grad():
+        # registered after the engine's hook, so it sees what the layer really receives
+        hook = layer0.register_forward_pre_hook(
+            lambda m, a, k: calls.append((a[0], k["position_embeddings"], k.get(RUNS_KWARG))), with_kwargs=True)
+        try:
+            model(**inputs)
+        finally:
+            hook.remove()
+    assert len(calls) == 2  # the real prefill and the reference pass
+    (real_h, real_pe, real_runs), (ref_h, ref_pe, ref_runs) = calls
+    assert real_h.shape == ref_h.shape
+    assert torch.equal(real_pe[0], ref_pe[0]) and torch.equal(real_pe[1], ref_pe[1])
+    assert real_runs is not None and real_runs == ref_runs
+    assert sum(seg for _, _, seg in real_runs.runs) == 8  # one block per frame
+    vis = prunable(model, inputs)
+    assert torch.equal(real_h[0, ~vis], ref_h[0, ~vis])  # text and the newline untouched
+    assert not torch.allclose(real_h[0, vis], ref_h[0, vis])  # frames replaced
+    frames = ref_h[0, vis].view(8, PER_FRAME, -1)  # black frames: every frame has the same features
+    assert torch.allclose(frames, frames[:1].expand_as(frames), atol=1e-5)
+    # and they are the tower's features of a black frame, not a constant
+    assert not torch.allclose(frames[0], frames[0, :1].expand_as(frames[0]))
+
+
+def test_reference_replaces_images_through_the_tower(onevision_mixed):
+    model, inputs = onevision_mixed
+    adapter = registry.adapter_for(model)
+    embeds = decoder_input(model, inputs)
+    layouts = adapter.find_layouts(inputs, embeds.shape[1], 1)
+    ref = adapter.reference_embeds(embeds, layouts, inputs)
+    vis = torch.zeros(embeds.shape[1], dtype=torch.bool)
+    vis[layouts[0].positions] = True
+    assert torch.equal(ref[0, ~vis], embeds[0, ~vis])
+    black = torch.full_like(inputs["pixel_values"], 0.0)
+    black += torch.tensor([-m / s for m, s in zip(adapter.pixel_mean, adapter.pixel_std, strict=True)])[:, None, None]
+    black_video = black[:1, :1].expand(1, 8, -1, -1, -1)
+    expect = decoder_input(model, dict(inputs, pixel_values=black, pixel_values_videos=black_video.contiguous()))
+    assert (ref[0, vis] - expect[0, vis]).abs().max() < 1e-5  # as if black pixels had been fed to the model
+
+
+# ---------------------------------------------------------------- round trip and errors
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_save_load_round_trip(family, tmp_path):
+    model = FAMILIES[family](seed=3)
+    inputs = tiny_llava_inputs(model, frames=8, seed=4)
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path, attn_implementation="sdpa").eval()
+    for cfg in (sv.FastV(retain=0.25, layer=2), sv.ShaRP(retain=0.2)):
+        results = []
+        for m in (model, loaded):
+            with sv.apply(m, cfg) as handle, torch.no_grad():
+                results.append((m(**inputs).logits, handle.last_stats.stages[0].kept[0], _greedy(m, inputs, n=3)))
+        (a, ka, ga), (b, kb, gb) = results
+        assert torch.equal(ka, kb) and torch.equal(ga, gb)
+        assert (a - b).abs().max() < 1e-6
+
+
+def test_inputs_embeds_only_is_refused(llava):
+    model, inputs = llava
+    with torch.no_grad():
+        embeds = model.model.get_input_embeddings()(inputs["input_ids"])
+    with sv.apply(model, sv.FastV()), torch.no_grad(), pytest.raises(sv.InputError, match="needs `input_ids`"):
+        model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"])
+
+
+def test_missing_image_sizes_and_mismatched_runs(onevision_mixed):
+    model, inputs = onevision_mixed
+    adapter = registry.adapter_for(model)
+    seq = inputs["input_ids"].shape[1]
+    no_sizes = {k: v for k, v in inputs.items() if k not in ("image_sizes", "batch_num_images")}
+    with pytest.raises(sv.InputError, match="missing `image_sizes`"):
+        adapter.find_layouts(no_sizes, seq, 1)
+    with pytest.raises(sv.InputError, match="does not match"):
+        adapter.find_layouts(dict(inputs, pixel_values_videos=inputs["pixel_values_videos"][:, :5]), seq, 1)
+    with pytest.raises(sv.InputError, match="does not match"):
+        adapter.find_layouts(dict(inputs, image_sizes=torch.tensor([[40, 40]])), seq, 1)
+    # without the pixels, a run of one video still gives its frame count
+    no_pixels = {k: v for k, v in inputs.items() if k != "pixel_values_videos"}
+    assert adapter.find_layouts(no_pixels, seq, 1)[0].items[-1].t == 8
+
+
+def test_registered_adapters():
+    from transformers import LlavaNextVideoForConditionalGeneration, LlavaOnevisionForConditionalGeneration
+
+    names = registry.supported()
+    for cls in (LlavaOnevisionForConditionalGeneration, LlavaNextVideoForConditionalGeneration):
+        assert any(n.startswith(cls.__name__) for n in names)
