@@ -265,12 +265,14 @@ def test_sharp_defaults_reference_pass(dense):
     model, inputs = dense
     calls, raw0 = [], []
     layers = model.model.language_model.layers
+    # registered before the engine's: sees layer 0's own output, before the deepstack addition
+    raw_hook = layers[0].register_forward_hook(lambda m, a, out: raw0.append(out))
     with sv.apply(model, sv.ShaRP()) as handle, torch.no_grad():
         hooks = [
+            raw_hook,
             layers[0].register_forward_pre_hook(
                 lambda m, a, k: calls.append((0, a[0], k["position_embeddings"], k.get(RUNS_KWARG))),
                 with_kwargs=True),
-            layers[0].register_forward_hook(lambda m, a, out: raw0.append(out)),
             layers[1].register_forward_pre_hook(lambda m, a, k: calls.append((1, a[0], None, None)),
                                                 with_kwargs=True),
         ]
@@ -481,8 +483,12 @@ def test_save_load_round_trip_then_apply(dense, tmp_path):
     assert torch.equal(out, ref)
 
 
-def test_a_text_model_without_deepstack_process_is_refused_at_apply(monkeypatch):
+def test_a_text_model_without_deepstack_inputs_is_refused_at_apply(monkeypatch):
     model = tiny_qwen3_vl(layers=2, deepstack=(0,))
-    monkeypatch.delattr(type(model.model.language_model), "_deepstack_process")
-    with pytest.raises(sv.UnsupportedModelError, match="_deepstack_process"):
+
+    def forward(self, input_ids=None, inputs_embeds=None, **kwargs):  # a release that renamed the deepstack inputs
+        raise AssertionError("not called")
+
+    monkeypatch.setattr(type(model.model.language_model), "forward", forward)
+    with pytest.raises(sv.UnsupportedModelError, match="deepstack_visual_embeds"):
         sv.apply(model, sv.FastV(retain=0.5, layer=1))

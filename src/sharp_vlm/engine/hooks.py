@@ -106,6 +106,8 @@ class Engine:
         self._handles.append(tm.register_forward_hook(self._decoder_post, with_kwargs=True))
         for i, layer in enumerate(self.adapter.layers()):
             self._handles.append(layer.register_forward_pre_hook(self._layer_pre(i), with_kwargs=True))
+            if self.adapter.adds_inside_decoder():
+                self._handles.append(layer.register_forward_hook(self._layer_post(i)))
         if self.seg is not None and not self._eager:
             # block-wise SDPA (segment_attention.py) instead of a dense mask; FlashAttention takes no arbitrary
             # mask, so it switches too. Eager keeps the dense additive mask (its exact computation was asked for).
@@ -187,7 +189,8 @@ class Engine:
             return None
         self._start_prefill(ref)
         self._pre.embeds = embeds if embeds is not None else self.adapter.embed(ids)
-        return None
+        kwargs, self._pre.adapter_state = self.adapter.prefill_state(kwargs)
+        return args, kwargs
 
     def _decoder_post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         pre, self._pre = self._pre, None
@@ -231,6 +234,17 @@ class Engine:
             if i < self.last_stage:
                 pre.layer_kwargs[i] = {k: kwargs.get(k) for k in ("attention_mask", "position_ids", RUNS_KWARG)}
             return args, kwargs
+
+        return hook
+
+    def _layer_post(self, i: int):
+        def hook(module: nn.Module, args: tuple, output: Any) -> Any:
+            pre = self._pre
+            if self._in_reference or pre is None:
+                return None
+            h = output[0] if isinstance(output, tuple) else output
+            h = self.adapter.after_layer(i, h, pre.rows.rows, pre.adapter_state)
+            return (h, *output[1:]) if isinstance(output, tuple) else h
 
         return hook
 

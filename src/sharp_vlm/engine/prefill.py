@@ -22,6 +22,7 @@ class Prefill:
     call: dict[str, Any]  # the outer model call's kwargs (grids, masks) for the adapter
     full_layouts: list[VisualLayout] | None = None  # every visual token (the reference input replaces them all)
     embeds: torch.Tensor | None = None  # decoder input, for the reference pass
+    adapter_state: Any = None  # what the adapter adds inside the decoder (Adapter.prefill_state)
     pos_emb: tuple[torch.Tensor, torch.Tensor] | None = None  # (cos, sin) of the original rows
     pos_emb_cur: tuple[torch.Tensor, torch.Tensor] | None = None  # ... of the current rows
     stages_done: int = 0

@@ -60,6 +60,7 @@ def reference_hidden(
     h = ref.to(pre.embeds.dtype)
     for op in pre.ops_before_decoder:
         h = op.run(h)
+    state = adapter.reference_state(pre.full_layouts, pre.call, pre.batch, pre.seq_len)
     layers = adapter.layers()
     with bypass_hooks(), torch.no_grad():
         for i in range(stage_layer):
@@ -75,4 +76,5 @@ def reference_hidden(
                 **runs,
             )
             h = out[0] if isinstance(out, tuple) else out
+            h = adapter.after_layer(i, h, pre.rows.rows, state)
     return h

@@ -140,6 +140,30 @@ class Adapter:
         """The decoder input with every visual token replaced by a content-free one (same count, same places)."""
         raise NotImplementedError
 
+    # ---------------------------------------------------------------- inputs added inside the decoder
+    def prefill_state(self, decoder_kwargs: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+        """At the start of a prefill: the decoder's kwargs (possibly changed) and the family's per-call state.
+
+        A family whose decoder adds inputs between layers at the visual rows (Qwen3-VL's deepstack) takes them
+        out of the decoder's hands here and adds them itself in `after_layer`, on the rows still present.
+        """
+        return decoder_kwargs, None
+
+    def after_layer(self, index: int, hidden: torch.Tensor, rows: torch.Tensor, state: Any) -> torch.Tensor:
+        """The output of decoder layer `index` during a prefill; rows: (B, S_cur) original positions of its rows.
+
+        Also called in the reference pass with `reference_state`'s state. Default: unchanged.
+        """
+        return hidden
+
+    def reference_state(self, layouts: list[VisualLayout], call: dict[str, Any], batch: int, seq_len: int) -> Any:
+        """`prefill_state`'s state for the content-free reference input."""
+        return None
+
+    def adds_inside_decoder(self) -> bool:
+        """Whether `after_layer` does anything (the engine hooks the layers' outputs only then)."""
+        return type(self).after_layer is not Adapter.after_layer
+
     def gather_layer_kwargs(self, kwargs: dict[str, Any], take: Take) -> dict[str, Any]:
         """Family-specific per-row tensors among a layer's kwargs, gathered to the rows left after a stage.
 

@@ -8,18 +8,16 @@ tokens (the timestamps and start/end markers between blocks are text, so they ar
 rows and cols come out per temporal patch as for Qwen2.5-VL. An image is one item of its own grid.
 
 Deepstack. `Qwen3VLTextModel.forward` adds, after decoder layer i < len(deepstack_visual_embeds), the i-th
-deepstack features at `visual_pos_masks` (`_deepstack_process`: `hidden[mask] += embeds`). Once a stage has
-dropped rows that mask and those features no longer match the hidden states. This adapter keeps them aligned
-without touching the engine: for the duration of a prefill it shadows `_deepstack_process` on the text-model
-instance with a version that gathers the mask and the features to the current rows (the rows come from the
-`take` the engine hands to `gather_layer_kwargs`); the shadow removes itself after the last deepstack layer.
-The reference pass (ShaRP's debiasing) runs the layers one by one without the text model's loop, so the adapter
-adds the deepstack features of the black reference frames itself, through one-shot forward hooks armed by
-`reference_embeds` and disarmed at the next gather.
+deepstack features at `visual_pos_masks` (`hidden[mask] += embeds`). Once a stage has dropped rows, that mask
+and those features no longer match the hidden states. So the adapter takes both out of the decoder's kwargs at
+the start of a prefill (`prefill_state`) and adds the features itself after those layers (`after_layer`), on
+the rows still present, each kept visual row with its own feature. The reference pass (ShaRP's debiasing) gets
+the black frames' deepstack features the same way (`reference_state`).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +26,6 @@ from torch import nn
 
 from ..core.layout import VisualItem, VisualLayout
 from ..errors import InputError, UnsupportedModelError
-from .base import Take
 from .qwen_vl import _IMAGE, _VIDEO, QwenVLAdapter, _grid_list, _runs
 
 # Qwen3-VL's image and video processors normalise with mean = std = 0.5 per channel: black becomes -1.
@@ -43,18 +40,17 @@ class Qwen3VLAdapter(QwenVLAdapter):
     def __init__(self, model: nn.Module):
         super().__init__(model)
         self._deepstack: dict[tuple, list[torch.Tensor]] = {}  # black frames' deepstack features, per grid
-        self._take: Take | None = None  # this prefill's gather to the current rows (None: nothing pruned yet)
-        self._ds_calls = 0  # deepstack layers the shadow has seen in this prefill
-        self._ref_hooks: list[Any] = []
 
     def check(self) -> None:
         super().check()
-        # the deepstack alignment shadows this method of the text model (transformers 5.x); refuse at apply()
-        # rather than misalign if a release renames it
-        if self._n_deepstack() and not callable(getattr(type(self.text_model()), "_deepstack_process", None)):
+        # the deepstack inputs are taken from the decoder's kwargs by name (transformers 5.x); refuse at apply()
+        # rather than misalign if a release renames them
+        params = inspect.signature(type(self.text_model()).forward).parameters
+        if self._n_deepstack() and not {"visual_pos_masks", "deepstack_visual_embeds"} <= set(params):
             raise UnsupportedModelError(
-                f"{type(self.model).__name__}: its text model has no `_deepstack_process`, which the pruning engine "
-                "needs to keep the deepstack features on the kept rows; this transformers version is not supported"
+                f"{type(self.model).__name__}: its text model takes no `visual_pos_masks` / "
+                "`deepstack_visual_embeds`, which the pruning engine re-adds on the kept rows; this transformers "
+                "version is not supported"
             )
 
     # ---------------------------------------------------------------- layouts
@@ -124,11 +120,6 @@ class Qwen3VLAdapter(QwenVLAdapter):
                     "the prompt and the grids come from different processor calls"
                 )
             layouts.append(VisualLayout.from_grid(torch.nonzero(vis).flatten(), items))
-        # a new prefill: nothing pruned yet, no reference pass pending
-        self._take = None
-        self._disarm_reference()
-        if any(lay.n_visual for lay in layouts) and self._n_deepstack():
-            self._shadow_deepstack()
         return layouts
 
     # ---------------------------------------------------------------- deepstack, real pass
@@ -136,49 +127,26 @@ class Qwen3VLAdapter(QwenVLAdapter):
         n = len(getattr(self.model.config.vision_config, "deepstack_visual_indexes", None) or ())
         return min(n, self.n_layers)
 
-    def _shadow_deepstack(self) -> None:
-        """Shadow `_deepstack_process` on this text-model instance until its last deepstack layer of this call."""
-        tm = self.text_model()
-        tm.__dict__.pop("_deepstack_process", None)
-        original = tm._deepstack_process  # the class's method, bound
-        self._ds_calls = 0
+    def prefill_state(self, decoder_kwargs: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+        masks = decoder_kwargs.get("visual_pos_masks")
+        embeds = decoder_kwargs.get("deepstack_visual_embeds")
+        if masks is None or not embeds:
+            return decoder_kwargs, None
+        # the decoder would add them on the full rows; after_layer adds them on the rows still present
+        return dict(decoder_kwargs, visual_pos_masks=None, deepstack_visual_embeds=None), (masks, list(embeds))
 
-        def deepstack_process(hidden: torch.Tensor, masks: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
-            self._ds_calls += 1
-            if self._ds_calls >= self._n_deepstack():
-                tm.__dict__.pop("_deepstack_process", None)
-            if self._take is None or masks.shape[:2] == hidden.shape[:2]:
-                return original(hidden, masks, embeds)
-            return self._gathered_deepstack(hidden, masks, embeds, self._take)
-
-        tm._deepstack_process = deepstack_process
-
-    @staticmethod
-    def _gathered_deepstack(hidden: torch.Tensor, masks: torch.Tensor, embeds: torch.Tensor, take: Take
-                            ) -> torch.Tensor:
-        """`hidden[mask] += embeds` on the kept rows only: `embeds` lists the visual rows of the full (B, S)
-        sequence in row-major order; the kept visual rows take their own feature."""
+    def after_layer(self, index: int, hidden: torch.Tensor, rows: torch.Tensor, state: Any) -> torch.Tensor:
+        if state is None or index >= len(state[1]):
+            return hidden
+        masks, embeds = state
         masks = masks.to(hidden.device)
-        batch, seq = masks.shape
-        rows = take(torch.arange(seq, device=hidden.device).expand(batch, seq), 1)
-        if rows.shape[1] != hidden.shape[1]:
-            raise InputError(
-                f"deepstack: {hidden.shape[1]} hidden rows but {rows.shape[1]} kept rows; the pruning engine and "
-                "the model disagree on the sequence"
-            )
-        index = (torch.cumsum(masks.flatten().long(), 0) - 1).view(batch, seq)
+        # embeds list the visual rows of the full (B, S) batch in row-major order
+        index_of = (torch.cumsum(masks.flatten().long(), 0) - 1).view(masks.shape)
         kept = torch.gather(masks, 1, rows)
-        src = torch.gather(index, 1, rows)[kept]
+        src = torch.gather(index_of, 1, rows)[kept]
         out = hidden.clone()
-        out[kept] = out[kept] + embeds.to(hidden.device, hidden.dtype)[src]
+        out[kept] = out[kept] + embeds[index].to(hidden.device, hidden.dtype)[src]
         return out
-
-    def gather_layer_kwargs(self, kwargs: dict[str, Any], take: Take) -> dict[str, Any]:
-        # called before every layer after a stage: the reference pass (inside the stage) is over, and the
-        # deepstack addition after this layer uses these rows
-        self._disarm_reference()
-        self._take = take
-        return kwargs
 
     # ---------------------------------------------------------------- deepstack, reference pass
     def _black_outputs(self, kind_id: int, grid: tuple[int, int, int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -207,59 +175,23 @@ class Qwen3VLAdapter(QwenVLAdapter):
     def _black_features(self, kind_id: int, grid: tuple[int, int, int]) -> torch.Tensor:
         return self._black_outputs(kind_id, grid)[0]
 
-    def reference_embeds(
-        self, embeds: torch.Tensor, layouts: list[VisualLayout], call: dict[str, Any]
-    ) -> torch.Tensor:
-        """Black frames of the same grids replace the visual features; their deepstack features are added after
-        the first decoder layers of the reference pass, as the model adds the real ones."""
-        out = super().reference_embeds(embeds, layouts, call)
+    def reference_state(self, layouts: list[VisualLayout], call: dict[str, Any], batch: int, seq_len: int) -> Any:
+        """The black frames' deepstack features at the visual positions, as `prefill_state` holds the real ones."""
         n_ds = self._n_deepstack()
-        if not n_ds:
-            return out
+        if not n_ds or not any(lay.n_visual for lay in layouts):
+            return None
         m = self._merge()
-        per_sample = []  # (original visual positions, [features per deepstack layer])
-        for lay in layouts:
-            feats: list[list[torch.Tensor]] = [[] for _ in range(n_ds)]
+        device = layouts[0].positions.device
+        masks = torch.zeros(batch, seq_len, dtype=torch.bool, device=device)
+        per_layer: list[list[torch.Tensor]] = [[] for _ in range(n_ds)]
+        for b, lay in enumerate(layouts):
+            masks[b, lay.positions] = True
             for it in lay.items:
                 kind_id = _VIDEO if it.kind == "video" else _IMAGE
                 ds = self._black_outputs(kind_id, (it.t, it.h * m, it.w * m))[1]
                 for j in range(n_ds):
-                    feats[j].append(ds[j])
-            per_sample.append((lay.positions.to(out.device),
-                               [torch.cat(f).to(out.device, out.dtype) if f else None for f in feats]))
-        batch, seq = embeds.shape[:2]
-        take = self._take
-        rows = torch.arange(seq, device=out.device).expand(batch, seq)
-        rows = take(rows, 1) if take is not None else rows  # a layer-0 stage ran before the reference pass
-        self._arm_reference(per_sample, rows, n_ds)
-        return out
-
-    def _arm_reference(self, per_sample: list, rows: torch.Tensor, n_ds: int) -> None:
-        self._disarm_reference()
-        layers = self.layers()
-        for j in range(n_ds):
-            def add(module: nn.Module, args: tuple, output: Any, j: int = j) -> Any:
-                handle = self._ref_hooks[j] if j < len(self._ref_hooks) else None
-                if handle is not None:  # one shot
-                    handle.remove()
-                h = output[0] if isinstance(output, tuple) else output
-                if h.shape[1] != rows.shape[1]:
-                    return None
-                h = h.clone()
-                for b, (positions, feats) in enumerate(per_sample):
-                    if feats[j] is None or not positions.numel():
-                        continue
-                    at = torch.searchsorted(positions, rows[b]).clamp(max=positions.numel() - 1)
-                    vis = positions[at] == rows[b]
-                    h[b, vis] = h[b, vis] + feats[j][at[vis]]
-                return (h, *output[1:]) if isinstance(output, tuple) else h
-
-            self._ref_hooks.append(layers[j].register_forward_hook(add))
-
-    def _disarm_reference(self) -> None:
-        for handle in self._ref_hooks:
-            handle.remove()
-        self._ref_hooks.clear()
+                    per_layer[j].append(ds[j])
+        return masks, [torch.cat(f) for f in per_layer]
 
 
 def register(register_adapter: Callable[..., None]) -> None:
