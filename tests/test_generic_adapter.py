@@ -28,20 +28,6 @@ def test_keep_everything_equals_unpatched():
     assert torch.equal(gen, ref_gen)
 
 
-def test_fastv_matches_eager_reference_on_llama():
-    sdpa, eager = tiny_llama(seed=3), tiny_llama(seed=3, attn_implementation="eager")
-    ids = _ids(seed=1)
-    with torch.no_grad():
-        att = eager(input_ids=ids, output_attentions=True).attentions[2]
-    vis = torch.arange(SPAN.start, SPAN.start + SPAN.n_tokens)
-    ref = torch.sort(torch.topk(att[0, :, -1, vis].mean(0), 13).indices).values
-    for model in (sdpa, eager):
-        with sv.apply(model, sv.FastV(retain=0.1, layer=2), span=SPAN) as handle, torch.no_grad():
-            model(input_ids=ids)
-        assert torch.equal(handle.last_stats.stages[0].kept[0], ref)
-        assert handle.last_stats.stages[0].kept_positions[0].tolist() == (ref + SPAN.start).tolist()
-
-
 def test_cache_and_no_cache_agree_and_span_can_change():
     model = tiny_llama(seed=4)
     with sv.apply(model, sv.FastV(retain=0.25, layer=1), span=SPAN) as handle, torch.no_grad():
@@ -74,7 +60,7 @@ def _tiny_decoder(family: str, attn: str):
 
 
 
-@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "phi", "phi3", "olmo2", "cohere"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "phi", "phi3", "olmo2", "cohere"])
 def test_fastv_matches_eager_reference_on_each_decoder_family(family):
     sdpa, eager = _tiny_decoder(family, "sdpa"), _tiny_decoder(family, "eager")
     eager.load_state_dict(sdpa.state_dict())
@@ -87,6 +73,7 @@ def test_fastv_matches_eager_reference_on_each_decoder_family(family):
         with sv.apply(model, sv.FastV(retain=0.1, layer=2), span=SPAN) as handle, torch.no_grad():
             model(input_ids=ids)
         assert torch.equal(handle.last_stats.stages[0].kept[0], ref)
+        assert handle.last_stats.stages[0].kept_positions[0].tolist() == (ref + SPAN.start).tolist()
     with sv.apply(sdpa, sv.FastV(retain=1.0, layer=2), span=SPAN), torch.no_grad():
         out = sdpa(input_ids=ids).logits
     with torch.no_grad():

@@ -35,6 +35,7 @@ PIXEL_STD = (0.5, 0.5, 0.5)
 
 class Qwen3VLAdapter(QwenVLAdapter):
     name = "qwen3-vl"
+    family = "Qwen3-VL"
     generate_kwargs = ("image_grid_thw", "video_grid_thw", "attention_mask")
 
     def __init__(self, model: nn.Module):
@@ -55,24 +56,7 @@ class Qwen3VLAdapter(QwenVLAdapter):
 
     # ---------------------------------------------------------------- layouts
     def find_layouts(self, call: dict[str, Any], seq_len: int, batch: int) -> list[VisualLayout]:
-        input_ids = call.get("input_ids")
-        if input_ids is None:
-            raise InputError(
-                "Qwen3-VL pruning needs `input_ids` (the visual placeholder tokens locate the video); "
-                "call the model with the processor's input_ids rather than inputs_embeds"
-            )
-        cfg = self.model.config
-        types = call.get("mm_token_type_ids")
-        if types is None:
-            if bool(((input_ids == cfg.video_token_id) | (input_ids == cfg.image_token_id)).any()):
-                raise InputError(
-                    "Qwen3-VL inputs are missing `mm_token_type_ids`; pass every tensor the processor returns "
-                    "(e.g. model.generate(**inputs)) so that the video tokens and their 3-D positions are known"
-                )
-            raise InputError(
-                "no visual tokens in the prompt: the input has no image or video placeholder tokens; "
-                "build the inputs with the processor from a message that contains a video"
-            )
+        types = self._token_types(call)
         m = self._merge()
         # a video's grid covers t blocks of one temporal patch each, one per vision_start/end pair
         units = {

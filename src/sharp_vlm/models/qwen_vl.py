@@ -34,11 +34,14 @@ class QwenVLAdapter(Adapter):
     def _merge(self) -> int:
         return int(self.model.config.vision_config.spatial_merge_size)
 
-    def find_layouts(self, call: dict[str, Any], seq_len: int, batch: int) -> list[VisualLayout]:
+    family = "Qwen-VL"
+
+    def _token_types(self, call: dict[str, Any]) -> torch.Tensor:
+        """`mm_token_type_ids` (0 text, 1 image, 2 video), or a clear error when the call cannot give them."""
         input_ids = call.get("input_ids")
         if input_ids is None:
             raise InputError(
-                "Qwen-VL pruning needs `input_ids` (the visual placeholder tokens locate the video); "
+                f"{self.family} pruning needs `input_ids` (the visual placeholder tokens locate the video); "
                 "call the model with the processor's input_ids rather than inputs_embeds"
             )
         cfg = self.model.config
@@ -46,13 +49,17 @@ class QwenVLAdapter(Adapter):
         if types is None:
             if bool(((input_ids == cfg.video_token_id) | (input_ids == cfg.image_token_id)).any()):
                 raise InputError(
-                    "Qwen-VL inputs are missing `mm_token_type_ids`; pass every tensor the processor returns "
+                    f"{self.family} inputs are missing `mm_token_type_ids`; pass every tensor the processor returns "
                     "(e.g. model.generate(**inputs)) so that the video tokens and their 3-D positions are known"
                 )
             raise InputError(
                 "no visual tokens in the prompt: the input has no image or video placeholder tokens; "
                 "build the inputs with the processor from a message that contains a video"
             )
+        return types
+
+    def find_layouts(self, call: dict[str, Any], seq_len: int, batch: int) -> list[VisualLayout]:
+        types = self._token_types(call)
         grids = {
             _IMAGE: iter(_grid_list(call.get("image_grid_thw"))),
             _VIDEO: iter(_grid_list(call.get("video_grid_thw"))),
