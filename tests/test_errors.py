@@ -160,6 +160,8 @@ def test_user_loads_broken_or_missing_config_files(tmp_path):
         sv.load_config('{"method": "fastv",')
     with pytest.raises(sv.ConfigError, match="does not exist"):
         sv.load_config(tmp_path / "configs" / "mine")
+    with pytest.raises(sv.ConfigError, match="neither an existing file nor a mapping"):
+        sv.load_config("mine")
     with pytest.raises(sv.ConfigError, match="none has no option.s. retain; its options: none"):
         sv.load_config({"method": "none", "retain": 0.1})
 

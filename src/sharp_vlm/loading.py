@@ -62,6 +62,8 @@ def load_config(source: str | Path | dict[str, Any]) -> Method:
             yaml.safe_load(text))
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         raise ConfigError(f"the config is not valid JSON/YAML: {err}") from None
+    if isinstance(data, str) and data == text.strip():
+        raise ConfigError(f"config {text!r} is neither an existing file nor a mapping with a 'method' key")
     if not isinstance(data, dict):
         raise ConfigError("a config must be a mapping with a 'method' key, e.g. {'method': 'fastv', 'retain': 0.1}")
     return from_dict(data)
