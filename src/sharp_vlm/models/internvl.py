@@ -28,13 +28,14 @@ never replaced in the reference pass. A block of n > 1 tiles is an image: one `V
   with the labels (`adapter.use_processor(processor)`): a one-tile block is frame k of a video when the tokens
     right before its `<img>` are the processor's label `Frame{k}: ` as its tokenizer encodes it; label 1 starts a
     new video, k + 1 continues it, anything else is an image. This splits adjacent videos and images exactly as
-    long as the tokenizer encodes the label the same alone as inside the prompt (true for the Qwen2 / Qwen3 BPE,
-    which splits a newline off before letters).
+    long as the tokenizer encodes the label the same alone as inside the prompt (expected for the Qwen2 / Qwen3
+    BPE, whose pre-tokenizer splits a newline off before letters; not checked against a real tokenizer here).
 
 Reference input (ShaRP's debiasing): black tiles of the call's tile size through the model's own vision tower,
 pixel shuffle and projector, one per tile (the tower encodes tiles independently), at the same positions.
 Black is 0 normalised with the processor's mean/std: the InternVL-hf checkpoints' processors use ImageNet statistics
-(upstream `models/internvl/convert_internvl_weights_to_hf.py`, `write_image_processor`: mean (0.485, 0.456, 0.406),
+(upstream `models/internvl/convert_internvl_weights_to_hf.py`, not in the wheel, `write_image_processor`: mean
+(0.485, 0.456, 0.406),
 std (0.229, 0.224, 0.225); the video processor falls back to that same preprocessor config). The processor classes'
 own defaults are the OpenAI CLIP statistics (`GotOcr2ImageProcessor.image_mean/std`,
 `InternVLVideoProcessor.image_mean/std`); `use_processor` copies whatever the processor at hand uses.

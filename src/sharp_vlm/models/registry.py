@@ -59,6 +59,7 @@ def _register_builtin() -> None:
     )
 
     from .decoders import CohereAdapter, Olmo2Adapter, Phi3Adapter, PhiAdapter
+    from .internvl import register as register_internvl
     from .llava_onevision import register as register_llava
     from .qwen3_vl import register as register_qwen3_vl
 
@@ -74,6 +75,7 @@ def _register_builtin() -> None:
         register_adapter(cls, adapter, "decoder-only, with span=sv.VideoSpan(...)")
     register_llava(register_adapter)
     register_qwen3_vl(register_adapter)
+    register_internvl(register_adapter)
 
 
 _register_builtin()

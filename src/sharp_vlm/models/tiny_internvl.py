@@ -70,7 +70,14 @@ def tiny_internvl(
     for c in (cfg, cfg.text_config, cfg.vision_config):
         c._attn_implementation = attn_implementation
     torch.manual_seed(seed)
-    return InternVLForConditionalGeneration(cfg).eval()
+    model = InternVLForConditionalGeneration(cfg).eval()
+    # transformers zero-initialises the tower's CLS token and position embeddings; trained ones are not zero, and
+    # with zeros every patch of a uniform (black) tile would give the same feature
+    emb = model.model.vision_tower.embeddings
+    with torch.no_grad():
+        emb.cls_token.normal_(std=0.02)
+        emb.position_embeddings.normal_(std=0.02)
+    return model
 
 
 class CharTokenizer:

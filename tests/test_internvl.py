@@ -1,0 +1,560 @@
+"""InternVL (Qwen2 / Qwen3 / LLaMA decoders) on the engine: layouts against the model's own features and the
+processor's token rules, exactness against a hand-written pruned forward at prefill and decode, cache lengths,
+FastV against eager attention, ShaRP's reference pass, save/load. Tiny random-weight models, no downloads.
+
+The oracle defines the prunable rows independently of the adapter: the `<IMG_CONTEXT>` tokens of the video (the
+factory writes the images, then the video), never the `<img>` / `</img>` markers or the `Frame{k}: ` labels.
+"""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from transformers import DynamicCache
+
+import sharp_vlm as sv
+from sharp_vlm.core.budget import keep_count
+from sharp_vlm.core.layout import VisualItem
+from sharp_vlm.core.masks import segment_allowed
+from sharp_vlm.engine.segment_attention import RUNS_KWARG
+from sharp_vlm.models import registry
+from sharp_vlm.models.internvl import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    InternVLAdapter,
+    register,
+)
+from sharp_vlm.models.tiny_internvl import CharTokenizer, image_tiles, tiny_internvl, tiny_internvl_inputs
+
+PER_FRAME = 16  # 16 px tiles, 2 px patches: 8 x 8 patches shuffled to 4 x 4
+N_VIDEO = 8 * PER_FRAME
+IMAGE = ("image", (20, 40))  # a 2 x 1 canvas: 2 crops + the thumbnail = 3 tiles
+N_IMAGE = 3 * PER_FRAME
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _registered():
+    """The adapter registered (restored afterwards), on one thread (tiny matmuls are slower on two busy cores)."""
+    saved, threads = dict(registry._ADAPTERS), torch.get_num_threads()
+    register(registry.register_adapter)
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    registry._ADAPTERS.clear()
+    registry._ADAPTERS.update(saved)
+
+
+@pytest.fixture(scope="module", params=["qwen2", "qwen3"])
+def family(request):
+    model = tiny_internvl(request.param)
+    return model, tiny_internvl_inputs(model)
+
+
+@pytest.fixture(scope="module")
+def qwen2():
+    model = tiny_internvl("qwen2")
+    return model, tiny_internvl_inputs(model)
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    """A 3-tile image, then an 8-frame video."""
+    model = tiny_internvl("qwen2", seed=1)
+    return model, tiny_internvl_inputs(model, (IMAGE, ("video", 8)), seed=2)
+
+
+# ---------------------------------------------------------------- the oracle
+def decoder_input(model, inputs) -> torch.Tensor:
+    """inputs_embeds the unpatched model hands its decoder (positions are 0..S-1: position_ids is None)."""
+    seen = {}
+
+    def grab(mod, args, kwargs):
+        seen["embeds"] = kwargs["inputs_embeds"]
+        seen["pos"] = kwargs.get("position_ids")
+
+    h = model.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
+    with torch.no_grad():
+        model(**inputs)
+    h.remove()
+    assert seen["pos"] is None
+    return seen["embeds"]
+
+
+def prunable(model, inputs, skip: int = 0) -> torch.Tensor:
+    """(S,) bool: the context tokens, less the first `skip` of them (the images before the video)."""
+    ctx = inputs["input_ids"][0] == model.config.image_token_id
+    ctx[torch.nonzero(ctx).flatten()[:skip]] = False
+    return ctx
+
+
+def staged_forward(model, embeds, visual, stages, n_decode, shallow_mask=None):
+    """(logits per step, greedy tokens, cache). stages: [(layer, kept original positions)], increasing layers.
+
+    Layers before the first stage run on every row (under `shallow_mask` if given), each stage keeps the
+    non-visual rows and the kept visual rows with their original positions, greedy decoding continues at S, S+1...
+    """
+    tm = model.model.language_model
+    seq = embeds.shape[1]
+    cache = DynamicCache(config=tm.config)
+    stage_at = dict(stages)
+    first = stages[0][0] if stages else len(tm.layers)
+    with torch.no_grad():
+        h = embeds
+        cos, sin = tm.rotary_emb(h, torch.arange(seq)[None])
+        rows = torch.arange(seq)
+        for i, lay in enumerate(tm.layers):
+            if i in stage_at:
+                keep = ~visual[rows] | torch.isin(rows, stage_at[i])
+                h, cos, sin, rows = h[:, keep], cos[:, keep], sin[:, keep], rows[keep]
+            mask = shallow_mask if i < first else None
+            h = lay(h, attention_mask=mask, position_embeddings=(cos, sin), cache=cache, use_cache=True)
+        logits = [model.lm_head(tm.norm(h))]
+        token = logits[-1][:, -1].argmax(-1)
+        tokens = [int(token)]
+        for t in range(n_decode - 1):
+            h = tm.embed_tokens(token)[:, None]
+            cos, sin = tm.rotary_emb(h, torch.full((1, 1), seq + t))
+            for lay in tm.layers:
+                h = lay(h, attention_mask=None, position_embeddings=(cos, sin), cache=cache, use_cache=True)
+            logits.append(model.lm_head(tm.norm(h)))
+            token = logits[-1][:, -1].argmax(-1)
+            tokens.append(int(token))
+    return logits, tokens, cache
+
+
+def _logits(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def _greedy(model, inputs, n=6, **kw):
+    with torch.no_grad():
+        return model.generate(**inputs, max_new_tokens=n, do_sample=False, **kw)
+
+
+def _check_against_oracle(model, inputs, method, skip=0, n_decode=4, shallow_mask=None):
+    with sv.apply(model, method) as handle, torch.no_grad():
+        prefill = model(**inputs).logits
+        stats = handle.last_stats
+        out = model.generate(**inputs, max_new_tokens=n_decode, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)
+    stages = [(s.layer, s.kept_positions[0]) for s in stats.stages]
+    visual = prunable(model, inputs, skip)
+    for _, kept in stages:  # only prunable rows are ever chosen: markers, labels and text always stay
+        assert bool(visual[kept].all())
+    logits, tokens, _ = staged_forward(model, decoder_input(model, inputs), visual, stages, n_decode, shallow_mask)
+    assert prefill.shape == logits[0].shape
+    assert (prefill - logits[0]).abs().max() < 1e-5
+    assert out.sequences[0, -n_decode:].tolist() == tokens
+    for step, (a, b) in enumerate(zip(out.logits, logits, strict=True)):
+        assert (a - b[:, -1]).abs().max() < 1e-4, f"decode step {step}"
+    return stats
+
+
+def test_oracle_without_stages_is_the_model(family):
+    model, inputs = family
+    logits, tokens, _ = staged_forward(model, decoder_input(model, inputs), prunable(model, inputs), [], 4)
+    assert (logits[0] - _logits(model, inputs)).abs().max() < 1e-5
+    assert tokens == _greedy(model, inputs, n=4)[0, -4:].tolist()
+
+
+# ---------------------------------------------------------------- exactness
+@pytest.mark.parametrize("cfg", [sv.NoPrune(), sv.FastV(retain=1.0, layer=2), sv.UniformPrune(retain=1.0, layer=0),
+                                 sv.ShaRP(retain=1.0)], ids=["noprune", "fastv", "uniform0", "sharp"])
+def test_keep_everything_equals_unpatched(family, cfg):
+    model, inputs = family
+    ref, ref_gen = _logits(model, inputs), _greedy(model, inputs)
+    with sv.apply(model, cfg) as handle:
+        out, gen = _logits(model, inputs), _greedy(model, inputs)
+    assert out.shape == ref.shape
+    assert (out - ref).abs().max().item() <= 1e-5
+    assert torch.equal(gen, ref_gen)
+    assert handle.last_stats.n_visual == [N_VIDEO]
+
+
+METHODS = {
+    "fastv1": sv.FastV(retain=0.25, layer=1),
+    "fastv2": sv.FastV(retain=0.2, layer=2),
+    "random1": sv.RandomPrune(retain=0.3, layer=1),
+    "schedule": sv.Schedule([sv.UniformPrune(retain=0.5, layer=0), sv.FastV(retain=0.25, layer=2)]),
+}
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_engine_matches_oracle_at_prefill_and_decode(family, name):
+    model, inputs = family
+    stats = _check_against_oracle(model, inputs, METHODS[name])
+    if name == "schedule":
+        assert [s.n_kept for s in stats.stages] == [[64], [32]]
+        assert bool(torch.isin(stats.stages[1].kept_positions[0], stats.stages[0].kept_positions[0]).all())
+    else:
+        assert stats.stages[0].n_kept == [keep_count(METHODS[name].retain, N_VIDEO)]
+
+
+def test_image_and_video(mixed):
+    model, inputs = mixed
+    with sv.apply(model, sv.FastV(retain=0.25, layer=2)) as handle, torch.no_grad():
+        model(**inputs)
+    assert handle.last_stats.n_visual == [N_VIDEO]  # targets="video" by default: the image stays whole
+    kept = handle.last_stats.stages[0].kept_positions[0]
+    assert bool(prunable(model, inputs, skip=N_IMAGE)[kept].all())
+    _check_against_oracle(model, inputs, sv.FastV(retain=0.25, layer=2), skip=N_IMAGE)
+    stats = _check_against_oracle(model, inputs, sv.FastV(retain=0.25, layer=2, targets="all"))
+    assert stats.n_visual == [N_VIDEO + N_IMAGE]
+
+
+@pytest.mark.parametrize("trim", [False, True])
+def test_kv_cache_lengths_and_decode_positions(qwen2, trim):
+    model, inputs = qwen2
+    seq = inputs["input_ids"].shape[1]
+    seen = []
+    h = model.model.language_model.layers[-1].register_forward_pre_hook(
+        lambda m, a, k: seen.append(k["position_embeddings"][0][:, -1].clone()), with_kwargs=True)
+    try:
+        _greedy(model, inputs, n=4)
+        ref_pos = seen[1:]
+        seen.clear()
+        with sv.apply(model, sv.FastV(retain=0.25, layer=2), trim_kv=trim), torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
+        pruned_pos = seen[1:]
+    finally:
+        h.remove()
+    assert len(ref_pos) == len(pruned_pos) == 3
+    for a, b in zip(ref_pos, pruned_pos, strict=True):
+        assert torch.equal(a, b)  # decode continues at the unpruned positions
+    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+    kept = seq - N_VIDEO + 32
+    shallow = kept if trim else seq
+    assert [cache.layers[i].keys.shape[-2] for i in range(4)] == [shallow + 3] * 2 + [kept + 3] * 2
+
+
+def test_generate_with_and_without_cache_agree(qwen2):
+    model, inputs = qwen2
+    cfg = sv.Schedule([sv.UniformPrune(retain=0.5, layer=0), sv.FastV(retain=0.25, layer=1)])
+    with sv.apply(model, cfg) as handle:
+        cached = _greedy(model, inputs)
+        kept_cached = handle.last_stats.stages[-1].kept[0]
+        uncached = _greedy(model, inputs, use_cache=False)
+        kept_uncached = handle.last_stats.stages[-1].kept[0]
+    assert torch.equal(cached, uncached)
+    assert torch.equal(kept_cached, kept_uncached)
+
+
+@pytest.mark.parametrize("text", ["qwen2", "qwen3", "llama"])
+@pytest.mark.parametrize("layer", [1, 2])
+def test_fastv_matches_eager_attention_reference(text, layer):
+    sdpa = tiny_internvl(text, seed=5)
+    eager = tiny_internvl(text, seed=5, attn_implementation="eager")
+    inputs = tiny_internvl_inputs(sdpa, seed=6)
+    with torch.no_grad():
+        att = eager(**inputs, output_attentions=True).attentions[layer]  # (1, H, S, S)
+    vis = torch.nonzero(prunable(sdpa, inputs)).flatten()
+    ref = torch.sort(torch.topk(att[0, :, -1, vis].mean(0), keep_count(0.3, N_VIDEO)).indices).values
+    for model in (sdpa, eager):
+        with sv.apply(model, sv.FastV(retain=0.3, layer=layer)) as handle, torch.no_grad():
+            model(**inputs)
+        assert torch.equal(handle.last_stats.stages[0].kept[0], ref)
+
+
+@pytest.mark.parametrize("cfg", [sv.FastV(retain=0.25, layer=2), sv.ShaRP(retain=0.25)], ids=["fastv", "sharp"])
+def test_left_padded_batch_equals_one_by_one(qwen2, cfg):
+    model, _ = qwen2
+    samples = [tiny_internvl_inputs(model, prefix=5, seed=1), tiny_internvl_inputs(model, prefix=9, seed=2)]
+    width = max(x["input_ids"].shape[1] for x in samples)
+    pad = torch.nn.functional.pad
+    batch = {k: torch.cat([pad(x[k], (width - x[k].shape[1], 0)) for x in samples])
+             for k in ("input_ids", "attention_mask")}
+    batch["pixel_values"] = torch.cat([x["pixel_values"] for x in samples])
+    gen = dict(max_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    with sv.apply(model, cfg) as handle, torch.no_grad():
+        singles = []
+        for x in samples:
+            singles.append((model.generate(**x, **gen), handle.last_stats.stages[0].kept[0]))
+        both = model.generate(**batch, **gen)
+        kept = handle.last_stats.stages[0].kept
+    for b, (single, k) in enumerate(singles):
+        assert torch.equal(kept[b], k)
+        assert both.sequences[b, -3:].tolist() == single.sequences[0, -3:].tolist()
+        for lb, ls in zip(both.logits, single.logits, strict=True):
+            assert (lb[b] - ls[0]).abs().max() < 1e-4
+
+
+# ---------------------------------------------------------------- ShaRP and its reference pass
+def test_sharp_defaults_match_the_segment_masked_oracle(family):
+    model, inputs = family
+    seq = inputs["input_ids"].shape[1]
+    visual = prunable(model, inputs)
+    seg = torch.full((seq,), -1)
+    seg[visual] = torch.arange(N_VIDEO) // PER_FRAME  # one segment per frame; labels and markers in none
+    shallow = segment_allowed(seg, "bidirectional")[None, None]
+    with sv.apply(model, sv.ShaRP(retain=0.2)) as handle, torch.no_grad():
+        prefill = model(**inputs).logits
+        out = model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)
+    stage = handle.last_stats.stages[0]
+    assert stage.n_kept == [keep_count(0.2, N_VIDEO)] and stage.costs.reference_flops > 0
+    logits, tokens, _ = staged_forward(model, decoder_input(model, inputs), visual,
+                                       [(stage.layer, stage.kept_positions[0])], 4, shallow)
+    assert (prefill - logits[0]).abs().max() < 1e-5
+    assert out.sequences[0, -4:].tolist() == tokens
+    for a, b in zip(out.logits, logits, strict=True):
+        assert (a - b[:, -1]).abs().max() < 1e-4
+
+
+def _black(shape, mean, std) -> torch.Tensor:
+    return torch.tensor([-m / s for m, s in zip(mean, std, strict=True)])[:, None, None].expand(shape).contiguous()
+
+
+def test_reference_pass_uses_the_real_positions_and_masks(family):
+    model, inputs = family
+    calls = []
+    layer0 = model.model.language_model.layers[0]
+    with sv.apply(model, sv.ShaRP(retain=0.2, debias="reference")), torch.no_grad():
+        # registered after the engine's hook: sees what the layer really receives
+        hook = layer0.register_forward_pre_hook(
+            lambda m, a, k: calls.append((a[0], k["position_embeddings"], k.get(RUNS_KWARG))), with_kwargs=True)
+        try:
+            model(**inputs)
+        finally:
+            hook.remove()
+    assert len(calls) == 2  # the real prefill and the reference pass
+    (real_h, real_pe, real_runs), (ref_h, ref_pe, ref_runs) = calls
+    assert real_h.shape == ref_h.shape
+    assert torch.equal(real_pe[0], ref_pe[0]) and torch.equal(real_pe[1], ref_pe[1])
+    assert real_runs is not None and real_runs == ref_runs
+    assert sum(seg for _, _, seg in real_runs.runs) == 8  # one block per frame
+    vis = prunable(model, inputs)
+    assert torch.equal(real_h[0, ~vis], ref_h[0, ~vis])  # text, labels and markers untouched
+    assert not torch.allclose(real_h[0, vis], ref_h[0, vis])
+    frames = ref_h[0, vis].view(8, PER_FRAME, -1)  # black frames: every frame has the same features
+    assert torch.allclose(frames, frames[:1].expand_as(frames), atol=1e-5)
+    assert not torch.allclose(frames[0], frames[0, :1].expand_as(frames[0]))  # the tower's, not a constant
+    black = _black(inputs["pixel_values"].shape, IMAGENET_MEAN, IMAGENET_STD)
+    expect = decoder_input(model, dict(inputs, pixel_values=black))
+    assert (ref_h[0, vis] - expect[0, vis]).abs().max() < 1e-5  # as if black pixels had been fed to the model
+
+
+def test_reference_normalises_each_kind_with_its_processor(mixed):
+    """use_processor: image tiles black under the image processor's statistics, frames under the video one's."""
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    model, inputs = mixed
+    adapter = InternVLAdapter(model)
+    images = GotOcr2ImageProcessorPil()  # the class defaults: OpenAI CLIP statistics
+    assert tuple(images.image_mean) == CLIP_MEAN
+    adapter.use_processor(SimpleNamespace(image_processor=images,
+                                          video_processor=SimpleNamespace(image_mean=IMAGENET_MEAN,
+                                                                          image_std=IMAGENET_STD)))
+    embeds = decoder_input(model, inputs)
+    (lay,) = adapter.find_layouts(inputs, embeds.shape[1], 1)
+    ref = adapter.reference_embeds(embeds, [lay], inputs)
+    vis = torch.zeros(embeds.shape[1], dtype=torch.bool)
+    vis[lay.positions] = True
+    assert torch.equal(ref[0, ~vis], embeds[0, ~vis])
+    shape = inputs["pixel_values"].shape
+    pix = torch.cat([_black((3, *shape[1:]), CLIP_MEAN, CLIP_STD), _black((8, *shape[1:]), IMAGENET_MEAN, IMAGENET_STD)])
+    expect = decoder_input(model, dict(inputs, pixel_values=pix))
+    assert (ref[0, vis] - expect[0, vis]).abs().max() < 1e-5
+    assert not torch.allclose(ref[0, lay.positions[0]], ref[0, lay.positions[N_IMAGE]])
+
+
+# ---------------------------------------------------------------- layouts
+def _shuffle_sources(model, p: int) -> torch.Tensor:
+    """(side*side, k, 2): the (row, col) of the patches the model's own pixel_shuffle packs into each token."""
+    coords = torch.stack(torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij"), -1).float()[None]
+    out = model.model.pixel_shuffle(coords, scale_factor=model.config.downsample_ratio)
+    return out.reshape(-1, out.shape[-1] // 2, 2).long()
+
+
+@pytest.mark.parametrize("content", [(("video", 8),), (("video", 1),), (IMAGE, ("video", 3)),
+                                     (("video", 5), ("image", (40, 20)), ("image", (16, 64))),
+                                     (("image", (33, 70)),)], ids=["v8", "v1", "iv", "vii", "i"])
+def test_layout_places_every_feature_where_the_model_puts_it(mixed, content):
+    model, _ = mixed
+    inputs = tiny_internvl_inputs(model, content, seed=3)
+    adapter = registry.adapter_for(model)
+    (lay,) = adapter.find_layouts(inputs, inputs["input_ids"].shape[1], 1)
+    ctx = inputs["input_ids"][0] == model.config.image_token_id
+    assert torch.equal(lay.positions, torch.nonzero(ctx).flatten())  # markers and labels are not visual
+    embeds = decoder_input(model, inputs)[0]
+    with torch.no_grad():
+        feats = model.model.get_image_features(inputs["pixel_values"], return_dict=True).pooler_output
+    tiles = feats.shape[0]
+    assert (embeds[lay.positions] - feats.flatten(0, 1)).abs().max() < 1e-6  # the tiles in order
+    # each tile is one frame of the layout, its tokens the shuffled grid, row-major
+    assert torch.equal(lay.frame_ids, torch.arange(tiles).repeat_interleave(PER_FRAME))
+    src = _shuffle_sources(model, 8)  # (16, 4, 2)
+    assert torch.equal(src[..., 0] // 2, lay.rows[:PER_FRAME, None].expand(-1, 4))
+    assert torch.equal(src[..., 1] // 2, lay.cols[:PER_FRAME, None].expand(-1, 4))
+    assert torch.equal(lay.rows.view(tiles, -1), lay.rows[:PER_FRAME].expand(tiles, -1))
+    # one item per image (t = its tiles) and per video (t = frames); a one-frame video is an image by adjacency
+    expected = []
+    for kind, arg in content:
+        if kind == "video" and arg >= adapter.min_video_frames:
+            expected.append(("video", arg))
+        else:
+            expected.append(("image", 1 if kind == "video" else image_tiles(*arg, 16)))
+    assert [(it.kind, it.t) for it in lay.items] == expected
+    assert all((it.h, it.w) == (4, 4) for it in lay.items)
+
+
+def _processor_text(content, seq_len: int, num_patches: list[int]) -> str:
+    """The prompt text InternVLProcessor writes: the chat template's `<image>\\n` / `<video>\\n`, each replaced by
+    the processor's own `replace_image_token` / `replace_video_token`."""
+    from transformers.models.internvl.processing_internvl import InternVLProcessor as P
+
+    ns = SimpleNamespace(start_image_token="<img>", end_image_token="</img>", image_token="<IMG_CONTEXT>",
+                         image_seq_length=seq_len)
+    videos = {"pixel_values_videos": [np.zeros((arg, 3, 1, 1)) for kind, arg in content if kind == "video"]}
+    images = {"num_patches": num_patches}
+    text = "<|im_start|>user\n" + "".join(f"<{kind}>\n" for kind, _ in content) + "What happens?<|im_end|>\n"
+    counter = {"image": 0, "video": 0}
+
+    def replace(m: re.Match) -> str:
+        kind = m.group(1)
+        i = counter[kind]
+        counter[kind] += 1
+        return P.replace_video_token(ns, videos, i) if kind == "video" else P.replace_image_token(ns, images, i)
+
+    return re.sub("<(image|video)>", replace, text)
+
+
+def _real_geometry():
+    """InternVLConfig defaults: 448 px tiles, 14 px patches, pixel shuffle 0.5: 16 x 16 = 256 tokens per tile."""
+    from transformers import InternVLConfig
+
+    cfg = InternVLConfig()
+    assert cfg.image_seq_length == 256
+    return SimpleNamespace(config=cfg), CharTokenizer(cfg.text_config.vocab_size, cfg.image_token_id)
+
+
+LAYOUT_CASES = [
+    ((("video", 1),), "labels"),  # by adjacency a lone one-tile block is an image
+    ((("video", 8),), None),
+    ((("video", 32),), None),
+    ((("image", (1080, 1920)), ("video", 16)), None),
+    ((("video", 12), ("image", (300, 2000))), None),
+    ((("image", (480, 640)), ("image", (2000, 300)), ("video", 4)), None),
+    ((("image", (100, 100)), ("video", 8)), "labels"),  # a one-tile image right before the video
+    ((("video", 6), ("video", 3)), "labels"),  # two videos one after the other
+    ((("image", (448, 448)), ("video", 1), ("image", (899, 901))), "labels"),
+]
+
+
+@pytest.mark.parametrize(("content", "mode"), LAYOUT_CASES)
+def test_layouts_follow_the_processor_rules(content, mode):
+    """Token counts from the processor's own code (GotOcr2 tiling, replace_image_token / replace_video_token)."""
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    model, tok = _real_geometry()
+    images = GotOcr2ImageProcessorPil(size={"height": 448, "width": 448})
+    kwargs = {"crop_to_patches": True}  # InternVLProcessor.images_kwargs
+    patches = [images.get_number_of_image_patches(*arg, kwargs) for kind, arg in content if kind == "image"]
+    text = _processor_text(content, 256, patches)
+    ids = torch.tensor(tok.encode(text))[None]
+    adapter = InternVLAdapter(model)
+    if mode == "labels":
+        adapter.use_processor(SimpleNamespace(tokenizer=tok))
+    (lay,) = adapter.find_layouts({"input_ids": ids}, ids.shape[1], 1)
+    assert torch.equal(lay.positions, torch.nonzero(ids[0] == tok.context_image_token_id).flatten())
+    n_patches = iter(patches)
+    expected, start = [], 0
+    for kind, arg in content:
+        t = arg if kind == "video" else next(n_patches)
+        expected.append(VisualItem(kind, start, t, 16, 16))
+        start += t * 256
+    assert lay.items == expected
+    assert lay.n_visual == start and lay.n_frames == sum(it.t for it in expected)
+    assert mode == "labels" or all(p > 1 for p in patches)  # by adjacency only where images are multi-tile
+
+
+def test_adjacency_limits_and_labels():
+    """Without labels a one-tile image next to a video joins it and two adjacent videos merge; with the
+    processor's labels both are told apart. A long text gap ends a video."""
+    model, tok = _real_geometry()
+    content = (("image", (100, 100)), ("video", 4), ("video", 2))
+    text = _processor_text(content, 256, [1])
+    ids = torch.tensor(tok.encode(text))[None]
+    adapter = InternVLAdapter(model)
+    (lay,) = adapter.find_layouts({"input_ids": ids}, ids.shape[1], 1)
+    assert [(it.kind, it.t) for it in lay.items] == [("video", 7)]
+    adapter.use_processor(SimpleNamespace(tokenizer=tok))
+    (lay,) = adapter.find_layouts({"input_ids": ids}, ids.shape[1], 1)
+    assert [(it.kind, it.t) for it in lay.items] == [("image", 1), ("video", 4), ("video", 2)]
+    adapter.use_frame_labels(None)
+    text = text.replace("Frame3: ", "a much longer text between two frames: ")
+    ids = torch.tensor(tok.encode(text))[None]
+    (lay,) = adapter.find_layouts({"input_ids": ids}, ids.shape[1], 1)
+    assert [(it.kind, it.t) for it in lay.items] == [("video", 3), ("video", 4)]
+
+
+def test_processor_tiles_run_through_the_tiny_model(mixed):
+    """The GotOcr2 processor's own crops + thumbnail at the tiny tile size fill the prompt its rule predicts."""
+    from PIL import Image
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    model, _ = mixed
+    proc = GotOcr2ImageProcessorPil(size={"height": 16, "width": 16}, crop_to_patches=True)
+    rng = np.random.default_rng(0)
+    for h, w in [(20, 40), (40, 20), (16, 16), (30, 90), (64, 48)]:
+        img = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        out = proc(images=[img], return_tensors="pt")
+        n = int(out["num_patches"][0])
+        assert n == image_tiles(h, w, 16) == out["pixel_values"].shape[0]
+        text = _processor_text((("image", (h, w)),), PER_FRAME, [n])
+        ids = torch.tensor(CharTokenizer.of(model).encode(text))[None]
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": out["pixel_values"]}
+        (lay,) = registry.adapter_for(model).find_layouts(inputs, ids.shape[1], 1)
+        assert [(it.kind, it.t) for it in lay.items] == [("image", n)]
+        _logits(model, inputs)  # the model's own check: features fill the placeholders exactly
+
+
+# ---------------------------------------------------------------- round trip, errors, registry
+def test_save_load_round_trip_then_apply(qwen2, tmp_path):
+    from transformers import InternVLForConditionalGeneration
+
+    model, inputs = qwen2
+    model.save_pretrained(tmp_path)
+    loaded = InternVLForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
+    assert torch.equal(_logits(loaded, inputs), _logits(model, inputs))
+    for cfg in (sv.FastV(retain=0.25, layer=2), sv.ShaRP(retain=0.2)):
+        results = []
+        for m in (model, loaded):
+            with sv.apply(m, cfg) as handle, torch.no_grad():
+                assert isinstance(handle.adapter, InternVLAdapter)
+                results.append((m(**inputs).logits, handle.last_stats.stages[0].kept[0], _greedy(m, inputs, n=3)))
+        (a, ka, ga), (b, kb, gb) = results
+        assert torch.equal(ka, kb) and torch.equal(ga, gb)
+        assert (a - b).abs().max() < 1e-6
+
+
+def test_inputs_embeds_only_is_refused(qwen2):
+    model, inputs = qwen2
+    with torch.no_grad():
+        embeds = model.model.get_input_embeddings()(inputs["input_ids"])
+    with sv.apply(model, sv.FastV()), torch.no_grad(), pytest.raises(sv.InputError, match="needs `input_ids`"):
+        model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"])
+
+
+def test_a_block_that_is_not_whole_tiles_is_refused(qwen2):
+    model, inputs = qwen2
+    ids = inputs["input_ids"].clone()
+    ids[0, torch.nonzero(ids[0] == model.config.image_token_id).flatten()[3]] = 5
+    with pytest.raises(sv.InputError, match="whole number of tiles"):
+        registry.adapter_for(model).find_layouts(dict(inputs, input_ids=ids), ids.shape[1], 1)
+
+
+def test_gpt_oss_decoder_is_refused_at_apply():
+    model = tiny_internvl("gpt_oss", layers=2, attn_implementation="eager")
+    with pytest.raises(sv.UnsupportedModelError, match="attention sinks"):
+        sv.apply(model, sv.FastV(retain=0.5, layer=1))
+
+
+def test_registered():
+    assert any(n.startswith("InternVLForConditionalGeneration") for n in registry.supported())
