@@ -62,6 +62,7 @@ def _register_builtin() -> None:
     from .internvl import register as register_internvl
     from .llava_onevision import register as register_llava
     from .qwen3_vl import register as register_qwen3_vl
+    from .smolvlm import register as register_smolvlm
 
     def qwen_vl(model: nn.Module, span: SpanSource | None) -> Adapter:
         return QwenVLAdapter(model)
@@ -76,6 +77,7 @@ def _register_builtin() -> None:
     register_llava(register_adapter)
     register_qwen3_vl(register_adapter)
     register_internvl(register_adapter)
+    register_smolvlm(register_adapter)
 
 
 _register_builtin()

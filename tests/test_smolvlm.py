@@ -1,0 +1,653 @@
+"""SmolVLM / SmolVLM2 on the engine: layouts against the model's own features and the processor's token rules,
+exactness against a hand-written pruned forward, FastV against eager attention, ShaRP's reference pass, cache,
+batches, save/load, and the real SmolLM2-135M decoder.
+
+The oracle here defines the prunable rows without the adapter: the factory writes the video last, so the video's
+rows are the last frames x tokens-per-frame `<image>` placeholders; the feature-placement test recomputes the
+connector's pixel shuffle by explicit indexing.
+"""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+import torch
+from transformers import DynamicCache
+
+import sharp_vlm as sv
+from sharp_vlm.core.budget import keep_count
+from sharp_vlm.core.layout import VisualItem
+from sharp_vlm.core.masks import segment_allowed
+from sharp_vlm.engine.segment_attention import RUNS_KWARG
+from sharp_vlm.models import registry
+from sharp_vlm.models.smolvlm import SmolVLMAdapter, register
+from sharp_vlm.models.tiny_smolvlm import (
+    FAKE,
+    GLOBAL,
+    IMAGE,
+    SmolVLMTokens,
+    number_words,
+    smolvlm_with_smollm2,
+    split_image_text,
+    tiny_smolvlm,
+    tiny_smolvlm_inputs,
+    tokenize,
+    tokens_of,
+    video_text,
+)
+
+FRAMES = 8
+PER_FRAME = 16  # 32 px pictures, 4 px patches, scale 2: 4 x 4 tokens
+N_VIDEO = FRAMES * PER_FRAME
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered():
+    """The adapter registered (before the registry wires it in), on one thread (tiny matmuls run slower on two
+    busy cores); both restored afterwards."""
+    saved, threads = dict(registry._ADAPTERS), torch.get_num_threads()
+    register(registry.register_adapter)
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    registry._ADAPTERS.clear()
+    registry._ADAPTERS.update(saved)
+
+
+@pytest.fixture(scope="module")
+def smol():
+    model = tiny_smolvlm()
+    return model, tiny_smolvlm_inputs(model, frames=FRAMES)
+
+
+@pytest.fixture(scope="module")
+def smol_mixed():
+    """A 2x3-tile image (6 tiles + global view) before an 8-frame video."""
+    model = tiny_smolvlm()
+    return model, tiny_smolvlm_inputs(model, frames=FRAMES, images=((2, 3),))
+
+
+# ---------------------------------------------------------------- the oracle
+def decoder_input(model, inputs) -> torch.Tensor:
+    """inputs_embeds the unpatched model hands its decoder (positions are 0..S-1: position_ids is None)."""
+    seen = {}
+
+    def grab(mod, args, kwargs):
+        seen["embeds"] = kwargs["inputs_embeds"]
+        seen["pos"] = kwargs.get("position_ids")
+
+    h = model.model.text_model.register_forward_pre_hook(grab, with_kwargs=True)
+    with torch.no_grad():
+        model(**inputs)
+    h.remove()
+    assert seen["pos"] is None
+    return seen["embeds"]
+
+
+def prunable(model, inputs, frames=FRAMES, kinds=("video",), b=0) -> torch.Tensor:
+    """(S,) bool: the `<image>` placeholders of these kinds (the video is the last frames x 16 of them)."""
+    ids = inputs["input_ids"][b]
+    place = (ids == model.config.image_token_id) & inputs["attention_mask"][b].bool()
+    pos = torch.nonzero(place).flatten()
+    n_video = frames * PER_FRAME
+    out = torch.zeros_like(place)
+    if "video" in kinds:
+        out[pos[pos.numel() - n_video :]] = True
+    if "image" in kinds:
+        out[pos[: pos.numel() - n_video]] = True
+    return out
+
+
+def staged_forward(model, embeds, visual, stages, n_decode, shallow_mask=None):
+    """(logits per step, greedy tokens, cache). stages: [(layer, kept original positions)], increasing layers.
+
+    Layers before the first stage run on every row (under `shallow_mask` if given), each stage keeps the
+    non-visual rows and the kept visual rows with their original positions, greedy decoding continues at S, S+1...
+    """
+    tm = model.model.text_model
+    seq = embeds.shape[1]
+    cache = DynamicCache(config=tm.config)
+    stage_at = dict(stages)
+    first = stages[0][0] if stages else len(tm.layers)
+    with torch.no_grad():
+        h = embeds
+        cos, sin = tm.rotary_emb(h, torch.arange(seq)[None])
+        rows = torch.arange(seq)
+        for i, lay in enumerate(tm.layers):
+            if i in stage_at:
+                keep = ~visual[rows] | torch.isin(rows, stage_at[i])
+                h, cos, sin, rows = h[:, keep], cos[:, keep], sin[:, keep], rows[keep]
+            mask = shallow_mask if i < first else None
+            h = lay(h, attention_mask=mask, position_embeddings=(cos, sin), cache=cache, use_cache=True)
+        logits = [model.lm_head(tm.norm(h))]
+        token = logits[-1][:, -1].argmax(-1)
+        tokens = [int(token)]
+        for t in range(n_decode - 1):
+            h = tm.embed_tokens(token)[:, None]
+            cos, sin = tm.rotary_emb(h, torch.full((1, 1), seq + t))
+            for lay in tm.layers:
+                h = lay(h, attention_mask=None, position_embeddings=(cos, sin), cache=cache, use_cache=True)
+            logits.append(model.lm_head(tm.norm(h)))
+            token = logits[-1][:, -1].argmax(-1)
+            tokens.append(int(token))
+    return logits, tokens, cache
+
+
+def _logits(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def _greedy(model, inputs, n=6, **kw):
+    with torch.no_grad():
+        return model.generate(**inputs, max_new_tokens=n, do_sample=False, **kw)
+
+
+def _check_against_oracle(model, inputs, method, kinds=("video",), n_decode=4, shallow_mask=None):
+    with sv.apply(model, method) as handle, torch.no_grad():
+        prefill = model(**inputs).logits
+        stats = handle.last_stats
+        out = model.generate(**inputs, max_new_tokens=n_decode, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)
+    stages = [(s.layer, s.kept_positions[0]) for s in stats.stages]
+    visual = prunable(model, inputs, kinds=kinds)
+    for _, kept in stages:  # only placeholders of the targeted kinds are ever chosen: markers and text stay
+        assert bool(visual[kept].all())
+    logits, tokens, _ = staged_forward(model, decoder_input(model, inputs), visual, stages, n_decode, shallow_mask)
+    assert prefill.shape == logits[0].shape
+    assert (prefill - logits[0]).abs().max() < 1e-5
+    assert out.sequences[0, -n_decode:].tolist() == tokens
+    for step, (a, b) in enumerate(zip(out.logits, logits, strict=True)):
+        assert (a - b[:, -1]).abs().max() < 1e-4, f"decode step {step}"
+    return stats
+
+
+# ---------------------------------------------------------------- layouts against the model's features
+def _shuffled(model, pixels) -> torch.Tensor:
+    """(P, n, n, D): each picture's connector output, recomputed here: token (i, j) is the projection of the
+    scale x scale patch window at (i, j), its patches concatenated row-major within the window."""
+    cfg = model.config
+    hidden = model.model.vision_model(pixels).last_hidden_state  # (P, side_patches^2, Dv), row-major patches
+    p, s = pixels.shape[-1] // cfg.vision_config.patch_size, cfg.scale_factor
+    grid = hidden.view(pixels.shape[0], p, p, -1)
+    n = p // s
+    out = torch.empty(pixels.shape[0], n, n, s * s * grid.shape[-1])
+    for i in range(n):
+        for j in range(n):
+            window = [grid[:, i * s + r, j * s + c] for r in range(s) for c in range(s)]
+            out[:, i, j] = torch.cat(window, dim=-1)
+    return model.model.connector.modality_projection(out)
+
+
+LAYOUT_CASES = [
+    # (image_size, patch, scale, frames, images as (rows, cols) of tiles)
+    (32, 4, 2, 1, ()),
+    (32, 4, 2, 5, ((2, 3),)),
+    (64, 4, 4, 3, ((1, 2), (3, 1))),  # scale 4 (as SmolVLM2-256M's connector): 4x4 windows of 16x16 patches
+    (48, 4, 3, 2, ((2, 2),)),
+    (32, 4, 2, 0, ((1, 4), (2, 2))),  # images only
+]
+
+
+@pytest.mark.parametrize(("size", "patch", "scale", "frames", "images"), LAYOUT_CASES)
+def test_layout_places_every_feature_where_the_model_puts_it(size, patch, scale, frames, images):
+    model = tiny_smolvlm(layers=1, image_size=size, patch_size=patch, scale_factor=scale)
+    inputs = tiny_smolvlm_inputs(model, frames=frames, images=images)
+    ids = inputs["input_ids"][0]
+    (lay,) = registry.adapter_for(model).find_layouts(inputs, ids.numel(), 1)
+    side = size // patch // scale
+    per = side * side
+    placeholders = ids == model.config.image_token_id
+    assert torch.equal(lay.positions, torch.nonzero(placeholders).flatten())  # every placeholder, nothing else
+    expected_items, seen = [], 0
+    for rows, cols in images:
+        expected_items += [VisualItem("image", seen, rows * cols, side, side), VisualItem("image", seen + rows * cols * per,
+                                                                                           1, side, side)]
+        seen += (rows * cols + 1) * per
+    if frames:
+        expected_items.append(VisualItem("video", seen, frames, side, side))
+    assert lay.items == expected_items
+    # frame id = the picture's index in pixel_values; rows/cols: the connector's row-major window grid
+    embeds = decoder_input(model, inputs)[0]
+    with torch.no_grad():
+        feats = _shuffled(model, inputs["pixel_values"][0])
+    expect = feats[lay.frame_ids, lay.rows, lay.cols]
+    assert (embeds[lay.positions] - expect).abs().max() < 1e-5
+    # the markers and text before each block are untouched token embeddings
+    text = ~placeholders
+    with torch.no_grad():
+        assert torch.equal(embeds[text], model.model.text_model.embed_tokens(ids[text]))
+
+
+# ---------------------------------------------------------------- layouts against the processor's rules
+def _processor_text(monkeypatch, image_seq_len, frames=0, fps=1.0, tiles=()):
+    """The processor's own prompt text for these images ((rows, cols) per image) and a video of `frames` frames."""
+    from transformers.models.smolvlm import processing_smolvlm as ps
+    from transformers.video_utils import VideoMetadata
+
+    monkeypatch.setattr(ps, "num2words", number_words, raising=False)  # not installed here; text only
+    text = "".join(ps.get_image_prompt_string(r, c, image_seq_len, fake_token_around_image=FAKE, image_token=IMAGE,
+                                              global_image_token=GLOBAL) for r, c in tiles)
+    if frames:
+        proc = types.SimpleNamespace(image_seq_len=image_seq_len, image_token=IMAGE, fake_image_token=FAKE,
+                                     global_image_token=GLOBAL)
+        meta = VideoMetadata(total_num_frames=frames, fps=fps, duration=frames / fps,  # as a video reader fills it
+                             frames_indices=list(range(frames)))
+        video = {"pixel_values": np.zeros((1, frames, 1, 1, 1), dtype=np.float32), "video_metadata": [meta]}
+        text += ps.SmolVLMProcessor.replace_video_token(proc, video, 0)
+    return text
+
+
+GEOMETRIES = [(512, 16, 4), (384, 14, 3), (32, 4, 2)]  # SmolVLM2-256M/500M-like, SmolVLM2-2.2B-like, tiny
+
+
+@pytest.mark.parametrize(("size", "patch", "scale"), GEOMETRIES)
+@pytest.mark.parametrize("frames", [1, 2, 8, 64])
+def test_video_counts_follow_the_processor_rules(monkeypatch, size, patch, scale, frames):
+    from transformers import SmolVLMConfig
+
+    vocab = 300
+    cfg = SmolVLMConfig(text_config={"model_type": "llama", "vocab_size": vocab},
+                        vision_config={"image_size": size, "patch_size": patch}, scale_factor=scale,
+                        image_token_id=SmolVLMTokens(vocab).image)
+    seq = int(((size // patch) ** 2) / (scale**2))  # the processor's image_seq_len rule
+    text = _processor_text(monkeypatch, seq, frames=frames, fps=2.0)
+    # the tiny factory writes the processor's text
+    assert text == video_text([i / 2.0 for i in range(frames)], frames / 2.0, seq)
+    tokens = SmolVLMTokens(vocab)
+    ids = torch.cat([tokenize("<|im_start|>User: ", tokens), tokenize(text, tokens), tokenize("Why?", tokens)])[None]
+    adapter = SmolVLMAdapter(types.SimpleNamespace(config=cfg))
+    (lay,) = adapter.find_layouts({"input_ids": ids}, ids.shape[1], 1)
+    side = int(round(seq**0.5))
+    assert lay.n_visual == frames * seq == text.count(IMAGE)
+    assert lay.items == [VisualItem("video", 0, frames, side, side)]
+    # frame id = the "Frame from" block the token sits in: the timestamps and markers are not visual
+    block = torch.cumsum((ids[0] == tokens.global_img).long(), 0) - 1
+    assert torch.equal(lay.frame_ids, block[lay.positions])
+    assert not bool(torch.isin(ids[0, lay.positions], torch.tensor([tokens.fake, tokens.global_img])).any())
+
+
+IMAGE_CASES = [((50, 90), 4), ((90, 50), 4), ((32, 32), 4), ((20, 200), 4), ((128, 128), 3), ((7, 31), 2),
+               ((100, 64), 3), ((50, 90), 1)]  # (height, width), resize size in tiles (4: SmolVLM2's 2048 / 512)
+
+
+@pytest.mark.parametrize(("hw", "tiles"), IMAGE_CASES)
+def test_split_images_follow_the_image_processor(monkeypatch, hw, tiles):
+    """The image processor (PIL backend) splits, the processor writes the prompt; the layout's tiles and the
+    model's features agree with both."""
+    from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+
+    model = tiny_smolvlm(layers=1)
+    px = model.config.vision_config.image_size
+    proc = SmolVLMImageProcessorPil(max_image_size={"longest_edge": px}, size={"longest_edge": tiles * px})
+    image = np.random.default_rng(0).integers(0, 255, (*hw, 3), dtype=np.uint8)
+    out = proc(images=[[image]], return_row_col_info=True, return_tensors="pt")
+    rows, cols = out["rows"][0][0], out["cols"][0][0]
+    n_pic = out["pixel_values"].shape[1]
+    assert n_pic == (rows * cols + 1 if rows else 1)
+    assert (rows, cols) == proc.get_number_of_image_patches(*hw)[1:]
+    assert (rows == 0) == (tiles == 1)  # resized to one tile: not split
+    text = _processor_text(monkeypatch, PER_FRAME, tiles=((rows, cols),))
+    assert text == split_image_text(rows, cols, PER_FRAME)
+    tokens = tokens_of(model)
+    ids = torch.cat([tokenize("<|im_start|>User: ", tokens), tokenize(text, tokens), tokenize("Why?", tokens)])[None]
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": out["pixel_values"],
+              "pixel_attention_mask": out["pixel_attention_mask"]}
+    (lay,) = registry.adapter_for(model).find_layouts(inputs, ids.shape[1], 1)
+    assert lay.n_visual == n_pic * PER_FRAME
+    if rows:
+        assert lay.items == [VisualItem("image", 0, rows * cols, 4, 4), VisualItem("image", rows * cols * 16, 1, 4, 4)]
+    else:  # an image of one tile is a lone global view: read as a one-frame video (the documented limitation)
+        assert lay.items == [VisualItem("video", 0, 1, 4, 4)]
+    embeds = decoder_input(model, inputs)[0]
+    with torch.no_grad():
+        feats = _shuffled(model, out["pixel_values"][0])
+    assert (embeds[lay.positions] - feats[lay.frame_ids, lay.rows, lay.cols]).abs().max() < 1e-5
+
+
+def test_unsplit_images_and_several_videos():
+    model = tiny_smolvlm(layers=1)
+    tokens = tokens_of(model)
+    one = split_image_text(0, 0, PER_FRAME)
+    two_videos = video_text([0.0, 1.0], 2.0, PER_FRAME) + "and" + video_text([0.0, 1.0, 2.0], 3.0, PER_FRAME)
+    ids = tokenize("a" + split_image_text(1, 2, PER_FRAME) + two_videos + "b" + one + "c", tokens)
+    ids = torch.cat([torch.zeros(3, dtype=torch.long), ids])[None]  # left padding
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    adapter = SmolVLMAdapter(model)
+    call = {"input_ids": ids, "attention_mask": mask}
+    (lay,) = adapter.find_layouts(call, ids.shape[1], 1)
+    # tiles + global view; then every lone view up to the end is one video (two videos and the unsplit image merge)
+    assert lay.items == [VisualItem("image", 0, 2, 4, 4), VisualItem("image", 32, 1, 4, 4),
+                         VisualItem("video", 48, 6, 4, 4)]
+    assert lay.n_frames == 9 and lay.of_kinds(("video",)).n_visual == 96
+    adapter.unsplit_kind = "image"  # prompts from do_image_splitting=False images
+    (lay,) = adapter.find_layouts(call, ids.shape[1], 1)
+    assert [it.kind for it in lay.items] == ["image"] * 8 and lay.n_visual == 144
+    adapter.unsplit_kind = "frames"
+    with pytest.raises(sv.InputError, match="unsplit_kind"):
+        adapter.find_layouts(call, ids.shape[1], 1)
+
+
+def test_malformed_prompts_are_refused(smol):
+    model, inputs = smol
+    adapter = registry.adapter_for(model)
+    ids = inputs["input_ids"]
+    seq = ids.shape[1]
+    image = model.config.image_token_id
+    first = int(torch.nonzero(ids[0] == image)[0])
+    short = ids.clone()
+    short[0, first] = 7  # a frame one token short
+    with pytest.raises(sv.InputError, match="is not one picture"):
+        adapter.find_layouts(dict(inputs, input_ids=short), seq, 1)
+    with pytest.raises(sv.InputError, match="is not one picture"):  # pixels of another tile size
+        adapter.find_layouts(dict(inputs, pixel_values=torch.zeros(1, 8, 3, 64, 64)), seq, 1)
+    no_fake = ids.clone()
+    no_fake[0, first - 2] = 7
+    with pytest.raises(sv.InputError, match="fake_token_around_image"):
+        adapter.find_layouts(dict(inputs, input_ids=no_fake), seq, 1)
+    tokens = tokens_of(model)
+    tiles_only = tokenize("x" + FAKE + "<row_1_col_1>" + IMAGE * 16 + "\n" + FAKE + "<row_2_col_1>" + IMAGE * 16
+                          + FAKE + "<row_2_col_2>" + IMAGE * 16 + "\n\n" + split_image_text(0, 0, 16), tokens)[None]
+    with pytest.raises(sv.InputError, match="tile rows"):
+        adapter.find_layouts({"input_ids": tiles_only}, tiles_only.shape[1], 1)
+
+
+# ---------------------------------------------------------------- exactness
+@pytest.mark.parametrize("cfg", [sv.NoPrune(), sv.FastV(retain=1.0, layer=2), sv.UniformPrune(retain=1.0, layer=0),
+                                 sv.ShaRP(retain=1.0)], ids=["noprune", "fastv", "uniform0", "sharp"])
+def test_keep_everything_equals_unpatched(smol, cfg):
+    model, inputs = smol
+    ref, ref_gen = _logits(model, inputs), _greedy(model, inputs)
+    with sv.apply(model, cfg) as handle:
+        out, gen = _logits(model, inputs), _greedy(model, inputs)
+    assert out.shape == ref.shape
+    assert (out - ref).abs().max().item() <= 1e-5
+    assert torch.equal(gen, ref_gen)
+    assert handle.last_stats.n_visual == [N_VIDEO]
+
+
+METHODS = {
+    "fastv1": sv.FastV(retain=0.2, layer=1),
+    "fastv2": sv.FastV(retain=0.2, layer=2),
+    "random1": sv.RandomPrune(retain=0.3, layer=1),
+    "uniform0": sv.UniformPrune(retain=0.25, layer=0),
+    "schedule": sv.Schedule([sv.UniformPrune(retain=0.5, layer=0), sv.FastV(retain=0.25, layer=2)]),
+}
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_engine_matches_oracle_at_prefill_and_decode(smol, name):
+    model, inputs = smol
+    stats = _check_against_oracle(model, inputs, METHODS[name])
+    if name == "schedule":
+        assert [s.n_kept for s in stats.stages] == [[64], [32]]
+        assert bool(torch.isin(stats.stages[1].kept_positions[0], stats.stages[0].kept_positions[0]).all())
+    else:
+        assert stats.stages[0].n_kept == [keep_count(METHODS[name].retain, N_VIDEO)]
+
+
+def test_uniform_prune_keeps_the_same_share_of_every_frame(smol):
+    """Frame ids come from the frame blocks: a uniform stage keeps 4 of each frame's 16 tokens."""
+    model, inputs = smol
+    with sv.apply(model, sv.UniformPrune(retain=0.25, layer=0)) as handle:
+        _logits(model, inputs)
+    kept = handle.last_stats.stages[0].kept_positions[0]
+    frame_of = torch.cumsum((inputs["input_ids"][0] == tokens_of(model).global_img).long(), 0) - 1
+    assert torch.bincount(frame_of[kept], minlength=FRAMES).tolist() == [4] * FRAMES
+
+
+def test_fastv_on_image_and_video_matches_oracle(smol_mixed):
+    model, inputs = smol_mixed
+    n_image = 7 * PER_FRAME
+    with sv.apply(model, sv.FastV(retain=0.25, layer=2)) as handle, torch.no_grad():
+        model(**inputs)
+    assert handle.last_stats.n_visual == [N_VIDEO]  # targets="video" by default: the image stays whole
+    stats = _check_against_oracle(model, inputs, sv.FastV(retain=0.25, layer=2, targets="all"),
+                                  kinds=("video", "image"))
+    assert stats.n_visual == [N_VIDEO + n_image]
+    stats = _check_against_oracle(model, inputs, sv.FastV(retain=0.25, layer=1, targets="image"), kinds=("image",))
+    assert stats.n_visual == [n_image]
+
+
+def test_beam_search_keeps_exactness(smol_mixed):
+    model, inputs = smol_mixed
+    ref = _greedy(model, inputs, n=3, num_beams=2)
+    with sv.apply(model, sv.UniformPrune(retain=1.0, layer=1, targets="all")) as handle:
+        out = _greedy(model, inputs, n=3, num_beams=2)
+    assert torch.equal(out, ref)
+    assert handle.last_stats.n_visual == [N_VIDEO + 7 * PER_FRAME] * 2
+
+
+@pytest.mark.parametrize("trim", [False, True])
+def test_kv_cache_lengths_and_decode_positions(smol, trim):
+    model, inputs = smol
+    seq = inputs["input_ids"].shape[1]
+    seen = []
+
+    def grab(mod, args, kwargs):
+        seen.append(kwargs["position_embeddings"][0][:, -1].clone())
+
+    h = model.model.text_model.layers[-1].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        _greedy(model, inputs, n=4)
+        ref_pos = seen[1:]
+        seen.clear()
+        with sv.apply(model, sv.FastV(retain=0.25, layer=2), trim_kv=trim), torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
+        pruned_pos = seen[1:]
+    finally:
+        h.remove()
+    assert len(ref_pos) == len(pruned_pos) == 3
+    for a, b in zip(ref_pos, pruned_pos, strict=True):
+        assert torch.equal(a, b)  # decode continues at the unpruned positions
+    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+    kept = seq - N_VIDEO + 32
+    shallow = kept if trim else seq
+    assert [cache.layers[i].keys.shape[-2] for i in range(4)] == [shallow + 3] * 2 + [kept + 3] * 2
+
+
+def test_generate_with_and_without_cache_agree(smol):
+    model, inputs = smol
+    cfg = sv.Schedule([sv.UniformPrune(retain=0.5, layer=0), sv.FastV(retain=0.25, layer=2)])
+    with sv.apply(model, cfg) as handle:
+        cached = _greedy(model, inputs)
+        kept_cached = handle.last_stats.stages[-1].kept[0]
+        uncached = _greedy(model, inputs, use_cache=False)
+        kept_uncached = handle.last_stats.stages[-1].kept[0]
+    assert torch.equal(cached, uncached)
+    assert torch.equal(kept_cached, kept_uncached)
+
+
+@pytest.mark.parametrize("layer", [1, 2])
+def test_fastv_matches_eager_attention_reference(layer):
+    sdpa = tiny_smolvlm(seed=5)
+    eager = tiny_smolvlm(seed=5, attn_implementation="eager")
+    for a, b in zip(sdpa.state_dict().values(), eager.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    inputs = tiny_smolvlm_inputs(sdpa, frames=FRAMES, seed=6)
+    with torch.no_grad():
+        att = eager(**inputs, output_attentions=True).attentions[layer]  # (1, H, S, S)
+    vis = torch.nonzero(prunable(sdpa, inputs)).flatten()
+    assert vis.numel() == N_VIDEO
+    ref = torch.sort(torch.topk(att[0, :, -1, vis].mean(0), keep_count(0.3, N_VIDEO)).indices).values
+    for model in (sdpa, eager):
+        with sv.apply(model, sv.FastV(retain=0.3, layer=layer)) as handle, torch.no_grad():
+            model(**inputs)
+        assert torch.equal(handle.last_stats.stages[0].kept[0], ref)
+
+
+def _left_pad(samples):
+    pad = torch.nn.functional.pad
+    width = max(x["input_ids"].shape[1] for x in samples)
+    out = {k: torch.cat([pad(x[k], (width - x[k].shape[1], 0)) for x in samples])
+           for k in ("input_ids", "attention_mask")}
+    for k in ("pixel_values", "pixel_attention_mask"):
+        out[k] = torch.cat([x[k] for x in samples])
+    return out
+
+
+@pytest.mark.parametrize("cfg", [sv.FastV(retain=0.25, layer=2), sv.ShaRP(retain=0.25, layer=2),
+                                 sv.Schedule([sv.UniformPrune(retain=0.5, layer=0), sv.FastV(retain=0.25, layer=2)])],
+                         ids=["fastv", "sharp", "schedule"])
+def test_batched_equals_one_by_one(smol, cfg):
+    model, _ = smol
+    samples = [tiny_smolvlm_inputs(model, frames=FRAMES, seed=1, question="Who?"),
+               tiny_smolvlm_inputs(model, frames=FRAMES, seed=2, question="What is on the table at the end?")]
+    batch = _left_pad(samples)
+    gen = dict(max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    with sv.apply(model, cfg) as handle, torch.no_grad():
+        singles, kept = [], []
+        for x in samples:
+            singles.append(model.generate(**x, **gen))
+            kept.append([s.kept[0] for s in handle.last_stats.stages])
+        both = model.generate(**batch, **gen)
+        kept_both = [[s.kept[b] for s in handle.last_stats.stages] for b in range(2)]
+    for b, single in enumerate(singles):
+        assert both.sequences[b, -4:].tolist() == single.sequences[0, -4:].tolist()
+        for step, (lb, ls) in enumerate(zip(both.logits, single.logits, strict=True)):
+            assert (lb[b] - ls[0]).abs().max() < 1e-4, f"sample {b} step {step}"
+        for kb, ks in zip(kept_both[b], kept[b], strict=True):
+            assert torch.equal(kb, ks)
+
+
+# ---------------------------------------------------------------- ShaRP
+def test_sharp_defaults_match_the_segment_masked_oracle(smol):
+    model, inputs = smol
+    seq = inputs["input_ids"].shape[1]
+    visual = prunable(model, inputs)
+    seg = torch.full((seq,), -1)
+    seg[visual] = torch.arange(N_VIDEO) // PER_FRAME  # one segment per frame; markers and timestamps in none
+    shallow = segment_allowed(seg, "bidirectional")[None, None]
+    with sv.apply(model, sv.ShaRP(retain=0.2)) as handle, torch.no_grad():  # forward mask, reference debias, dedup
+        prefill = model(**inputs).logits
+        out = model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)
+    stage = handle.last_stats.stages[0]
+    assert stage.n_kept == [keep_count(0.2, N_VIDEO)] and stage.costs.reference_flops > 0
+    logits, tokens, _ = staged_forward(model, decoder_input(model, inputs), visual,
+                                       [(2, stage.kept_positions[0])], 4, shallow)
+    assert (prefill - logits[0]).abs().max() < 1e-5
+    assert out.sequences[0, -4:].tolist() == tokens
+    for a, b in zip(out.logits, logits, strict=True):
+        assert (a - b[:, -1]).abs().max() < 1e-4
+
+
+def test_reference_pass_uses_the_real_positions_and_masks(smol):
+    model, inputs = smol
+    calls = []
+    layer0 = model.model.text_model.layers[0]
+    with sv.apply(model, sv.ShaRP(retain=0.2, debias="reference")), torch.no_grad():
+        # registered after the engine's hook, so it sees what the layer really receives
+        hook = layer0.register_forward_pre_hook(
+            lambda m, a, k: calls.append((a[0], k["position_embeddings"], k.get(RUNS_KWARG))), with_kwargs=True)
+        try:
+            model(**inputs)
+        finally:
+            hook.remove()
+    assert len(calls) == 2  # the real prefill and the reference pass
+    (real_h, real_pe, real_runs), (ref_h, ref_pe, ref_runs) = calls
+    assert real_h.shape == ref_h.shape
+    assert torch.equal(real_pe[0], ref_pe[0]) and torch.equal(real_pe[1], ref_pe[1])
+    assert real_runs is not None and real_runs == ref_runs
+    assert sum(seg for _, _, seg in real_runs.runs) == FRAMES  # one block per frame
+    vis = prunable(model, inputs)
+    assert torch.equal(real_h[0, ~vis], ref_h[0, ~vis])  # text, markers and timestamps untouched
+    assert not torch.allclose(real_h[0, vis], ref_h[0, vis])  # frames replaced
+    frames = ref_h[0, vis].view(FRAMES, PER_FRAME, -1)  # black frames: every frame has the same features
+    assert torch.allclose(frames, frames[:1].expand_as(frames), atol=1e-6)
+    assert not torch.allclose(frames[0], frames[0, :1].expand_as(frames[0]))  # the tower's output, not a constant
+
+
+def test_reference_is_black_pixels_through_the_model(smol_mixed):
+    """Tiles, global view and frames alike: as if the processor's black (-1 after its 0.5/0.5 normalisation)
+    pictures had been fed to the model."""
+    model, inputs = smol_mixed
+    adapter = registry.adapter_for(model)
+    embeds = decoder_input(model, inputs)
+    layouts = adapter.find_layouts(inputs, embeds.shape[1], 1)
+    ref = adapter.reference_embeds(embeds, layouts, inputs)
+    vis = torch.zeros(embeds.shape[1], dtype=torch.bool)
+    vis[layouts[0].positions] = True
+    assert torch.equal(ref[0, ~vis], embeds[0, ~vis])
+    expect = decoder_input(model, dict(inputs, pixel_values=torch.full_like(inputs["pixel_values"], -1.0)))
+    assert (ref[0, vis] - expect[0, vis]).abs().max() < 1e-6
+    assert len(adapter._black) == 1  # one picture size: one cached black picture
+
+
+# ---------------------------------------------------------------- round trip, errors, registry
+def test_save_load_round_trip_then_apply(tmp_path):
+    from transformers import SmolVLMForConditionalGeneration
+
+    model = tiny_smolvlm(seed=3)
+    inputs = tiny_smolvlm_inputs(model, frames=FRAMES, seed=4)
+    model.save_pretrained(tmp_path)
+    loaded = SmolVLMForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
+    assert torch.equal(_logits(loaded, inputs), _logits(model, inputs))
+    for cfg in (sv.FastV(retain=0.25, layer=2), sv.ShaRP(retain=0.2)):
+        results = []
+        for m in (model, loaded):
+            with sv.apply(m, cfg) as handle, torch.no_grad():
+                assert isinstance(handle.adapter, SmolVLMAdapter)
+                results.append((m(**inputs).logits, handle.last_stats.stages[0].kept[0], _greedy(m, inputs, n=3)))
+        (a, ka, ga), (b, kb, gb) = results
+        assert torch.equal(ka, kb) and torch.equal(ga, gb)
+        assert (a - b).abs().max() < 1e-6
+
+
+def test_inputs_embeds_only_is_refused(smol):
+    model, inputs = smol
+    with torch.no_grad():
+        embeds = model.model.get_input_embeddings()(inputs["input_ids"])
+    with sv.apply(model, sv.FastV()), torch.no_grad(), pytest.raises(sv.InputError, match="needs `input_ids`"):
+        model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"])
+
+
+def test_registered_adapter():
+    from transformers import SmolVLMForConditionalGeneration
+
+    assert any(n.startswith("SmolVLMForConditionalGeneration") for n in registry.supported())
+    assert isinstance(registry.adapter_for(tiny_smolvlm(layers=1)), SmolVLMAdapter)
+    assert SmolVLMForConditionalGeneration in registry._ADAPTERS
+
+
+# ---------------------------------------------------------------- the real SmolLM2-135M decoder
+@pytest.fixture(scope="module")
+def real():
+    model, tok = smolvlm_with_smollm2()
+    inputs = tiny_smolvlm_inputs(model, frames=4, tokenizer=tok, question="What colour is the ball?")
+    return model, inputs
+
+
+@pytest.mark.real_lm
+def test_real_decoder_keep_everything_equals_unpatched(real):
+    model, inputs = real
+    assert model.config.text_config.num_hidden_layers == 30 and model.config.text_config.hidden_size == 576
+    ref, ref_gen = _logits(model, inputs), _greedy(model, inputs, n=4)
+    for cfg in (sv.NoPrune(), sv.FastV(retain=1.0, layer=2)):
+        with sv.apply(model, cfg) as handle:
+            out, gen = _logits(model, inputs), _greedy(model, inputs, n=4)
+        assert (out - ref).abs().max().item() <= 1e-5
+        assert torch.equal(gen, ref_gen)
+        assert handle.last_stats.n_visual == [4 * PER_FRAME]
+
+
+@pytest.mark.real_lm
+def test_real_decoder_fastv_and_sharp_run(real):
+    model, inputs = real
+    seq = inputs["input_ids"].shape[1]
+    n = 4 * PER_FRAME
+    with sv.apply(model, sv.FastV(retain=0.25, layer=2)) as handle:
+        prefill = _logits(model, inputs)
+        kept = handle.last_stats.stages[0].kept_positions[0]
+    assert prefill.shape[1] == seq - n + keep_count(0.25, n)
+    logits, _, _ = staged_forward(model, decoder_input(model, inputs), prunable(model, inputs, frames=4),
+                                  [(2, kept)], n_decode=1)
+    assert (prefill - logits[0]).abs().max() < 1e-4
+    with sv.apply(model, sv.ShaRP(retain=0.25)) as handle:
+        gen = _greedy(model, inputs, n=3)
+    stage = handle.last_stats.stages[0]
+    assert stage.n_kept == [keep_count(0.25, n)] and stage.costs.reference_flops > 0
+    assert gen.shape[1] <= seq + 3 and torch.equal(gen[:, :seq], inputs["input_ids"])
