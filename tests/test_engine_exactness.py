@@ -90,3 +90,22 @@ def test_generate_with_and_without_cache_agree(qwen):
     assert torch.equal(cached, uncached)
     # without a cache every step re-prunes; the query stays the last prompt token, so the kept set is stable
     assert torch.equal(kept_cached, kept_uncached)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_a_saved_checkpoint_loads_and_prunes_the_same(tmp_path, family):
+    from transformers import AutoModelForImageTextToText
+
+    from sharp_vlm.models.factory import tiny_qwen_vl, tiny_video_inputs
+
+    model = tiny_qwen_vl(family, seed=13)
+    inputs = tiny_video_inputs(model, seed=14).as_kwargs()
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path, local_files_only=True).eval()
+    assert type(loaded) is type(model)
+    runs = []
+    for m in (model, loaded):
+        with sv.apply(m, sv.ShaRP(retain=0.2, layer=2)) as h:
+            runs.append((_logits(m, inputs), h.last_stats.stages[0].kept[0]))
+    assert torch.equal(runs[0][1], runs[1][1])
+    assert (runs[0][0] - runs[1][0]).abs().max() < 1e-5

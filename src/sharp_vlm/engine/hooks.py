@@ -188,7 +188,8 @@ class Engine:
                 )
             return None
         self._start_prefill(ref)
-        self._pre.embeds = embeds if embeds is not None else self.adapter.embed(ids)
+        # the decoder input, for a reference pass; input ids are embedded only when one runs
+        self._pre.decoder_input = embeds if embeds is not None else ids
         kwargs, self._pre.adapter_state = self.adapter.prefill_state(kwargs)
         return args, kwargs
 

@@ -21,7 +21,7 @@ class Prefill:
     stats: CallStats
     call: dict[str, Any]  # the outer model call's kwargs (grids, masks) for the adapter
     full_layouts: list[VisualLayout] | None = None  # every visual token (the reference input replaces them all)
-    embeds: torch.Tensor | None = None  # decoder input, for the reference pass
+    decoder_input: torch.Tensor | None = None  # the decoder's inputs_embeds, or its input_ids
     adapter_state: Any = None  # what the adapter adds inside the decoder (Adapter.prefill_state)
     pos_emb: tuple[torch.Tensor, torch.Tensor] | None = None  # (cos, sin) of the original rows
     pos_emb_cur: tuple[torch.Tensor, torch.Tensor] | None = None  # ... of the current rows

@@ -54,10 +54,12 @@ def reference_hidden(
     """Hidden states entering `stage_layer` for the same prompt with content-free frames."""
     if any(0 < s.layer < stage_layer for s in pre.stats.stages):
         raise ConfigError("a reference pass cannot follow an in-decoder stage; put the debiased stage first")
-    ref = reference_fn(pre.embeds, pre.full_layouts, pre.call) if reference_fn else None
+    x = pre.decoder_input
+    embeds = x if x.is_floating_point() else adapter.embed(x)
+    ref = reference_fn(embeds, pre.full_layouts, pre.call) if reference_fn else None
     if ref is None:
-        ref = adapter.reference_embeds(pre.embeds, pre.full_layouts, pre.call)
-    h = ref.to(pre.embeds.dtype)
+        ref = adapter.reference_embeds(embeds, pre.full_layouts, pre.call)
+    h = ref.to(embeds.dtype)
     for op in pre.ops_before_decoder:
         h = op.run(h)
     state = adapter.reference_state(pre.full_layouts, pre.call, pre.batch, pre.seq_len)
