@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from transformers import (
+    CLIPVisionConfig,
+    CLIPVisionModel,
     LlamaConfig,
     LlamaForCausalLM,
     LlavaOnevisionConfig,
@@ -21,6 +23,8 @@ from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVi
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionConfig
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
+from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLVisionConfig
+from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionModel
 
 from sharp_vlm.bench.flop_counter import count_flops, count_flops_by_op
 from sharp_vlm.bench.shapes import decoder_config, decoder_shape, list_shapes, vision_config
@@ -242,6 +246,95 @@ def test_shape_table_vlm_decoders_match_text_models() -> None:
     assert vision_config("qwen2-7b") is None
 
 
+@pytest.mark.parametrize(
+    ("name", "config_class", "numbers"),
+    [
+        # (layers, hidden, intermediate, heads, kv heads, head_dim, vocab) from each config.json
+        ("qwen3-vl-8b", Qwen3Config, (36, 4096, 12288, 32, 8, 128, 151936)),
+        ("llava-next-video-7b", LlamaConfig, (32, 4096, 11008, 32, 32, 128, 32064)),
+    ],
+)
+def test_new_shapes_build_their_decoder_configs(name: str, config_class: type, numbers: tuple) -> None:
+    cfg = decoder_config(name)
+    assert type(cfg) is config_class
+    shape = DecoderShape.from_config(cfg)
+    assert shape == decoder_shape(name)
+    got = (shape.num_layers, shape.hidden_size, shape.intermediate_size, shape.num_heads)
+    got += (shape.num_kv_heads, shape.head_dim, shape.vocab_size)
+    assert got == numbers
+    assert shape.tie_word_embeddings is False
+    # The decoder-only stand-in is the same shape as the checkpoint's own text model.
+    model = (Qwen3ForCausalLM if config_class is Qwen3Config else LlamaForCausalLM)(
+        decoder_config(name, num_hidden_layers=1, vocab_size=300)
+    )
+    layer = model.model.layers[0]
+    assert layer.self_attn.q_proj.weight.shape == (shape.num_heads * shape.head_dim, shape.hidden_size)
+    assert layer.self_attn.k_proj.weight.shape == (shape.num_kv_heads * shape.head_dim, shape.hidden_size)
+    assert layer.mlp.up_proj.weight.shape == (shape.intermediate_size, shape.hidden_size)
+
+
+@pytest.mark.parametrize(
+    ("name", "config_class"),
+    [("qwen3-vl-8b", Qwen3VLVisionConfig), ("llava-next-video-7b", CLIPVisionConfig)],
+)
+def test_new_vision_dicts_are_transformers_configs(name: str, config_class: type) -> None:
+    vision = vision_config(name)
+    cfg = config_class(**{k: v for k, v in vision.items() if k != "model_type"})
+    assert cfg.model_type == vision["model_type"]
+    for key, value in vision.items():
+        got = getattr(cfg, key)
+        assert (list(got) if isinstance(got, tuple) else got) == value, key
+    n = 4 * 24 * 24
+    assert vision_encoder_flops(cfg, n) == vision_encoder_flops(vision, n)
+
+
+@pytest.mark.parametrize("grid", [(2, 8, 12), (1, 10, 6)])
+def test_qwen3_vl_vision_matches_flop_counter(grid: tuple[int, int, int]) -> None:
+    torch.manual_seed(0)
+    cfg = Qwen3VLVisionConfig(
+        depth=4,
+        hidden_size=64,
+        intermediate_size=96,
+        num_heads=4,
+        out_hidden_size=48,
+        num_position_embeddings=64,
+        deepstack_visual_indexes=[0, 2],
+    )
+    cfg._attn_implementation = "sdpa"
+    model = Qwen3VLVisionModel(cfg).eval()
+    t, h, w = grid
+    x = torch.randn(t * h * w, 3 * 2 * 16 * 16)
+    with torch.no_grad():
+        measured = count_flops(lambda: model(x, grid_thw=torch.tensor([grid])))
+    predicted = vision_encoder_flops(cfg, grid_thw=grid)
+    assert predicted["total"] == pytest.approx(measured, rel=0.02)
+    assert predicted["n_tokens_out"] == t * h * w // 4
+    # Two deepstack mergers, each the shape of the final merger; 2-matrix MLP, no windows.
+    assert predicted["deepstack"] == 2 * predicted["merger"]
+    assert predicted["mlp"] == 4 * 2 * 2 * t * h * w * 64 * 96
+    assert predicted["attention"] == 4 * 2 * 2 * 64 * t * (h * w) ** 2
+    assert vision_encoder_flops(cfg, t * h * w)["total"] >= predicted["total"]
+
+
+def test_clip_vision_matches_flop_counter() -> None:
+    torch.manual_seed(0)
+    cfg = CLIPVisionConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        image_size=64, patch_size=16, attn_implementation="sdpa",
+    )  # fmt: skip
+    model = CLIPVisionModel(cfg).eval()
+    pixels = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        measured = count_flops(lambda: model(pixel_values=pixels))
+    predicted = vision_encoder_flops(cfg, 3 * 16)
+    assert predicted["total"] == pytest.approx(measured, rel=0.02)
+    # One class token per image runs through every block: 17 tokens, 17 x 17 attention per image.
+    assert predicted["n_tokens"] == 3 * 17 and predicted["n_images"] == 3
+    assert predicted["attention"] == 2 * 2 * 2 * 64 * 3 * 17**2
+    siglip = vision_encoder_flops({**cfg.to_dict(), "model_type": "siglip_vision_model"}, 3 * 16)
+    assert predicted["total"] > siglip["total"]
+
+
 @pytest.mark.parametrize("grid", [(2, 12, 20), (1, 14, 18)])
 def test_qwen2_5_vl_vision_matches_flop_counter(grid: tuple[int, int, int]) -> None:
     torch.manual_seed(0)
@@ -302,3 +395,12 @@ def test_real_vision_towers_are_in_a_plausible_range() -> None:
     ov = vision_encoder_flops(vision_config("llava-onevision-7b"), 32 * 729)
     assert ov["n_images"] == 32
     assert 5e12 < ov["total"] < 5e13
+    # Qwen3-VL-8B on 32 frames at 384 x 384: 16 temporal slices of 24 x 24 patches of 16 px.
+    q3 = vision_encoder_flops(vision_config("qwen3-vl-8b"), grid_thw=(16, 24, 24))
+    assert q3["n_tokens_out"] == 16 * 144
+    assert 5e12 < q3["total"] < 5e13
+    assert q3["deepstack"] == 3 * q3["merger"]
+    # LLaVA-NeXT-Video-7B: CLIP ViT-L/14 @336 on 32 frames of 576 patches (+ 1 class token each).
+    clip = vision_encoder_flops(vision_config("llava-next-video-7b"), 32 * 576)
+    assert clip["n_images"] == 32 and clip["n_tokens"] == 32 * 577
+    assert 5e12 < clip["total"] < 5e13

@@ -204,3 +204,22 @@ def test_cli_runs_and_redraws_a_bench(tmp_path, tiny_shapes, capsys):
     assert main(["bench", "--render", str(out / "bench.json")]) == 0
     assert (out / "speedup.png").stat().st_size > 0 and "| floor |" in capsys.readouterr().out
     assert main(["bench", "--render", str(tmp_path / "missing.json")]) == 2
+
+
+@pytest.mark.parametrize(
+    "vision_cfg, cls",
+    [
+        (dict(model_type="qwen3_vl_vision", depth=2, hidden_size=32, intermediate_size=64, num_heads=2, in_channels=3,
+              patch_size=4, temporal_patch_size=2, spatial_merge_size=2, out_hidden_size=32, num_position_embeddings=64,
+              deepstack_visual_indexes=[0], hidden_act="gelu_pytorch_tanh"), "Qwen3VLVisionModel"),
+        (dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+              num_attention_heads=2, num_channels=3, image_size=16, patch_size=4), "CLIPVisionModel"),
+    ],
+)
+def test_timed_tower_is_the_shapes_own_architecture(vision_cfg, cls):
+    from sharp_vlm.bench.vision import build_tower
+
+    tower = build_tower(vision_cfg, torch.float32, "cpu")
+    assert type(tower).__name__ == cls
+    out = time_vision(vision_cfg, frames=2, tokens_per_frame=4, dtype=torch.float32, device="cpu", repeats=1, warmup=0)
+    assert out["seconds"]["median"] > 0 and out["flops"] > 0

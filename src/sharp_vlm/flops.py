@@ -386,15 +386,27 @@ def vision_encoder_flops(
 
     Supported configs (objects or dicts):
 
+    * Qwen3-VL (``deepstack_visual_indexes`` present): Conv3d patch embedding, ``depth`` blocks
+      of fused qkv + proj, attention, a 2-matrix GELU MLP (``intermediate_size``), no windowed
+      attention, the patch merger (two linears on groups of ``spatial_merge_size**2`` patches)
+      and one more merger of the same shape per entry of ``deepstack_visual_indexes``
+      (``deepstack``). The learned position grid is resampled elementwise and not counted.
     * Qwen2.5-VL (``out_hidden_size`` present): Conv3d patch embedding, ``depth`` blocks of
       fused qkv + proj, attention, SwiGLU MLP (3 matrices), and the patch merger (two linears
       on groups of ``spatial_merge_size**2`` patches).
     * Qwen2-VL (``embed_dim`` present): the same with a 2-matrix MLP of width
       ``embed_dim * mlp_ratio``.
-    * SigLIP (``image_size`` present; LLaVA-OneVision, SmolVLM): patch embedding and
-      ``num_hidden_layers`` blocks with attention within each image of
-      ``(image_size / patch_size)**2`` patches. The connector (LLaVA projector, SmolVLM pixel
-      shuffle) is not included.
+    * SigLIP and CLIP (``image_size`` present; LLaVA-OneVision, SmolVLM, LLaVA-NeXT-Video):
+      patch embedding and ``num_hidden_layers`` blocks of q/k/v/out projections, attention
+      within each image and a 2-matrix MLP. ``n_patches`` counts patches only: a CLIP tower
+      (``model_type`` ``clip_vision_model``) adds one class token per image, which goes through
+      every block. Each image holds ``(image_size / patch_size)**2`` patches. Every layer is
+      counted even when the VLM reads an earlier one (LLaVA's ``vision_feature_layer=-2``):
+      transformers runs them all.
+
+    Connectors: the Qwen mergers are part of the Qwen vision model and are counted. Connectors
+    that live outside the vision model class (the LLaVA projector MLP, the SmolVLM pixel-shuffle
+    connector) are not; they are small next to the tower (a few percent).
 
     For Qwen towers, a patch is ``temporal_patch_size`` frames of ``patch_size**2`` pixels.
     Attention spans: with ``grid_thw`` (one ``(t, h, w)`` in patches, or a list of them, as the
@@ -415,15 +427,25 @@ def vision_encoder_flops(
     n = n_patches
 
     if _get(vision_cfg, "image_size") is not None and _get(vision_cfg, "spatial_merge_size") is None:
-        return _siglip_flops(vision_cfg, n)
+        return _vit_flops(vision_cfg, n)
 
-    qwen25 = _get(vision_cfg, "out_hidden_size") is not None
+    qwen3 = _get(vision_cfg, "deepstack_visual_indexes") is not None
+    qwen25 = not qwen3 and _get(vision_cfg, "out_hidden_size") is not None
     channels = int(_get(vision_cfg, "in_channels", 3))
     patch = _int_pair(_get(vision_cfg, "patch_size"))
     t_patch = _int_pair(_get(vision_cfg, "temporal_patch_size", 2))
     merge = int(_get(vision_cfg, "spatial_merge_size", 2))
     depth = int(_get(vision_cfg, "depth"))
-    if qwen25:
+    n_deepstack = 0
+    if qwen3:
+        d = int(_get(vision_cfg, "hidden_size"))
+        m = int(_get(vision_cfg, "intermediate_size"))
+        out_dim = int(_get(vision_cfg, "out_hidden_size"))
+        mlp_per_block = 2 * 2 * n * d * m  # linear_fc1, linear_fc2
+        full_blocks = set(range(depth))
+        window = 0
+        n_deepstack = len(_get(vision_cfg, "deepstack_visual_indexes"))
+    elif qwen25:
         d = int(_get(vision_cfg, "hidden_size"))
         m = int(_get(vision_cfg, "intermediate_size"))
         out_dim = int(_get(vision_cfg, "out_hidden_size"))
@@ -451,35 +473,47 @@ def vision_encoder_flops(
 
     n_merged = n // (merge * merge)
     merged_dim = d * merge * merge
+    merger = 2 * n_merged * merged_dim * merged_dim + 2 * n_merged * merged_dim * out_dim
     out = {
         "patch_embed": 2 * n * channels * t_patch * patch * patch * d,
         "projections": depth * 2 * n * d * 4 * d,  # fused qkv (3d) + proj (d)
         "attention": attention,
         "mlp": depth * mlp_per_block,
-        "merger": 2 * n_merged * merged_dim * merged_dim + 2 * n_merged * merged_dim * out_dim,
+        "merger": merger,
     }
+    if qwen3:
+        out["deepstack"] = n_deepstack * merger  # same shape as the final merger
     out["total"] = sum(out.values())
     out["n_patches"] = n
     out["n_tokens_out"] = n_merged
     return out
 
 
-def _siglip_flops(cfg: Any, n: int) -> dict[str, Any]:
+# Vision models whose embeddings prepend a class token to each image's patches.
+_CLS_TOKEN_MODEL_TYPES = frozenset({"clip_vision_model"})
+
+
+def _vit_flops(cfg: Any, n: int) -> dict[str, Any]:
+    # SigLIP / CLIP: fixed-size images, attention within each image, 2-matrix MLP.
     d = int(_get(cfg, "hidden_size"))
     m = int(_get(cfg, "intermediate_size"))
     layers = int(_get(cfg, "num_hidden_layers"))
     patch = _int_pair(_get(cfg, "patch_size"))
     channels = int(_get(cfg, "num_channels", 3))
+    cls = 1 if _get(cfg, "model_type") in _CLS_TOKEN_MODEL_TYPES else 0
     per_image = (_int_pair(_get(cfg, "image_size")) // patch) ** 2
+    n_images = math.ceil(n / per_image)
     full, rest = divmod(n, per_image)
-    span_sq = full * per_image**2 + rest**2
+    span_sq = full * (per_image + cls) ** 2 + ((rest + cls) ** 2 if rest else 0)
+    tokens = n + n_images * cls  # rows of every projection and MLP matrix
     out = {
         "patch_embed": 2 * n * channels * patch * patch * d,
-        "projections": layers * 2 * n * d * 4 * d,  # q, k, v, out
+        "projections": layers * 2 * tokens * d * 4 * d,  # q, k, v, out
         "attention": layers * 2 * 2 * d * span_sq,
-        "mlp": layers * 2 * 2 * n * d * m,  # fc1, fc2
+        "mlp": layers * 2 * 2 * tokens * d * m,  # fc1, fc2
     }
     out["total"] = sum(out.values())
     out["n_patches"] = n
-    out["n_images"] = math.ceil(n / per_image)
+    out["n_images"] = n_images
+    out["n_tokens"] = tokens
     return out

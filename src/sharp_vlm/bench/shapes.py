@@ -3,12 +3,13 @@
 The table holds plain dicts with the values of each checkpoint's ``config.json`` on the
 Hugging Face Hub (the repository named in ``hf_id``). Only the numbers that set compute are
 kept; no weights are ever loaded. :func:`decoder_config` turns an entry into a decoder-only
-``Qwen2Config`` / ``LlamaConfig`` so a random-weight model of the same shape can be built.
+``Qwen2Config`` / ``Qwen3Config`` / ``LlamaConfig`` so a random-weight model of the same shape
+can be built.
 
 For the VLMs only the language decoder goes into :func:`decoder_config`; the ``vision``
 dict is the vision tower's config, in the same key names as the transformers config class
-(``Qwen2_5_VLVisionConfig`` or ``SiglipVisionConfig``), usable by
-:func:`sharp_vlm.flops.vision_encoder_flops`.
+(``Qwen2_5_VLVisionConfig``, ``Qwen3VLVisionConfig``, ``SiglipVisionConfig`` or
+``CLIPVisionConfig``), usable by :func:`sharp_vlm.flops.vision_encoder_flops`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from transformers import LlamaConfig, PreTrainedConfig, Qwen2Config
+from transformers import LlamaConfig, PreTrainedConfig, Qwen2Config, Qwen3Config
 
 from sharp_vlm.errors import ConfigError
 from sharp_vlm.flops import DecoderShape
@@ -51,6 +52,24 @@ _LLAVA_OV_VISION: dict[str, Any] = {
     "num_channels": 3,
     "image_size": 384,
     "patch_size": 14,
+}
+
+# Qwen3-VL-8B vision tower (27-block ViT, patch 16, 2-matrix GELU MLP, no windowed attention;
+# deepstack mergers after blocks 8, 16 and 24 feed decoder layers 0-2).
+_QWEN3_VL_8B_VISION: dict[str, Any] = {
+    "model_type": "qwen3_vl_vision",
+    "depth": 27,
+    "hidden_size": 1152,
+    "intermediate_size": 4304,
+    "num_heads": 16,
+    "in_channels": 3,
+    "patch_size": 16,
+    "temporal_patch_size": 2,
+    "spatial_merge_size": 2,
+    "out_hidden_size": 4096,
+    "num_position_embeddings": 2304,
+    "deepstack_visual_indexes": [8, 16, 24],
+    "hidden_act": "gelu_pytorch_tanh",
 }
 
 SHAPES: dict[str, dict[str, Any]] = {
@@ -127,6 +146,60 @@ SHAPES: dict[str, dict[str, Any]] = {
             "max_position_embeddings": 32768,
         },
         "vision": dict(_LLAVA_OV_VISION),
+    },
+    # Qwen/Qwen3-VL-8B-Instruct config.json (text_config = Qwen3-8B shape: head_dim 128 is set,
+    # q/k RMSNorms cost no FLOPs; interleaved M-RoPE becomes 1-D RoPE here, same cost).
+    # https://huggingface.co/Qwen/Qwen3-VL-8B-Instruct/blob/main/config.json, read through copies
+    # of it quoted in public code (the Hub page is not in the stored corpus); they all agree.
+    "qwen3-vl-8b": {
+        "hf_id": "Qwen/Qwen3-VL-8B-Instruct",
+        "family": "qwen3",
+        "decoder": {
+            "hidden_size": 4096,
+            "intermediate_size": 12288,
+            "num_hidden_layers": 36,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+            "vocab_size": 151936,
+            "tie_word_embeddings": False,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 5000000.0,
+            "max_position_embeddings": 262144,
+        },
+        "vision": dict(_QWEN3_VL_8B_VISION),
+    },
+    # llava-hf/LLaVA-NeXT-Video-7B-hf config.json (text_config = lmsys/vicuna-7b-v1.5, LLaMA with
+    # full multi-head attention; vocab 32000 + <video> 32000 / <image> 32001, padded to 32064; its
+    # linear rope_scaling changes no FLOPs and is left out). Vision = CLIP ViT-L/14 @336, one class
+    # token per frame; the VLM reads layer -2 (vision_feature_layer) but transformers runs all 24.
+    # https://huggingface.co/llava-hf/LLaVA-NeXT-Video-7B-hf/blob/main/config.json, read through
+    # a printout of AutoConfig.from_pretrained on that checkpoint in public code.
+    "llava-next-video-7b": {
+        "hf_id": "llava-hf/LLaVA-NeXT-Video-7B-hf",
+        "family": "llama",
+        "decoder": {
+            "hidden_size": 4096,
+            "intermediate_size": 11008,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 32,
+            "vocab_size": 32064,
+            "tie_word_embeddings": False,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0,
+            "max_position_embeddings": 4096,
+        },
+        "vision": {
+            "model_type": "clip_vision_model",
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "num_channels": 3,
+            "image_size": 336,
+            "patch_size": 14,
+        },
     },
     # HuggingFaceTB/SmolVLM2-256M-Video-Instruct config.json (text_config = SmolLM2-135M with
     # the vocab grown to 49280 for image tokens; vision = SigLIP-B/16 @512, pixel shuffle x4)
@@ -212,7 +285,11 @@ SHAPES: dict[str, dict[str, Any]] = {
 
 # ---------------------------------------------------------------------------------------------
 
-_CONFIG_CLASSES: dict[str, type[PreTrainedConfig]] = {"qwen2": Qwen2Config, "llama": LlamaConfig}
+_CONFIG_CLASSES: dict[str, type[PreTrainedConfig]] = {
+    "qwen2": Qwen2Config,
+    "qwen3": Qwen3Config,
+    "llama": LlamaConfig,
+}
 
 
 def list_shapes() -> list[str]:
@@ -232,10 +309,11 @@ def _entry(name: str) -> dict[str, Any]:
 def decoder_config(name: str, **overrides: Any) -> PreTrainedConfig:
     """A decoder-only transformers config with the language-model shape of checkpoint ``name``.
 
-    Qwen-family decoders (Qwen2/Qwen2.5, the Qwen2.5-VL and LLaVA-OneVision decoders) become a
-    ``Qwen2Config``; SmolLM2-family decoders a ``LlamaConfig``. The multimodal RoPE of
-    Qwen2.5-VL is replaced by 1-D RoPE, which costs the same. ``overrides`` are passed to the
-    config class (e.g. ``num_hidden_layers=2`` or ``attn_implementation="sdpa"``).
+    Qwen2-family decoders (Qwen2/Qwen2.5, the Qwen2.5-VL and LLaVA-OneVision decoders) become a
+    ``Qwen2Config``; the Qwen3-VL decoder a ``Qwen3Config`` (explicit ``head_dim``, q/k norms);
+    SmolLM2 and Vicuna (LLaVA-NeXT-Video) decoders a ``LlamaConfig``. The multimodal RoPE of
+    Qwen2.5-VL / Qwen3-VL is replaced by 1-D RoPE, which costs the same. ``overrides`` are passed
+    to the config class (e.g. ``num_hidden_layers=2`` or ``attn_implementation="sdpa"``).
     """
     entry = _entry(name)
     kwargs = copy.deepcopy(entry["decoder"])

@@ -44,7 +44,21 @@ def build_tower(vision_cfg: dict[str, Any], dtype: torch.dtype, device: str) -> 
     """A random-weight vision tower of the given config (no download)."""
     cfg = {k: v for k, v in vision_cfg.items() if k != "model_type"}
     torch.manual_seed(0)
-    if is_qwen_vision(vision_cfg):
+    kind = vision_cfg.get("model_type", "")
+    if kind == "qwen3_vl_vision":
+        from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLVisionConfig
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionModel
+
+        conf = Qwen3VLVisionConfig(**cfg)
+        conf._attn_implementation = "sdpa"
+        tower = Qwen3VLVisionModel._from_config(conf, dtype=dtype)
+    elif kind == "clip_vision_model":
+        from transformers import CLIPVisionConfig, CLIPVisionModel
+
+        conf = CLIPVisionConfig(**cfg)
+        conf._attn_implementation = "sdpa"
+        tower = CLIPVisionModel._from_config(conf, dtype=dtype)
+    elif is_qwen_vision(vision_cfg):
         from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
         from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
             Qwen2_5_VisionTransformerPretrainedModel,
