@@ -362,6 +362,19 @@ def test_beam_search_with_an_image_keeps_exactness(onevision_mixed):
     assert handle.last_stats.n_visual == [N_VIDEO + 64 + 12 * 24] * 2
 
 
+def test_sharp_reference_pass_under_beams_with_an_image(llava):
+    """The reference input is built per prompt (the call's image sizes are the unexpanded prompts') and repeated
+    for the beams: every beam keeps what its prompt keeps alone."""
+    model, _ = llava
+    inputs = tiny_llava_inputs(model, frames=8, image_sizes=((20, 40),))
+    with sv.apply(model, sv.ShaRP(retain=0.25, layer=2)) as handle, torch.no_grad():
+        model(**inputs)
+        alone = handle.last_stats.stages[0].kept[0]
+        out = model.generate(**inputs, max_new_tokens=2, num_beams=2, do_sample=False)
+    assert out.shape[0] == 1
+    assert [torch.equal(k, alone) for k in handle.last_stats.stages[0].kept] == [True, True]
+
+
 @pytest.mark.parametrize("trim", [False, True])
 def test_kv_cache_lengths_and_decode_positions(llava, trim):
     model, inputs = llava

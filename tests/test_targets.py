@@ -76,3 +76,22 @@ def test_a_target_missing_from_the_prompt_is_a_clear_error(qwen25):
         sv.FastV(targets="frames")
     with pytest.raises(sv.ConfigError, match="same targets"):
         sv.Schedule([sv.UniformPrune(retain=0.5, layer=0, targets="all"), sv.FastV(retain=0.2, layer=2)])
+
+
+def test_the_text_query_starts_after_every_visual_token(image_and_video):
+    """query="text" is the text after the last visual token of any kind, whatever the stage prunes."""
+    from sharp_vlm.engine.rows import PrefillRows
+
+    model, inputs = image_and_video
+    types = inputs["mm_token_type_ids"][0]
+    seq = types.numel()
+    for targets in ("image", "video", "all"):
+        with sv.apply(model, sv.FastV(retain=0.5, layer=2, query="text", targets=targets)) as h, torch.no_grad():
+            model(**inputs)
+        assert h.last_stats.stages[0].n_kept[0] == sv.keep_count(0.5, h.last_stats.n_visual[0])
+    lay = h.adapter.find_layouts(inputs, seq, 1)[0]
+    image_only = lay.of_kinds(("image",))
+    assert [it.kind for it in image_only.items] == ["image"] and image_only.items[0].start == 0
+    rows = PrefillRows.start([image_only], torch.ones(1, seq, dtype=torch.bool), torch.tensor([seq - 1]))
+    last_visual = int(torch.nonzero(types).max())
+    assert int(rows.query_rows("text", [lay])[0].min()) > last_visual

@@ -40,6 +40,9 @@ def test_sample_indices_rules():
         sample_indices(10, 10.0)
     with pytest.raises(sv.InputError, match="exactly one of"):
         sample_indices(10, 10.0, n_frames=2, sample_fps=1)
+    for bad in ({"n_frames": 2.5}, {"n_frames": True}, {"sample_fps": 1, "max_frames": 0}, {"sample_fps": -1}):
+        with pytest.raises(sv.InputError, match="must be"):
+            sample_indices(10, 10.0, **bad)
 
 
 def test_a_missing_file_is_a_clear_error(tmp_path):

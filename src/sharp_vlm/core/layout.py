@@ -56,14 +56,17 @@ class VisualLayout:
         )
 
     def of_kinds(self, kinds: tuple[str, ...]) -> VisualLayout:
-        """The layout restricted to the tokens of items of these kinds ("video", "image")."""
+        """The layout restricted to the tokens of items of these kinds ("video", "image"); its items are those
+        items, their starts counted among the kept tokens."""
         keep = torch.zeros(self.n_visual, dtype=torch.bool, device=self.positions.device)
+        items, seen = [], 0
         for it in self.items:
             if it.kind in kinds:
                 keep[it.start : it.start + it.n_tokens] = True
-        if not self.items:
-            return self
-        return self.subset(torch.nonzero(keep).flatten())
+                items.append(VisualItem(it.kind, seen, it.t, it.h, it.w))
+                seen += it.n_tokens
+        idx = torch.nonzero(keep).flatten()
+        return VisualLayout(self.positions[idx], self.frame_ids[idx], self.rows[idx], self.cols[idx], items)
 
     def segment_ids(self, seq_len: int, frames_per_segment: int = 1) -> torch.Tensor:
         """Per-sequence-position segment id (-1 for non-visual), segments of k consecutive frames."""

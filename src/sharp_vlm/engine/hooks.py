@@ -23,7 +23,6 @@ import torch
 from torch import nn
 
 from ..config import TARGET_KINDS, Method, SegmentMask, Stage
-from ..core.layout import VisualLayout
 from ..errors import ConfigError, InputError
 from ..flops import DecoderShape
 from ..models.base import Adapter, ReferenceFn
@@ -123,6 +122,7 @@ class Engine:
         self._restore.clear()
         self._handles.clear()
         self._decodes.clear()
+        self._call = {}
         self._block_kernel = False
         self._pre = self._dec = None
 
@@ -195,6 +195,7 @@ class Engine:
 
     def _decoder_post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         pre, self._pre = self._pre, None
+        self._call = {}  # the call's tensors (its KV cache too) are not kept past the call
         if self._dec is not None:
             self._dec = None
             return
@@ -264,15 +265,15 @@ class Engine:
         except InputError:
             return False
 
-    def _layouts(self, batch: int, seq_len: int) -> list[VisualLayout]:
-        """Per-sample layouts. generate() repeats each prompt for beams or num_return_sequences but hands the
-        forward the grids of the unexpanded prompts: find the layouts of those and repeat them alike."""
+    def _unexpanded(self, batch: int) -> tuple[int, dict[str, Any]]:
+        """generate() repeats each prompt for beams or num_return_sequences but hands the forward the grids and
+        image sizes of the unexpanded prompts: (repeat factor, the call with one row per prompt)."""
         factor = batch // self.generate_batch if self.generate_batch else 1
         if factor > 1 and batch == factor * self.generate_batch:
             call = {k: v[::factor] if k in _PER_SAMPLE and isinstance(v, torch.Tensor) and v.shape[0] == batch else v
                     for k, v in self._call.items()}
-            return [lay for lay in self.adapter.find_layouts(call, seq_len, self.generate_batch) for _ in range(factor)]
-        return self.adapter.find_layouts(self._call, seq_len, batch)
+            return factor, call
+        return 1, self._call
 
     def _start_prefill(self, ref: torch.Tensor) -> None:
         if self.method.to_dict() != self._config:
@@ -281,7 +282,9 @@ class Engine:
                 "(handle.remove(); sv.apply(model, cfg)) so the change is checked and takes effect"
             )
         batch, seq_len = ref.shape[0], ref.shape[1]
-        full = self._layouts(batch, seq_len)
+        factor, call = self._unexpanded(batch)
+        # the layouts of the unexpanded prompts, repeated as generate() repeated the prompts
+        full = [lay for lay in self.adapter.find_layouts(call, seq_len, batch // factor) for _ in range(factor)]
         if not any(lay.n_visual for lay in full):
             raise InputError(
                 "no visual tokens in the prompt: nothing to prune. Build the inputs from a message with a video "
@@ -317,7 +320,8 @@ class Engine:
             full_layouts=full,
             rows=PrefillRows.start(layouts, key_valid, query_last),
             stats=CallStats(batch, seq_len, [lay.n_visual for lay in layouts]),
-            call=self._call,
+            call=call,
+            expand=factor,
         )
         sync(ref)
         self._pre.started = time.perf_counter()

@@ -19,7 +19,8 @@ class Prefill:
     layouts: list[VisualLayout]  # the visual tokens the stages prune (their targets), per sample
     rows: PrefillRows
     stats: CallStats
-    call: dict[str, Any]  # the outer model call's kwargs (grids, masks) for the adapter
+    call: dict[str, Any]  # the outer model call's kwargs (grids, masks) for the adapter, one row per prompt
+    expand: int = 1  # generate()'s repeat of each prompt (beams, num_return_sequences): rows per prompt
     full_layouts: list[VisualLayout] | None = None  # every visual token (the reference input replaces them all)
     decoder_input: torch.Tensor | None = None  # the decoder's inputs_embeds, or its input_ids
     adapter_state: Any = None  # what the adapter adds inside the decoder (Adapter.prefill_state)

@@ -30,7 +30,9 @@ def fingerprint(model: nn.Module, adapter: Adapter) -> tuple:
 
 
 def bias_key(cache: BiasCache, fp: tuple, layer: int, query: str, rope: bool, mask: SegmentMask | None,
-             pre: Prefill) -> str:
+             pre: Prefill, reference: tuple = ()) -> str:
+    """The cached bias's key: weights, layer, options, layout, layer-0 stages, and what the reference input
+    depends on (`reference`: the adapter's reference_key and the user's reference function, by name)."""
     # what layer-0 stages did to the reference prompt (kept rows, merges) is part of the key
     ops = []
     for op in pre.ops_before_decoder:
@@ -39,7 +41,7 @@ def bias_key(cache: BiasCache, fp: tuple, layer: int, query: str, rope: bool, ma
             if m is not None:
                 ops += [m[0], m[1].source, m[1].target] + ([m[1].weight] if m[1].weight is not None else [])
     return cache.key(
-        fp, layer, query, rope, mask, pre.rows.rows, pre.rows.query_last,
+        fp, layer, query, rope, mask, reference, pre.rows.rows, pre.rows.query_last,
         *[lay.positions for lay in pre.layouts], *[tuple(lay.items) for lay in pre.layouts], *ops,
     )
 
@@ -56,10 +58,13 @@ def reference_hidden(
         raise ConfigError("a reference pass cannot follow an in-decoder stage; put the debiased stage first")
     x = pre.decoder_input
     embeds = x if x.is_floating_point() else adapter.embed(x)
-    ref = reference_fn(embeds, pre.full_layouts, pre.call) if reference_fn else None
+    # one reference per prompt (pre.call has one row per prompt), repeated for generate()'s beams
+    f = pre.expand
+    one, layouts = embeds[::f], pre.full_layouts[::f]
+    ref = reference_fn(one, layouts, pre.call) if reference_fn else None
     if ref is None:
-        ref = adapter.reference_embeds(embeds, pre.full_layouts, pre.call)
-    h = ref.to(embeds.dtype)
+        ref = adapter.reference_embeds(one, layouts, pre.call)
+    h = ref.to(embeds.dtype).repeat_interleave(f, dim=0)
     for op in pre.ops_before_decoder:
         h = op.run(h)
     state = adapter.reference_state(pre.full_layouts, pre.call, pre.batch, pre.seq_len)

@@ -68,7 +68,8 @@ class PrefillRows:
 
     def query_rows(self, query: str, layouts: list[VisualLayout]) -> list[torch.Tensor]:
         """Per sample, the current rows of the query tokens: the last prompt token ("last") or the text after the
-        video ("text"; a prompt that ends with the video falls back to its last token)."""
+        last visual token ("text"; a prompt that ends with visual tokens falls back to its last token). `layouts`:
+        every visual token of the prompt, whatever the stages prune."""
         if query not in ("last", "text"):
             raise ConfigError(f"query={query!r} must be 'last' or 'text'")
         out = []

@@ -32,12 +32,14 @@ def query_probs(
     rope: bool = True,
     mask: SegmentMask | None = None,
     content_free: bool = False,
+    all_layouts: list[VisualLayout] | None = None,
 ) -> torch.Tensor:
     """(B, S_cur) attention probabilities over the current keys, averaged over heads and query rows.
 
     `hidden` are the states entering the layer. Text query rows are causal; with `mask`, rows follow the segment
     mask. content_free: every query and key becomes a constant vector of the same mean norm per head, so the
-    result depends on the positions only (the RoPE-only prior).
+    result depends on the positions only (the RoPE-only prior). `layouts`: the tokens the stage prunes (their
+    segments); `all_layouts`: every visual token (the text query starts after the last of them).
     """
     x = parts.norm(hidden)
     s = x.shape[1]
@@ -50,7 +52,7 @@ def query_probs(
     key_valid = rows.valid()
     seg = rows.segment_ids(layouts, mask.frames_per_segment) if mask is not None and mask.mode != "off" else None
     out = []
-    for b, qrows in enumerate(rows.query_rows(query, layouts)):
+    for b, qrows in enumerate(rows.query_rows(query, all_layouts or layouts)):
         q = parts.queries(x[b : b + 1, qrows])
         if content_free:
             q = _constant_like(q)

@@ -61,14 +61,14 @@ class StageScorer:
             )
 
     def _flops(self, query: str) -> int:
-        n_query = int(sum(r.numel() for r in self.pre.rows.query_rows(query, self.pre.layouts)))
+        n_query = int(sum(r.numel() for r in self.pre.rows.query_rows(query, self.pre.full_layouts)))
         return scoring_flops(self.shape, self.pre.rows.rows.shape[1], n_query)["total"] * self.pre.batch
 
     def _scores(self, hidden: torch.Tensor, query: str, mask: SegmentMask | None, rope: bool,
                 content_free: bool) -> torch.Tensor:
         parts = self.adapter.attention_parts(self.stage.layer)
         probs = query_probs(parts, hidden, self.pre.pos_emb_cur, self.pre.rows, self.pre.layouts, query, rope, mask,
-                            content_free)
+                            content_free, self.pre.full_layouts)
         out = visual_scores(probs, self.pre.rows)
         sync(out)
         return out
@@ -93,7 +93,9 @@ class StageScorer:
         store, ckey = None, None
         if cache is not None:
             store = BiasCache.shared(*cache)
-            ckey = bias_key(store, self.fingerprint(), self.stage.layer, query, rope, mask, self.pre)
+            fn = self.reference_fn
+            ref = (self.adapter.reference_key(), getattr(fn, "__module__", None), getattr(fn, "__qualname__", None))
+            ckey = bias_key(store, self.fingerprint(), self.stage.layer, query, rope, mask, self.pre, ref)
             hit = store.get(ckey)
             self.costs.bias_cache = "hit" if hit is not None else "miss"
             if hit is not None:

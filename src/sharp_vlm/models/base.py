@@ -156,6 +156,12 @@ class Adapter:
         """
         return hidden
 
+    def reference_key(self) -> tuple:
+        """What the content-free reference input depends on besides the layout (e.g. the pixel normalisation of
+        black frames); part of the cached bias's key."""
+        return tuple(getattr(self, name) for name in ("pixel_mean", "pixel_std", "video_pixel_mean", "video_pixel_std")
+                     if hasattr(self, name))
+
     def reference_state(self, layouts: list[VisualLayout], call: dict[str, Any], batch: int, seq_len: int) -> Any:
         """`prefill_state`'s state for the content-free reference input."""
         return None

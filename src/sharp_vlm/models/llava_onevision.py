@@ -261,7 +261,8 @@ class LlavaAdapter(Adapter):
     def _features(self, piece: Piece) -> torch.Tensor:
         """LLM-space features of the piece's visual tokens (newlines left out) for black input, cached."""
         # the tower encodes frames independently: a black video is its first black frame, repeated
-        key = ("frame", piece.key[2]) if piece.kind == "video" else piece.key
+        # the normalisation is part of the key: a user may set pixel_mean / pixel_std after a first call
+        key = (("frame", piece.key[2]) if piece.kind == "video" else piece.key) + (self.pixel_mean, self.pixel_std)
         if key not in self._black:
             with torch.no_grad():
                 if piece.kind == "video":

@@ -206,7 +206,7 @@ class SmolVLMAdapter(Adapter):
     # ---------------------------------------------------------------- reference input
     def _black_features(self, h: int, w: int) -> torch.Tensor:
         """(h*w, D): one black picture of an h x w token grid through the vision tower and connector (cached)."""
-        key = (h, w)
+        key = (h, w, self.pixel_mean, self.pixel_std)  # the normalisation may be set after a first call
         if key not in self._black:
             cfg = self.model.config
             vc = cfg.vision_config

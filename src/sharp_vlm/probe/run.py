@@ -58,6 +58,9 @@ def ablation_label(c1: bool, c2: bool, c3: bool) -> str:
 
 
 def _build(cls: type[Method], name: str, options: dict[str, Any], **fixed: Any) -> Method:
+    clash = sorted(set(options) & set(fixed))
+    if clash:
+        raise ConfigError(f"--options sets {', '.join(clash)} for {name}; use the --retain/--layer flags instead")
     try:
         return cls(**fixed, **options)
     except TypeError:

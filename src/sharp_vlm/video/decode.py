@@ -42,15 +42,17 @@ def sample_indices(n_total: int, fps: float, n_frames: int | None = None, sample
     sampling), or one frame every 1/sample_fps seconds (at most `max_frames`, evenly thinned if more)."""
     if (n_frames is None) == (sample_fps is None):
         raise InputError("give exactly one of n_frames (how many frames) or sample_fps (frames per second)")
+    for name, value in (("n_frames", n_frames), ("max_frames", max_frames)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise InputError(f"{name}={value!r} must be an integer >= 1")
     if n_frames is not None:
-        if n_frames < 1:
-            raise InputError(f"n_frames={n_frames} must be >= 1")
         if n_frames > n_total:
             raise InputError(
                 f"the video has {n_total} frames, fewer than the {n_frames} asked for; ask for at most {n_total}"
             )
         return [int((i + 0.5) * n_total / n_frames) for i in range(n_frames)]
-    if not sample_fps > 0 or not math.isfinite(sample_fps):
+    if isinstance(sample_fps, bool) or not isinstance(sample_fps, int | float) or not (
+            sample_fps > 0 and math.isfinite(sample_fps)):
         raise InputError(f"sample_fps={sample_fps} must be a positive number of frames per second")
     step = fps / sample_fps
     picked = sorted({min(n_total - 1, int(i * step)) for i in range(max(1, math.ceil(n_total / step)))})
@@ -88,7 +90,9 @@ def read_video(path: str | Path, n_frames: int | None = None, sample_fps: float 
                     break
     except av.error.FFmpegError as err:
         raise InputError(f"{path} cannot be decoded as a video ({err}); is it a video file?") from None
-    stamps = [float(times[i]) if times[i] is not None else i / fps for i in keep]
+    # seconds from the first frame (a stream may start at a non-zero time)
+    t0 = float(times[0]) if times[0] is not None else 0.0
+    stamps = [float(times[i]) - t0 if times[i] is not None else i / fps for i in keep]
     return Frames(torch.from_numpy(np.stack([arrays[i] for i in keep])), stamps, keep, fps, len(times))
 
 
