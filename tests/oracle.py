@@ -99,3 +99,10 @@ def pruned_forward(model, inputs, keep_positions, layer, n_decode, shallow_mask=
     prompt = qwen_prompt(model, inputs)
     return staged_forward(model, model.model.language_model, prompt, [(layer, keep_positions)], n_decode,
                           shallow_mask)
+
+
+def staged_forward_1d(model, tm, embeds, visual, stages, n_decode, shallow_mask=None):
+    """`staged_forward` for a decoder with 1-D positions 0..S-1 (LLaVA, InternVL, SmolVLM): decoding at S, S+1..."""
+    seq = embeds.shape[1]
+    prompt = Prompt(embeds, torch.arange(seq)[None], visual, seq)
+    return staged_forward(model, tm, prompt, stages, n_decode, shallow_mask)

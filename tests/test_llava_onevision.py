@@ -13,9 +13,9 @@ import types
 import numpy as np
 import pytest
 import torch
-from transformers import DynamicCache
 
 import sharp_vlm as sv
+from oracle import staged_forward_1d
 from sharp_vlm.core.budget import keep_count
 from sharp_vlm.core.masks import segment_allowed
 from sharp_vlm.engine.segment_attention import RUNS_KWARG
@@ -83,38 +83,8 @@ def prunable(model, inputs, kinds=("video",)) -> torch.Tensor:
 
 
 def staged_forward(model, embeds, visual, stages, n_decode, shallow_mask=None):
-    """(logits per step, greedy tokens, cache). stages: [(layer, kept original positions)], increasing layers.
-
-    Layers before the first stage run on every row (under `shallow_mask` if given), each stage keeps the
-    non-visual rows and the kept visual rows with their original positions, greedy decoding continues at S, S+1...
-    """
-    tm = model.model.language_model
-    seq = embeds.shape[1]
-    cache = DynamicCache(config=tm.config)
-    stage_at = dict(stages)
-    first = stages[0][0] if stages else len(tm.layers)
-    with torch.no_grad():
-        h = embeds
-        cos, sin = tm.rotary_emb(h, torch.arange(seq)[None])
-        rows = torch.arange(seq)
-        for i, lay in enumerate(tm.layers):
-            if i in stage_at:
-                keep = ~visual[rows] | torch.isin(rows, stage_at[i])
-                h, cos, sin, rows = h[:, keep], cos[:, keep], sin[:, keep], rows[keep]
-            mask = shallow_mask if i < first else None
-            h = lay(h, attention_mask=mask, position_embeddings=(cos, sin), cache=cache, use_cache=True)
-        logits = [model.lm_head(tm.norm(h))]
-        token = logits[-1][:, -1].argmax(-1)
-        tokens = [int(token)]
-        for t in range(n_decode - 1):
-            h = tm.embed_tokens(token)[:, None]
-            cos, sin = tm.rotary_emb(h, torch.full((1, 1), seq + t))
-            for lay in tm.layers:
-                h = lay(h, attention_mask=None, position_embeddings=(cos, sin), cache=cache, use_cache=True)
-            logits.append(model.lm_head(tm.norm(h)))
-            token = logits[-1][:, -1].argmax(-1)
-            tokens.append(int(token))
-    return logits, tokens, cache
+    """The hand-written pruned forward of tests/oracle.py on this family's decoder (1-D positions)."""
+    return staged_forward_1d(model, model.model.language_model, embeds, visual, stages, n_decode, shallow_mask)
 
 
 def _logits(model, inputs):
