@@ -219,3 +219,19 @@ def method_flops_for(shape, stages, **kw):
     from sharp_vlm.flops import method_flops
 
     return method_flops(shape, 200, 100, stages, **kw)
+
+
+def test_a_stage_that_keeps_everything_costs_no_scoring():
+    from sharp_vlm.flops import DecoderShape, scoring_flops
+
+    shape = DecoderShape(64, 128, 4, 4, 2, 16, 100)
+    flops = method_flops_for(shape, [(0, 0.5), (2, 0.5)], scoring=[False, True], reference_pass=[False, True])
+    assert flops["scoring"] == 0 and flops["reference"] == 0
+    model = tiny_llama()
+    method = sv.Schedule([sv.UniformPrune(retain=0.5, layer=0), sv.ShaRP(retain=0.5, layer=2, mask="off")])
+    with sv.apply(model, method, span=sv.VideoSpan(2, 4, 8)) as h, torch.no_grad():
+        model(input_ids=torch.randint(3, 100, (1, 40)))
+    assert h.last_stats.stages[1].costs.scoring_flops == 0 and h.last_stats.stages[1].costs.reference_flops == 0
+    # the same schedule with a stage that does select pays its scoring
+    paid = method_flops_for(shape, [(0, 0.5), (2, 0.25)], scoring=[False, True], reference_pass=[False, True])
+    assert paid["scoring"] == scoring_flops(shape, 150, 1)["total"] and paid["reference"] > 0

@@ -318,12 +318,13 @@ def method_flops(
     score = 0
     # Each stage scores the sequence entering layer K, before its own removal.
     cur = seq_len
+    # a stage that keeps everything it gets selects nothing: the engine skips its scoring and reference pass
     for (_, removed), scores_here in zip(removals, scores, strict=True):
-        if scores_here:
+        if scores_here and removed:
             score += scoring_flops(shape, cur, n_query)["total"]
         cur -= removed
     reference = 0
-    debiased = [k for (k, _), r in zip(removals, refs, strict=True) if r]
+    debiased = [k for (k, removed), r in zip(removals, refs, strict=True) if r and removed]
     if debiased:
         reference = reference_pass_flops(shape, seq_len, max(debiased), n_query, causal)["total"]
         reference += (len(debiased) - 1) * scoring_flops(shape, seq_len, n_query)["total"]
