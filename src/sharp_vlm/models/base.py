@@ -43,7 +43,9 @@ class AttentionParts:
     sliding_window: int | None = None
 
 
-def _heads(proj: nn.Module, norm: nn.Module | None, head_dim: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def heads(proj: nn.Module, norm: nn.Module | None, head_dim: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """(B, T, D) -> (B, H, T, head_dim) through a projection and an optional per-head norm."""
+
     def run(x: torch.Tensor) -> torch.Tensor:
         out = proj(x).view(x.shape[0], x.shape[1], -1, head_dim)
         if norm is not None:
@@ -83,13 +85,16 @@ class Adapter:
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.text_model().embed_tokens(input_ids)
 
+    # what `attention_parts` reads from each decoder layer and its `self_attn`; `check` refuses a model without them
+    layer_attributes: tuple[str, ...] = ("input_layernorm",)
+    attention_attributes: tuple[str, ...] = ("q_proj", "k_proj", "head_dim", "scaling")
+
     def check(self) -> None:
         """Raise UnsupportedModelError at apply() when a layer lacks what the side pass needs."""
         for i, layer in enumerate(self.layers()):
             attn = getattr(layer, "self_attn", None)
-            missing = [n for n in ("input_layernorm",) if not hasattr(layer, n)]
-            missing += [f"self_attn.{n}" for n in ("q_proj", "k_proj", "head_dim", "scaling")
-                        if attn is None or not hasattr(attn, n)]
+            missing = [n for n in self.layer_attributes if not hasattr(layer, n)]
+            missing += [f"self_attn.{n}" for n in self.attention_attributes if attn is None or not hasattr(attn, n)]
             if missing:
                 raise UnsupportedModelError(
                     f"{type(self.model).__name__}: decoder layer {i} has no {', '.join(missing)}, which the "
@@ -101,8 +106,8 @@ class Adapter:
         attn = layer.self_attn
         return AttentionParts(
             norm=layer.input_layernorm,
-            queries=_heads(attn.q_proj, getattr(attn, "q_norm", None), attn.head_dim),
-            keys=_heads(attn.k_proj, getattr(attn, "k_norm", None), attn.head_dim),
+            queries=heads(attn.q_proj, getattr(attn, "q_norm", None), attn.head_dim),
+            keys=heads(attn.k_proj, getattr(attn, "k_norm", None), attn.head_dim),
             rotary=apply_rotary,
             scaling=float(attn.scaling),
             softcap=getattr(attn, "attn_logit_softcapping", None),

@@ -6,27 +6,15 @@ Every family here is tested: FastV's kept set equals the one an eager-attention 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from ..core.scoring import apply_rotary, apply_rotary_interleaved
-from ..errors import UnsupportedModelError
-from .base import AttentionParts
+from .base import AttentionParts, heads
 from .generic import GenericAdapter
-
-
-def _require(adapter: GenericAdapter, layer_attrs: tuple[str, ...], attn_attrs: tuple[str, ...]) -> None:
-    for i, layer in enumerate(adapter.layers()):
-        attn = getattr(layer, "self_attn", None)
-        missing = [n for n in layer_attrs if not hasattr(layer, n)]
-        missing += [f"self_attn.{n}" for n in attn_attrs if attn is None or not hasattr(attn, n)]
-        if missing:
-            raise UnsupportedModelError(
-                f"{type(adapter.model).__name__}: decoder layer {i} has no {', '.join(missing)}; this variant of "
-                f"the {adapter.name} architecture is not supported"
-            )
 
 
 def _split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -37,9 +25,7 @@ class Phi3Adapter(GenericAdapter):
     """Phi-3: one fused qkv projection; partial rotary when the config asks (handled by `apply_rotary`)."""
 
     name = "phi3"
-
-    def check(self) -> None:
-        _require(self, ("input_layernorm",), ("qkv_proj", "head_dim", "scaling", "num_key_value_heads"))
+    attention_attributes = ("qkv_proj", "head_dim", "scaling", "num_key_value_heads")
 
     def attention_parts(self, index: int) -> AttentionParts:
         layer = self.layers()[index]
@@ -63,34 +49,22 @@ class PhiAdapter(GenericAdapter):
 
     name = "phi"
 
-    def check(self) -> None:
-        _require(self, ("input_layernorm",), ("q_proj", "k_proj", "head_dim", "scaling"))
-
     def attention_parts(self, index: int) -> AttentionParts:
         layer = self.layers()[index]
         attn = layer.self_attn
         hd = attn.head_dim
         qn = getattr(attn, "q_layernorm", None) if getattr(attn, "qk_layernorm", False) else None
         kn = getattr(attn, "k_layernorm", None) if getattr(attn, "qk_layernorm", False) else None
-
-        def heads(proj: nn.Module, norm: nn.Module | None) -> Callable[[torch.Tensor], torch.Tensor]:
-            def run(x: torch.Tensor) -> torch.Tensor:
-                out = proj(x).view(x.shape[0], x.shape[1], -1, hd)
-                return (norm(out) if norm is not None else out).transpose(1, 2)
-
-            return run
-
-        return AttentionParts(norm=layer.input_layernorm, queries=heads(attn.q_proj, qn), keys=heads(attn.k_proj, kn),
-                              rotary=apply_rotary, scaling=float(attn.scaling))
+        return AttentionParts(norm=layer.input_layernorm, queries=heads(attn.q_proj, qn, hd),
+                              keys=heads(attn.k_proj, kn, hd), rotary=apply_rotary, scaling=float(attn.scaling))
 
 
 class Olmo2Adapter(GenericAdapter):
     """OLMo-2: no norm before attention (its norms follow the sublayers); q/k RMSNorms over the whole projection."""
 
     name = "olmo2"
-
-    def check(self) -> None:
-        _require(self, (), ("q_proj", "k_proj", "q_norm", "k_norm", "head_dim", "scaling"))
+    layer_attributes = ()
+    attention_attributes = ("q_proj", "k_proj", "q_norm", "k_norm", "head_dim", "scaling")
 
     def attention_parts(self, index: int) -> AttentionParts:
         attn = self.layers()[index].self_attn
@@ -109,10 +83,6 @@ class CohereAdapter(GenericAdapter):
 
     name = "cohere"
 
-    def check(self) -> None:
-        _require(self, ("input_layernorm",), ("q_proj", "k_proj", "head_dim", "scaling"))
-
     def attention_parts(self, index: int) -> AttentionParts:
-        parts = super().attention_parts(index)  # q/k norms are per head, as in the LLaMA-style default
-        return AttentionParts(norm=parts.norm, queries=parts.queries, keys=parts.keys,
-                              rotary=apply_rotary_interleaved, scaling=parts.scaling)
+        # q/k norms are per head, as in the LLaMA-style default; only the rotary layout differs
+        return dataclasses.replace(super().attention_parts(index), rotary=apply_rotary_interleaved)

@@ -37,10 +37,8 @@ class Qwen3VLAdapter(QwenVLAdapter):
     name = "qwen3-vl"
     family = "Qwen3-VL"
     generate_kwargs = ("image_grid_thw", "video_grid_thw", "attention_mask")
-
-    def __init__(self, model: nn.Module):
-        super().__init__(model)
-        self._deepstack: dict[tuple, list[torch.Tensor]] = {}  # black frames' deepstack features, per grid
+    pixel_mean = PIXEL_MEAN
+    pixel_std = PIXEL_STD
 
     def check(self) -> None:
         super().check()
@@ -133,32 +131,6 @@ class Qwen3VLAdapter(QwenVLAdapter):
         return out
 
     # ---------------------------------------------------------------- deepstack, reference pass
-    def _black_outputs(self, kind_id: int, grid: tuple[int, int, int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """LLM-space and deepstack features of an all-black image/video with this grid, through the model's own
-        vision tower (cached per grid)."""
-        key = (kind_id, grid)
-        if key not in self._black:
-            vc = self.model.config.vision_config
-            per_channel = vc.temporal_patch_size * vc.patch_size**2
-            black = torch.tensor([-m / s for m, s in zip(PIXEL_MEAN, PIXEL_STD, strict=True)])
-            row = black.repeat_interleave(per_channel)[: vc.in_channels * per_channel]
-            vis = self.model.model.visual
-            pixels = row.expand(grid[0] * grid[1] * grid[2], -1).to(vis.dtype).to(next(vis.parameters()).device)
-            thw = torch.tensor([grid], device=pixels.device)
-            get = self.model.model.get_video_features if kind_id == _VIDEO else self.model.model.get_image_features
-            with torch.no_grad():
-                out = get(pixels, thw, return_dict=True)
-            if len(self._black) >= 16:
-                old = next(iter(self._black))
-                self._black.pop(old)
-                self._deepstack.pop(old, None)
-            self._black[key] = torch.cat(list(out.pooler_output), dim=0)
-            self._deepstack[key] = [torch.cat(list(f), dim=0) for f in (out.deepstack_features or [])]
-        return self._black[key], self._deepstack[key]
-
-    def _black_features(self, kind_id: int, grid: tuple[int, int, int]) -> torch.Tensor:
-        return self._black_outputs(kind_id, grid)[0]
-
     def reference_state(self, layouts: list[VisualLayout], call: dict[str, Any], batch: int, seq_len: int) -> Any:
         """The black frames' deepstack features at the visual positions, as `prefill_state` holds the real ones."""
         n_ds = self._n_deepstack()
@@ -172,7 +144,7 @@ class Qwen3VLAdapter(QwenVLAdapter):
             masks[b, lay.positions] = True
             for it in lay.items:
                 kind_id = _VIDEO if it.kind == "video" else _IMAGE
-                ds = self._black_outputs(kind_id, (it.t, it.h * m, it.w * m))[1]
+                ds = self._black_pass(kind_id, (it.t, it.h * m, it.w * m))[1]
                 for j in range(n_ds):
                     per_layer[j].append(ds[j])
         return masks, [torch.cat(f) for f in per_layer]

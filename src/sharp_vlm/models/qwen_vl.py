@@ -23,10 +23,12 @@ class QwenVLAdapter(Adapter):
     name = "qwen-vl"
     mrope = True
     generate_kwargs = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts", "attention_mask")
+    pixel_mean: tuple[float, ...] = CLIP_MEAN  # the processor's normalisation: black becomes -mean/std
+    pixel_std: tuple[float, ...] = CLIP_STD
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
-        self._black: dict[tuple, torch.Tensor] = {}  # vision features of black frames, per grid
+        self._black: dict[tuple, tuple[torch.Tensor, list[torch.Tensor]]] = {}  # black frames' features, per grid
 
     def text_model(self) -> nn.Module:
         return self.model.model.language_model
@@ -94,26 +96,30 @@ class QwenVLAdapter(Adapter):
             layouts.append(layout)
         return layouts
 
-    def _black_features(self, kind_id: int, grid: tuple[int, int, int]) -> torch.Tensor:
-        """LLM-space features of an all-black image/video with this grid, through the model's own vision encoder."""
-        key = (kind_id, grid)
+    def _black_pass(self, kind_id: int, grid: tuple[int, int, int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(LLM-space features, deepstack features per decoder layer) of an all-black image/video with this grid,
+        through the model's own vision encoder; cached per grid and normalisation."""
+        key = (kind_id, grid, self.pixel_mean, self.pixel_std)
         if key not in self._black:
             vc = self.model.config.vision_config
             per_channel = vc.temporal_patch_size * vc.patch_size**2
-            black = torch.tensor([-m / s for m, s in zip(CLIP_MEAN, CLIP_STD, strict=True)])
+            black = torch.tensor([-m / s for m, s in zip(self.pixel_mean, self.pixel_std, strict=True)])
             row = black.repeat_interleave(per_channel)[: vc.in_channels * per_channel]
             vis = self.model.model.visual
             pixels = row.expand(grid[0] * grid[1] * grid[2], -1).to(vis.dtype).to(next(vis.parameters()).device)
             thw = torch.tensor([grid], device=pixels.device)
+            get = self.model.model.get_video_features if kind_id == _VIDEO else self.model.model.get_image_features
             with torch.no_grad():
-                if kind_id == _VIDEO:
-                    out = self.model.model.get_video_features(pixels, thw, return_dict=True)
-                else:
-                    out = self.model.model.get_image_features(pixels, thw, return_dict=True)
+                out = get(pixels, thw, return_dict=True)
             if len(self._black) >= 16:
                 self._black.pop(next(iter(self._black)))
-            self._black[key] = torch.cat(list(out.pooler_output), dim=0)
+            deepstack = getattr(out, "deepstack_features", None) or []
+            self._black[key] = (torch.cat(list(out.pooler_output), dim=0),
+                                [torch.cat(list(f), dim=0) for f in deepstack])
         return self._black[key]
+
+    def _black_features(self, kind_id: int, grid: tuple[int, int, int]) -> torch.Tensor:
+        return self._black_pass(kind_id, grid)[0]
 
     def reference_embeds(
         self, embeds: torch.Tensor, layouts: list[VisualLayout], call: dict[str, Any]
