@@ -32,8 +32,6 @@ class Handle:
     ):
         if not isinstance(method, Method):
             raise ConfigError(f"expected a method config such as sv.FastV(...), got {type(method).__name__}")
-        if getattr(model, _ATTR, None) is not None:
-            raise ConfigError("this model already has a pruning method attached; remove() the first handle")
         self.model = model
         self.method = method
         self.adapter = adapter_for(model, span)
@@ -42,8 +40,8 @@ class Handle:
                 f"{type(model).__name__} finds its visual tokens from its inputs; span= is only for decoder-only "
                 "LMs, drop it"
             )
-        self.engine = Engine(model, method, self.adapter, trim_kv=trim_kv, reference_fn=reference)
-        self._orig_generate = model.__dict__.get("generate")
+        self.trim_kv = trim_kv
+        self.reference = reference
         self._attached = False
         self._attach()
 
@@ -64,6 +62,11 @@ class Handle:
         return self.engine.last_stats
 
     def _attach(self) -> None:
+        """A fresh engine on the model (also when a removed handle is entered again)."""
+        if getattr(self.model, _ATTR, None) is not None:
+            raise ConfigError("this model already has a pruning method attached; remove() the other handle first")
+        self.engine = Engine(self.model, self.method, self.adapter, trim_kv=self.trim_kv, reference_fn=self.reference)
+        self._orig_generate = self.model.__dict__.get("generate")
         self.engine.attach()
         generate = type(self.model).generate
         engine = self.engine
@@ -102,11 +105,6 @@ class Handle:
     def __enter__(self) -> Handle:
         # a removed handle entered again (e.g. `with handle:` in a loop) attaches again rather than run unpruned
         if not self._attached:
-            if getattr(self.model, _ATTR, None) is not None:
-                raise ConfigError("this model already has a pruning method attached; remove() the other handle")
-            self._orig_generate = self.model.__dict__.get("generate")
-            self.engine = Engine(self.model, self.method, self.adapter, trim_kv=self.engine.trim_kv,
-                                 reference_fn=self.engine.reference_fn)
             self._attach()
         return self
 
