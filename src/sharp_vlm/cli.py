@@ -1,4 +1,4 @@
-"""`sharp demo | probe | bench`: command-line entry points."""
+"""`sharp demo | probe | bench | run`: command-line entry points."""
 
 from __future__ import annotations
 
@@ -165,6 +165,59 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+def _run_report(ans) -> str:
+    """What one run kept: per stage the counts, then the kept tokens per shown frame."""
+    lines = [f"{ans.method}: {ans.text.strip()!r}", f"  prefill {ans.prefill_seconds:.3f} s, decoder prefill "
+             f"{ans.flops['pruned'] / 1e9:.3g} GFLOPs (dense {ans.flops['dense'] / 1e9:.3g})",
+             f"  visual tokens {ans.n_visual}, reaching the last layer {ans.n_kept}"]
+    for s in ans.stats.stages if ans.stats is not None else []:
+        lines.append(f"  stage {s.label} at layer {s.layer}: {s.n_in[0]} -> {s.n_kept[0]} ({s.seconds:.3f} s)")
+    if ans.stats is not None and ans.stats.stages:
+        grid = ans.inputs.grid
+        per_frame = grid.mask(ans.kept).flatten(1).sum(1).tolist()
+        lines.append(f"  kept cells per frame: {per_frame} of {grid.rows * grid.cols}")
+    return "\n".join(lines)
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    """Answer a question about a video with a local checkpoint, pruned (and, with --compare, unpruned too)."""
+    from .pipeline import VideoQA, make_method
+    from .viz.kept import plot_kept_on_frames
+
+    method = None if a.method == "unpruned" else make_method(a.method, a.retain, a.layer)
+    if not a.question.strip():
+        raise SharpError("--question is empty; give the text to ask about the video")
+    from .video.decode import read_video
+
+    # the video is decoded (and checked) before the model loads: a bad file costs no loading time
+    qa_frames = (read_video(a.video, sample_fps=a.fps, max_frames=a.frames) if a.fps is not None
+                 else read_video(a.video, n_frames=a.frames))
+    qa = VideoQA.from_pretrained(a.model, dtype=a.dtype, device=a.device)
+    inputs = qa.prepare(qa_frames, a.question)
+    runs = []
+    if a.compare and method is not None:
+        runs.append(qa.answer(qa_frames, a.question, method=None, max_new_tokens=a.max_new_tokens, inputs=inputs))
+    runs.append(qa.answer(qa_frames, a.question, method=method, max_new_tokens=a.max_new_tokens, inputs=inputs))
+    a.out.mkdir(parents=True, exist_ok=True)
+    masks = {f"{r.method}: {r.n_kept}/{r.n_visual}": inputs.grid.mask(r.kept) for r in runs}
+    png = plot_kept_on_frames(inputs.frames, masks, a.out / "kept_tokens.png", inputs.timestamps,
+                              title=f"{qa.family}: {a.question[:80]}")
+    record = {"model": str(a.model), "family": qa.family, "video": str(a.video), "question": a.question,
+              "frames": inputs.frames.shape[0], "timestamps": inputs.timestamps,
+              "grid": {"rows": inputs.grid.rows, "cols": inputs.grid.cols, "frames_per_token": inputs.grid.span},
+              "runs": [r.summary() for r in runs]}
+    (a.out / "run.json").write_text(json.dumps(record, indent=2, default=str))
+    print(f"{qa.family}, {inputs.frames.shape[0]} frames of {inputs.frames.shape[2]}x{inputs.frames.shape[1]} px, "
+          f"{inputs.n_visual} visual tokens, prompt of {inputs.kwargs['input_ids'].shape[1]} tokens")
+    for r in runs:
+        print(_run_report(r))
+    if len(runs) == 2:
+        print(f"prefill speed-up {runs[0].prefill_seconds / max(runs[1].prefill_seconds, 1e-9):.2f}x, "
+              f"decoder FLOPs {runs[1].flops['pruned'] / runs[1].flops['dense']:.1%} of dense")
+    print(f"\nkept_tokens: {png}\nrun: {a.out / 'run.json'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sharp", description="Visual token pruning for Video LLMs.")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -205,6 +258,22 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--render", type=Path, default=None, metavar="BENCH_JSON",
                    help="only redraw bench.md and speedup.png beside an earlier run's bench.json")
     b.set_defaults(fn=cmd_bench)
+    r = sub.add_parser("run", help="answer a question about a video file with a local checkpoint, pruned")
+    r.add_argument("--model", required=True, type=Path, help="local checkpoint folder (any supported family)")
+    r.add_argument("--video", required=True, type=Path)
+    r.add_argument("--question", required=True)
+    r.add_argument("--method", default="sharp", help="a method name (sharp, fastv, uniform, ...) or unpruned")
+    r.add_argument("--retain", type=float, default=0.1)
+    r.add_argument("--layer", type=_non_negative, default=2)
+    r.add_argument("--frames", type=_positive, default=32, help="frames sampled evenly (with --fps: at most)")
+    r.add_argument("--fps", type=float, default=None, help="sample frames at this rate instead")
+    r.add_argument("--compare", action="store_true", help="also run the unpruned model on the same input")
+    r.add_argument("--max-new-tokens", type=_positive, default=32)
+    r.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    r.add_argument("--threads", type=_non_negative, default=0)
+    r.add_argument("--out", type=Path, default=Path("runs/run"))
+    r.set_defaults(fn=cmd_run)
     a = parser.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -45,3 +45,64 @@ def plot_kept_tokens(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def overlay_frames(frames: torch.Tensor, mask: torch.Tensor, dim: float = 0.25) -> torch.Tensor:
+    """(T, H, W, 3) uint8 frames with the cells where `mask` (T, rows, cols) is False dimmed to `dim` of their
+    brightness: the kept tokens' cells show the frame as the model saw it.
+
+    Cell (r, c) of a rows x cols grid covers pixels [r*H//rows, (r+1)*H//rows) x [c*W//cols, (c+1)*W//cols).
+    """
+    t, h, w, _ = frames.shape
+    rows, cols = int(mask.shape[1]), int(mask.shape[2])
+    r_of = torch.arange(h) * rows // h  # the grid row of each pixel row
+    c_of = torch.arange(w) * cols // w
+    pixel_kept = mask[:, r_of][:, :, c_of]  # (T, H, W)
+    out = frames.float()
+    out[~pixel_kept] *= dim
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+def plot_kept_on_frames(
+    frames: torch.Tensor,
+    masks: dict[str, torch.Tensor],
+    path: Path,
+    timestamps: list[float] | None = None,
+    title: str = "",
+    per_row: int = 8,
+) -> Path:
+    """The sampled frames once per label, dropped tokens' cells dimmed, kept ones as the model saw them.
+
+    frames: (T, H, W, 3) uint8; masks: label -> (T, rows, cols) bool of kept cells (`TokenGrid.mask`).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = int(frames.shape[0])
+    cols = min(per_row, t)
+    lines = -(-t // cols)
+    fig, axes = plt.subplots(len(masks) * lines, cols, figsize=(1.6 * cols, 1.4 * lines * len(masks) + 0.6),
+                             squeeze=False)
+    for m, (label, mask) in enumerate(masks.items()):
+        shown = overlay_frames(frames, mask)
+        share = float(mask.float().mean())
+        for i in range(lines * cols):
+            ax = axes[m * lines + i // cols, i % cols]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i >= t:
+                ax.axis("off")
+                continue
+            ax.imshow(shown[i].numpy(), interpolation="nearest")
+            stamp = f"{timestamps[i]:.1f}s" if timestamps else f"#{i}"
+            ax.set_title(stamp, fontsize=6, pad=1)
+            if i % cols == 0:
+                ax.set_ylabel(f"{label}\n{share:.0%} of cells" if i == 0 else "", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

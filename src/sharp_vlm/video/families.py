@@ -1,0 +1,19 @@
+"""config.json `model_type` -> the family's processor class (preprocessing) and model class name (loading)."""
+
+from __future__ import annotations
+
+from .qwen import QwenVLProcessor
+
+FAMILIES: dict[str, type] = {
+    "qwen2_vl": QwenVLProcessor,
+    "qwen2_5_vl": QwenVLProcessor,
+    "qwen3_vl": QwenVLProcessor,
+    "qwen3_vl_moe": QwenVLProcessor,
+}
+
+MODEL_CLASSES: dict[str, str] = {
+    "qwen2_vl": "Qwen2VLForConditionalGeneration",
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "qwen3_vl": "Qwen3VLForConditionalGeneration",
+    "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration",
+}

@@ -1,0 +1,136 @@
+"""`sharp run` and VideoQA end to end: a generated mp4, tiny saved checkpoints, the kept-token overlay."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sharp_vlm import cli
+from sharp_vlm.models.registry import adapter_for
+from sharp_vlm.models.tiny_saved import save_tiny_checkpoint
+from sharp_vlm.pipeline import VideoQA
+from sharp_vlm.video.decode import write_video
+from sharp_vlm.viz.kept import overlay_frames
+
+RUN_FAMILIES = ["qwen2_vl", "qwen2_5_vl"]
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (24, 40, 56, 3), dtype=torch.uint8, generator=gen)
+    return write_video(tmp_path_factory.mktemp("video") / "clip.mp4", pixels, fps=8)
+
+
+@pytest.fixture(scope="module", params=RUN_FAMILIES)
+def checkpoint(request, tmp_path_factory):
+    return request.param, save_tiny_checkpoint(request.param, tmp_path_factory.mktemp(request.param))
+
+
+@pytest.fixture(scope="module")
+def qa(checkpoint):
+    return VideoQA.from_pretrained(checkpoint[1], dtype="float32")
+
+
+def _expected_cells(qa, answer) -> torch.Tensor:
+    """The kept cells from the family's token order, written out independently of TokenGrid."""
+    grid_thw = answer.inputs.kwargs["video_grid_thw"][0].tolist()
+    m = qa.model.config.vision_config.spatial_merge_size
+    tp = qa.model.config.vision_config.temporal_patch_size
+    rows, cols = grid_thw[1] // m, grid_thw[2] // m
+    n_frames = answer.inputs.frames.shape[0]
+    mask = torch.zeros(n_frames, rows, cols, dtype=torch.bool)
+    for k in answer.kept.tolist():
+        t, r, c = k // (rows * cols), (k // cols) % rows, k % cols
+        for f in range(t * tp, min(t * tp + tp, n_frames)):  # a temporal patch covers tp frames
+            mask[f, r, c] = True
+    return mask
+
+
+def test_answer_records_kept_tokens_flops_and_the_grid_matches_the_adapter(qa, video):
+    ans = qa.answer(video, "What moves?", frames=8, method="fastv", retain=0.25, layer=2, max_new_tokens=3)
+    assert ans.n_visual == ans.inputs.n_visual and ans.n_kept == round(0.25 * ans.n_visual)
+    assert ans.stats is not None and ans.stats.stages[0].layer == 2 and ans.new_tokens >= 1
+    assert ans.prefill_seconds > 0 and ans.flops["pruned"] < ans.flops["dense"]
+    # the overlay grid numbers the tokens as the engine's layout does
+    call = {k: v for k, v in ans.inputs.kwargs.items()}
+    layout = adapter_for(qa.model).find_layouts(call, call["input_ids"].shape[1], 1)[0]
+    grid = ans.inputs.grid
+    assert layout.n_visual == grid.n_tokens
+    assert torch.equal(layout.frame_ids * grid.span, grid.frame)
+    assert torch.equal(layout.rows, grid.row) and torch.equal(layout.cols, grid.col)
+    assert torch.equal(grid.mask(ans.kept), _expected_cells(qa, ans))
+
+
+def test_overlay_dims_exactly_the_dropped_cells(qa, video):
+    ans = qa.answer(video, "What moves?", frames=8, method="uniform", retain=0.5, layer=0, max_new_tokens=1)
+    mask = ans.inputs.grid.mask(ans.kept)
+    frames = ans.inputs.frames
+    shown = overlay_frames(frames, mask)
+    h, w = frames.shape[1:3]
+    rows, cols = mask.shape[1:]
+    for f in range(frames.shape[0]):
+        for r in range(rows):
+            for c in range(cols):
+                cell = (slice(r * h // rows, (r + 1) * h // rows), slice(c * w // cols, (c + 1) * w // cols))
+                if mask[f, r, c]:
+                    assert torch.equal(shown[f][cell], frames[f][cell])
+                else:
+                    assert shown[f][cell].float().sum() <= frames[f][cell].float().sum() * 0.26 + 1
+
+
+def test_sharp_run_compare_writes_the_overlay_and_record(checkpoint, video, tmp_path, capsys):
+    family, path = checkpoint
+    out = tmp_path / "out"
+    argv = ["run", "--model", str(path), "--video", str(video), "--question", "What is shown?", "--frames", "8",
+            "--retain", "0.25", "--layer", "1", "--compare", "--max-new-tokens", "2", "--out", str(out)]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert family in text and "unpruned" in text and "stage sharp at layer 1" in text
+    record = json.loads((out / "run.json").read_text())
+    assert [r["method"] for r in record["runs"]] == ["unpruned", "sharp"]
+    assert record["runs"][1]["n_kept"] == round(0.25 * record["runs"][1]["n_visual"])
+    assert (out / "kept_tokens.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "does not exist"),
+    ("garbage", "cannot be decoded"),
+    ("short", "fewer than the 64 asked for"),
+    ("no_model", "config.json does not exist"),
+    ("unsupported", "model_type 'bert' is not supported"),
+    ("method", "unknown method"),
+])
+def test_sharp_run_errors_are_one_line_exit_2(case, message, video, checkpoint, tmp_path, capsys, monkeypatch):
+    model, clip, frames, method = checkpoint[1], video, "8", "sharp"
+    if case == "missing":
+        clip = tmp_path / "nope.mp4"
+    elif case == "garbage":
+        clip = tmp_path / "bad.mp4"
+        clip.write_bytes(b"not a video at all" * 50)
+    elif case == "short":
+        frames = "64"
+    elif case == "no_model":
+        model = tmp_path
+    elif case == "unsupported":
+        (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+        (tmp_path / "preprocessor_config.json").write_text("{}")
+        model = tmp_path
+    elif case == "method":
+        method = "sharpp"
+    if case != "no_model" and case != "unsupported":
+        monkeypatch.setattr("sharp_vlm.pipeline.load_model", _refuse_after_error(case))
+    argv = ["run", "--model", str(model), "--video", str(clip), "--question", "Q?", "--frames", frames,
+            "--method", method, "--out", str(tmp_path / "out")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and err.startswith("sharp run: ")
+
+
+def _refuse_after_error(case):
+    def refuse(*a, **k):
+        raise AssertionError(f"{case}: the model was loaded before the input was checked")
+
+    return refuse
