@@ -1,0 +1,254 @@
+"""Run every (sample, method, retain) of a video-QA file, one record per answer, resumable.
+
+`run_eval(cfg, records, answer, out)` asks `answer(record, variant)` for each pending pair and appends one JSON line
+to `out/records.jsonl` as soon as it has it, so an interrupted run loses at most the answer in flight. Rerunning
+with the same `out` reads the records back and asks only for the pairs that have none. `out/settings.json` holds
+what makes two answers comparable (model, data file, frames, layer, method options, ...): a rerun with other
+settings is refused instead of mixing runs. The answerer is a parameter so the loop, resume and report can be
+checked without a model; `videoqa_answerer` builds it from a `VideoQA` pipeline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, SharpError
+from ..loading import load_config
+from .data import QARecord, score
+
+RECORDS = "records.jsonl"
+SETTINGS = "settings.json"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One column of the report: a method at one retained share (`none` always at 1.0)."""
+
+    method: str
+    retain: float
+
+    @property
+    def key(self) -> str:
+        return "none" if self.method == "none" else f"{self.method}@{self.retain:g}"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What an answerer returns for one question under one variant.
+
+    `prefill_s`: measured prefill seconds; `n_visual`: visual tokens of the prompt; `n_kept`: those reaching the
+    last layer; `kept_per_stage`: kept count after each stage; `flops` / `flops_dense`: prefill FLOPs of this
+    variant (method overhead included) and of the unpruned model on the same prompt.
+    """
+
+    text: str
+    prefill_s: float
+    n_visual: int
+    n_kept: int
+    flops: float | None = None
+    flops_dense: float | None = None
+    kept_per_stage: tuple[int, ...] = ()
+
+
+AnswerFn = Callable[[QARecord, Variant], Reply]
+
+
+@dataclass
+class EvalConfig:
+    """What `sharp eval` runs. `options` holds extra method options by name, e.g. {"sharp": {"dedup_tau": 0.8}}."""
+
+    model: str
+    data: str
+    methods: list[str] = field(default_factory=lambda: ["none", "fastv", "sharp"])
+    retains: list[float] = field(default_factory=lambda: [0.25, 0.1])
+    layer: int = 2
+    frames: int | None = 32
+    fps: float | None = None
+    max_new_tokens: int = 16
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dtype: str = "auto"
+    device: str = "cpu"
+    limit: int | None = None
+
+    def variants(self) -> list[Variant]:
+        """`none` first (added when missing), then each other method at each retain, in the order given."""
+        out = [Variant("none", 1.0)]
+        for name in dict.fromkeys(m.strip().lower() for m in self.methods if m.strip()):
+            if name != "none":
+                out += [Variant(name, float(r)) for r in self.retains]
+        return out
+
+    def method_config(self, variant: Variant):
+        """The method's config object (checked: unknown names and bad options raise `ConfigError`)."""
+        if variant.method == "none":
+            return load_config({"method": "none", **self.options.get("none", {})})
+        return load_config({"method": variant.method, "retain": variant.retain, "layer": self.layer,
+                            **self.options.get(variant.method, {})})
+
+    def check(self) -> None:
+        """Every flag and every variant's config, before a model loads."""
+        if self.frames is None and self.fps is None:
+            raise ConfigError("give --frames (frames per video) or --fps (frames per second)")
+        if self.frames is not None and self.fps is not None:
+            raise ConfigError("give only one of --frames and --fps")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit {self.limit} must be >= 1")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"--max-new-tokens {self.max_new_tokens} must be >= 1")
+        unused = sorted(set(self.options) - {v.method for v in self.variants()})
+        if unused:
+            raise ConfigError(f"--options names method(s) {unused} that are not in --methods")
+        for v in self.variants():
+            self.method_config(v)
+
+    def settings(self) -> dict[str, Any]:
+        """What must match for records of two runs to be mixed (not methods, retains or limit: those only add)."""
+        from .. import __version__
+
+        return {
+            "model": _resolved(self.model), "data": _resolved(self.data), "layer": self.layer,
+            "frames": self.frames, "fps": self.fps, "max_new_tokens": self.max_new_tokens,
+            "options": self.options, "dtype": self.dtype, "device": self.device, "sharp_vlm": __version__,
+        }
+
+
+def _resolved(path: str) -> str:
+    p = Path(path).expanduser()
+    return str(p.resolve()) if p.exists() else str(path)
+
+
+def fingerprint(record: QARecord) -> str:
+    """Changes when the model's input for the record changes (then its old answers are not reused)."""
+    text = json.dumps([str(record.video), record.question, record.options])
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def check_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Write `settings.json`, or refuse when the folder's earlier records were made with other settings."""
+    path = out / SETTINGS
+    if path.is_file():
+        old = json.loads(path.read_text())
+        changed = [f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(old) | set(settings))
+                   if old.get(k) != settings.get(k)]
+        if changed:
+            raise SharpError(
+                f"{out} holds records made with other settings ({'; '.join(changed)}); "
+                "rerun with the same settings to resume, or give another --out"
+            )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def read_records(out: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """Finished records by (sample id, variant key); the last line for a key wins. A line cut off by a crash
+    (only the last one can be) is dropped, so its pair is asked again."""
+    path = out / RECORDS
+    done: dict[tuple[str, str], dict[str, Any]] = {}
+    if not path.is_file():
+        return done
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for i, text in enumerate(lines):
+        if not text.strip():
+            continue
+        try:
+            rec = json.loads(text)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                with path.open("w", encoding="utf-8") as fh:  # drop the torn tail, keep the rest as it was
+                    fh.write("".join(line + "\n" for line in lines[:i]))
+                break
+            raise SharpError(f"{path}:{i + 1} is not valid JSON; delete that line to resume") from None
+        done[(rec["id"], rec["variant"])] = rec
+    return done
+
+
+def _record_line(record: QARecord, variant: Variant, reply: Reply) -> dict[str, Any]:
+    pred, correct = score(record, reply.text)
+    return {
+        "id": record.id, "variant": variant.key, "method": variant.method, "retain": variant.retain,
+        "kind": record.kind, "input": fingerprint(record), "reply": reply.text, "pred": pred,
+        "answer": record.answer_key, "correct": correct, "n_visual": reply.n_visual, "n_kept": reply.n_kept,
+        "kept_ratio": reply.n_kept / reply.n_visual if reply.n_visual else None,
+        "kept_per_stage": list(reply.kept_per_stage), "flops": reply.flops, "flops_dense": reply.flops_dense,
+        "prefill_s": reply.prefill_s,
+    }
+
+
+@dataclass
+class EvalRun:
+    """The outcome of `run_eval`: every record of the selected samples and variants, and how many were new."""
+
+    config: EvalConfig
+    records: list[dict[str, Any]]
+    variants: list[Variant]
+    samples: list[QARecord]
+    computed: int
+    reused: int
+
+
+def run_eval(cfg: EvalConfig, samples: Sequence[QARecord], answer: AnswerFn, out: str | Path,
+             progress: bool = True) -> EvalRun:
+    """Answer every pending (sample, variant) pair, appending each record to `out/records.jsonl` at once."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    cfg.check()
+    check_settings(out, cfg.settings())
+    samples = list(samples)[: cfg.limit] if cfg.limit else list(samples)
+    variants = cfg.variants()
+    done = read_records(out)
+    for rec in samples:  # a changed question or video is asked again, its old records are not reused
+        for v in variants:
+            old = done.get((rec.id, v.key))
+            if old is not None and old.get("input") != fingerprint(rec):
+                del done[(rec.id, v.key)]
+    pending = [(rec, v) for rec in samples for v in variants if (rec.id, v.key) not in done]
+    reused = len(samples) * len(variants) - len(pending)
+    bar = tqdm(total=len(pending), disable=not progress, desc="sharp eval", unit="answer")
+    with (out / RECORDS).open("a", encoding="utf-8") as fh:
+        for rec, v in pending:
+            bar.set_postfix_str(f"{rec.id} {v.key}", refresh=False)
+            line = _record_line(rec, v, answer(rec, v))
+            fh.write(json.dumps(line) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())  # the record survives a crash or kill right after
+            done[(rec.id, v.key)] = line
+            bar.update(1)
+    bar.close()
+    records = [done[(rec.id, v.key)] for rec in samples for v in variants]
+    return EvalRun(cfg, records, variants, samples, computed=len(pending), reused=reused)
+
+
+def videoqa_answerer(qa: Any, cfg: EvalConfig) -> AnswerFn:
+    """An `AnswerFn` over a loaded `sharp_vlm.pipeline.VideoQA`."""
+
+    def answer(record: QARecord, variant: Variant) -> Reply:
+        result = qa.answer(
+            str(record.video), record.question, options=list(record.options) if record.options else None,
+            frames=cfg.frames, fps=cfg.fps, method=cfg.method_config(variant), max_new_tokens=cfg.max_new_tokens,
+        )
+        return reply_from_answer(result)
+
+    return answer
+
+
+def reply_from_answer(result: Any) -> Reply:
+    """A `Reply` from a `VideoQA` `Answer`."""
+    kept = tuple(int(k) for k in result.kept_per_stage)
+    flops = result.flops
+    return Reply(
+        text=result.text, prefill_s=float(result.prefill_s), n_visual=int(result.n_visual),
+        n_kept=int(result.n_kept), flops=None if flops is None else float(flops.get("pruned", flops.get("dense"))),
+        flops_dense=None if flops is None else float(flops["dense"]), kept_per_stage=kept,
+    )
+
+
+def config_dict(cfg: EvalConfig) -> dict[str, Any]:
+    return asdict(cfg)
