@@ -28,11 +28,45 @@ _QWEN_TEMPLATE = (
 
 _QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
+# the real checkpoints' templates for one user turn (images, then videos, then text)
+_ONEVISION_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + ' '}}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>' }}{% endfor %}"
+    "{% if message['role'] != 'assistant' %}{% for content in message['content'] | selectattr('type', 'equalto', "
+    "'text') %}{{ '\\n' + content['text'] }}{% endfor %}{% else %}{% for content in message['content'] | "
+    "selectattr('type', 'equalto', 'text') %}{{ '\\n' + content['text'] }}{% endfor %}{% endif %}"
+    "{{'<|im_end|>'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+_INTERNVL_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n'}}{% if message['content'] is string %}"
+    "{{ message['content'] }}{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' %}"
+    "{{ '<image>\\n' }}{% elif content['type'] == 'video' %}{{ '<video>\\n' }}{% elif content['type'] == 'text' %}"
+    "{{ content['text'] }}{% endif %}{% endfor %}{% endif %}{{'<|im_end|>\\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<|im_start|>assistant\\n' }}{% endif %}"
+)
+_SMOLVLM_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}{% if message['content'] is string %}"
+    "{{': ' + message['content']}}{% else %}{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}"
+    "{{': '}}{% endif %}{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% elif line['type'] == 'video' %}{{ '<video>' }}{% endif %}"
+    "{% endfor %}{% endif %}<end_of_utterance>\\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}"
+    "{% endif %}"
+)
+_NEXT_VIDEO_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
+    "{% endif %}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\\n' }}"
+    "{% endfor %}{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}"
+    "{{ '<video>\\n' }}{% endfor %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' '}}{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
 
-def byte_tokenizer(specials: list[str], placed: dict[str, int], vocab: int = VOCAB, **kwargs: Any) -> Any:
+
+def byte_tokenizer(specials: list[str], placed: dict[str, int], vocab: int = VOCAB, bos: str | None = None,
+                   **kwargs: Any) -> Any:
     """A PreTrainedTokenizerFast: 256 byte tokens (ids 0-255), `specials` from id 256 on, `placed` tokens at the
-    given ids, the rest of the `vocab` ids reserved tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    given ids, the rest of the `vocab` ids reserved tokens; `bos` is prepended to every encoded text (LLaMA)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     byte_chars = pre_tokenizers.ByteLevel.alphabet()
@@ -50,6 +84,9 @@ def byte_tokenizer(specials: list[str], placed: dict[str, int], vocab: int = VOC
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(list(names) + reserved)  # special: never split, skipped when decoding
+    if bos is not None:
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                           special_tokens=[(bos, ids[bos])])
     return PreTrainedTokenizerFast(tokenizer_object=tok, **kwargs)
 
 
@@ -101,11 +138,99 @@ def _qwen(family: str, path: Path, layers: int) -> tuple[nn.Module, Any]:
     return model, tok
 
 
+def _llava(family: str, path: Path, layers: int) -> tuple[nn.Module, Any]:
+    from .tiny_llava import _pinpoints, tiny_llava_next_video, tiny_llava_onevision
+
+    placed = {"<image>": VOCAB - 3, "<video>": VOCAB - 4}
+    side, patch = 16, 2  # 8 x 8 patches per frame, pooled to 4 x 4 = 16 tokens
+    pinpoints = _pinpoints(side)
+    if family == "llava_onevision":
+        model = tiny_llava_onevision(layers=layers, vocab=VOCAB, image_size=side, patch_size=patch)
+        tok = byte_tokenizer(_QWEN_SPECIALS, placed, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+        processor_class = "LlavaOnevisionProcessor"
+        mean, std = [0.5] * 3, [0.5] * 3
+        video = dict(size={"height": side, "width": side}, video_processor_type="LlavaOnevisionVideoProcessor")
+        image = dict(size={"height": side, "width": side}, image_processor_type="LlavaOnevisionImageProcessor",
+                     image_grid_pinpoints=pinpoints, do_pad=True)
+        proc = dict(num_image_tokens=(side // patch) ** 2, vision_feature_select_strategy="full",
+                    vision_aspect_ratio="anyres_max_9")
+        (path / "chat_template.jinja").write_text(_ONEVISION_TEMPLATE)
+    else:
+        model = tiny_llava_next_video(layers=layers, vocab=VOCAB, image_size=side, patch_size=patch)
+        tok = byte_tokenizer(["<unk>", "<s>", "</s>"], placed, bos="<s>", bos_token="<s>", eos_token="</s>",
+                             unk_token="<unk>", pad_token="<unk>")
+        processor_class = "LlavaNextVideoProcessor"
+        mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+        crop = {"height": side, "width": side}
+        video = dict(size={"shortest_edge": side}, crop_size=crop, do_center_crop=True,
+                     video_processor_type="LlavaNextVideoVideoProcessor")
+        image = dict(size={"shortest_edge": side}, crop_size=crop, do_center_crop=True,
+                     image_processor_type="LlavaNextImageProcessor", image_grid_pinpoints=pinpoints, do_pad=True)
+        proc = dict(patch_size=patch, vision_feature_select_strategy="default", num_additional_image_tokens=1)
+        (path / "chat_template.jinja").write_text(_NEXT_VIDEO_TEMPLATE)
+    common = dict(image_mean=mean, image_std=std, do_resize=True, do_rescale=True, do_normalize=True, resample=3,
+                  rescale_factor=1 / 255, do_convert_rgb=True, processor_class=processor_class)
+    _write_json(path / "preprocessor_config.json", {**common, **image})
+    _write_json(path / "video_preprocessor_config.json", {**common, **video})
+    _write_json(path / "processor_config.json", {**proc, "processor_class": processor_class})
+    return model, tok
+
+
+def _internvl(family: str, path: Path, layers: int) -> tuple[nn.Module, Any]:
+    from .tiny_internvl import tiny_internvl
+
+    side = 16  # 16 px tiles of 2 px patches: 8 x 8 patches, pixel-shuffled to 4 x 4 = 16 tokens per frame
+    model = tiny_internvl(layers=layers, vocab=VOCAB, image_size=side, patch_size=2)
+    placed = {"<IMG_CONTEXT>": VOCAB - 3, "<video>": VOCAB - 4, "<img>": VOCAB - 5, "</img>": VOCAB - 6}
+    names = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+             "video_token": "<video>"}
+    tok = byte_tokenizer(_QWEN_SPECIALS, placed, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                         extra_special_tokens=names)
+    # the InternVL-hf checkpoints normalise with the ImageNet statistics
+    common = dict(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225], do_resize=True,
+                  do_rescale=True, do_normalize=True, resample=3, rescale_factor=1 / 255, do_convert_rgb=True,
+                  size={"height": side, "width": side}, processor_class="InternVLProcessor")
+    _write_json(path / "preprocessor_config.json", {**common, "image_processor_type": "GotOcr2ImageProcessor",
+                                                   "crop_to_patches": False, "min_patches": 1, "max_patches": 12})
+    _write_json(path / "video_preprocessor_config.json", {**common, "video_processor_type": "InternVLVideoProcessor"})
+    _write_json(path / "processor_config.json", {"image_seq_length": 16, "processor_class": "InternVLProcessor"})
+    (path / "chat_template.jinja").write_text(_INTERNVL_TEMPLATE)
+    return model, tok
+
+
+def _smolvlm(family: str, path: Path, layers: int) -> tuple[nn.Module, Any]:
+    from .tiny_smolvlm import MAX_TILES_PER_SIDE, SmolVLMTokens, tiny_smolvlm
+
+    side = 32  # 32 px pictures of 4 px patches: 8 x 8 patches, folded 2 x 2 to 4 x 4 = 16 tokens per frame
+    model = tiny_smolvlm(layers=layers, vocab=VOCAB, image_size=side, patch_size=4, scale_factor=2)
+    ids = SmolVLMTokens(VOCAB)
+    placed = {"<global-img>": ids.global_img, "<fake_token_around_image>": ids.fake, "<image>": ids.image,
+              "<end_of_utterance>": ids.end_of_utterance}
+    for r in range(1, MAX_TILES_PER_SIDE + 1):
+        for c in range(1, MAX_TILES_PER_SIDE + 1):
+            placed[f"<row_{r}_col_{c}>"] = ids.row_col(r, c)
+    tok = byte_tokenizer(_QWEN_SPECIALS, placed, eos_token="<end_of_utterance>", pad_token="<|endoftext|>")
+    # as SmolVLM2's checkpoints: one preprocessor config whose `video_sampling` sets the video frame size, Lanczos
+    _write_json(path / "preprocessor_config.json", dict(
+        image_processor_type="SmolVLMImageProcessor", processor_class="SmolVLMProcessor", do_convert_rgb=True,
+        do_image_splitting=True, do_normalize=True, do_pad=True, do_rescale=True, do_resize=True,
+        image_mean=[0.5] * 3, image_std=[0.5] * 3, max_image_size={"longest_edge": side}, resample=1,
+        rescale_factor=1 / 255, size={"longest_edge": 4 * side},
+        video_sampling={"fps": 1, "max_frames": 64, "video_size": {"longest_edge": side}}))
+    _write_json(path / "processor_config.json", {"image_seq_len": 16, "processor_class": "SmolVLMProcessor"})
+    (path / "chat_template.jinja").write_text(_SMOLVLM_TEMPLATE)
+    return model, tok
+
+
 _BUILDERS = {
     "qwen2_vl": _qwen,
     "qwen2_5_vl": _qwen,
     "qwen3_vl": _qwen,
     "qwen3_vl_moe": _qwen,
+    "llava_onevision": _llava,
+    "llava_next_video": _llava,
+    "internvl": _internvl,
+    "smolvlm": _smolvlm,
 }
 
 TINY_FAMILIES = tuple(_BUILDERS)

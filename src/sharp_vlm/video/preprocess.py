@@ -156,15 +156,15 @@ def _chat_template(path: Path, processor: dict[str, Any]) -> str | None:
 # ---------------------------------------------------------------------------------------------------------------
 # pixel operations shared by the families (each the op the HF torchvision backend runs, in the same dtype)
 
-_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL resample codes in the configs -> interpolate modes
+_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}  # PIL resample codes in the configs -> interpolate modes
 
 
 def resample_mode(code: Any, default: str) -> str:
     if code is None:
         return default
     if code not in _RESAMPLE:
-        raise InputError(f"resample={code!r} in the preprocessor config is not supported; use 2 (bilinear) or 3 "
-                         "(bicubic)")
+        raise InputError(f"resample={code!r} in the preprocessor config is not supported; use 0 (nearest), "
+                         "1 (lanczos), 2 (bilinear) or 3 (bicubic)")
     return _RESAMPLE[code]
 
 
@@ -176,11 +176,12 @@ def to_channels_first(pixels: torch.Tensor) -> torch.Tensor:
 
 
 def resize(frames: torch.Tensor, height: int, width: int, mode: str = "bicubic") -> torch.Tensor:
-    """Antialiased resize of (T, 3, H, W) uint8 frames, kept uint8 (torch has native uint8 bilinear/bicubic on the
-    CPU, as torchvision uses; elsewhere through float32, rounded and clamped as torchvision does)."""
+    """Antialiased resize of (T, 3, H, W) uint8 frames, kept uint8 (torch has native uint8 bilinear, bicubic and
+    Lanczos on the CPU, which torchvision uses; elsewhere through float32, rounded and clamped as torchvision
+    does)."""
     if tuple(frames.shape[-2:]) == (height, width):
         return frames
-    antialias = mode in ("bilinear", "bicubic")
+    antialias = mode in ("bilinear", "bicubic", "lanczos")
     if frames.device.type == "cpu" or mode == "nearest":
         return F.interpolate(frames, size=(height, width), mode=mode, antialias=antialias,
                              align_corners=False if antialias else None)
