@@ -1,4 +1,4 @@
-"""`sharp demo | probe | bench | run`: command-line entry points."""
+"""`sharp demo | probe | bench | run | eval`: command-line entry points."""
 
 from __future__ import annotations
 
@@ -218,6 +218,41 @@ def cmd_run(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(a: argparse.Namespace) -> int:
+    """Video QA from a local JSONL file: every method x retain beside the unpruned model, resumable."""
+    from .eval import report
+    from .eval.data import check_videos, load_records
+    from .eval.runner import EvalConfig, check_settings, read_records, run_eval, videoqa_answerer
+
+    cfg = EvalConfig(model=str(a.model), data=str(a.data), methods=[m for m in a.methods.split(",") if m],
+                     retains=a.retain, layer=a.layer, frames=a.frames, fps=a.fps, max_new_tokens=a.max_new_tokens,
+                     options=a.options, dtype=a.dtype, device=a.device, limit=a.limit)
+    cfg.check()
+    if not a.model.is_dir():
+        raise SharpError(f"--model {a.model} is not a folder; give a local checkpoint folder")
+    samples = load_records(a.data)[: a.limit]
+    check_videos(samples, a.data)  # every missing file at once, before the model loads
+    check_settings(a.out, cfg.settings())
+    print(f"sharp eval: {len(samples)} samples x {len(cfg.variants())} variants "
+          f"({', '.join(v.key for v in cfg.variants())}); {len(read_records(a.out))} records in {a.out}")
+    loaded: list = []
+
+    def answer(record, variant):  # the model loads only if something is left to answer
+        if not loaded:
+            from .pipeline import VideoQA
+
+            qa = VideoQA.from_pretrained(a.model, dtype=a.dtype, device=a.device)
+            loaded.append(videoqa_answerer(qa, cfg))
+        return loaded[0](record, variant)
+
+    run = run_eval(cfg, samples, answer, a.out)
+    paths = report.write(run, a.out)
+    print(report.table(report.summarize(run)))
+    print(f"\n{run.computed} answers computed, {run.reused} reused from earlier runs")
+    print("\n".join(f"{k}: {v}" for k, v in paths.items()))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sharp", description="Visual token pruning for Video LLMs.")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -274,6 +309,25 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--threads", type=_non_negative, default=0)
     r.add_argument("--out", type=Path, default=Path("runs/run"))
     r.set_defaults(fn=cmd_run)
+    e = sub.add_parser("eval", help="video-QA accuracy of each method x retain beside the unpruned model (JSONL)")
+    e.add_argument("--model", required=True, type=Path, help="local checkpoint folder (any supported family)")
+    e.add_argument("--data", required=True, type=Path,
+                   help="JSONL: video, question, answer, optional options (multiple choice) and id per line")
+    e.add_argument("--methods", default="none,fastv,sharp", help="comma list; none (unpruned) is always run")
+    e.add_argument("--retain", type=_floats, default=[0.25, 0.1], help="comma list of retained shares")
+    e.add_argument("--layer", type=_non_negative, default=2)
+    e.add_argument("--frames", type=_positive, default=32, help="frames sampled evenly (with --fps: at most)")
+    e.add_argument("--fps", type=float, default=None, help="sample frames at this rate instead")
+    e.add_argument("--max-new-tokens", type=_positive, default=16)
+    e.add_argument("--options", type=_json_object, default={},
+                   help='JSON per method, e.g. \'{"sharp": {"dedup_tau": 0.8}}\'')
+    e.add_argument("--limit", type=_positive, default=None, help="only the first N samples")
+    e.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    e.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    e.add_argument("--threads", type=_non_negative, default=0)
+    e.add_argument("--out", type=Path, default=Path("runs/eval"),
+                   help="records, report.json/.md, accuracy.png; rerunning with the same folder resumes")
+    e.set_defaults(fn=cmd_eval)
     a = parser.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -68,7 +68,7 @@ class EvalConfig:
     methods: list[str] = field(default_factory=lambda: ["none", "fastv", "sharp"])
     retains: list[float] = field(default_factory=lambda: [0.25, 0.1])
     layer: int = 2
-    frames: int | None = 32
+    frames: int = 32  # frames sampled evenly; with `fps`, the most frames sampled at that rate
     fps: float | None = None
     max_new_tokens: int = 16
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -85,25 +85,26 @@ class EvalConfig:
         return out
 
     def method_config(self, variant: Variant):
-        """The method's config object (checked: unknown names and bad options raise `ConfigError`)."""
+        """The method's config (checked: unknown names and bad options raise `ConfigError`); None for `none`,
+        which runs the unpatched model."""
         if variant.method == "none":
-            return load_config({"method": "none", **self.options.get("none", {})})
+            return None
         return load_config({"method": variant.method, "retain": variant.retain, "layer": self.layer,
                             **self.options.get(variant.method, {})})
 
     def check(self) -> None:
         """Every flag and every variant's config, before a model loads."""
-        if self.frames is None and self.fps is None:
-            raise ConfigError("give --frames (frames per video) or --fps (frames per second)")
-        if self.frames is not None and self.fps is not None:
-            raise ConfigError("give only one of --frames and --fps")
+        if self.frames < 1:
+            raise ConfigError(f"--frames {self.frames} must be >= 1")
+        if self.fps is not None and not self.fps > 0:
+            raise ConfigError(f"--fps {self.fps} must be a positive number of frames per second")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit {self.limit} must be >= 1")
         if self.max_new_tokens < 1:
             raise ConfigError(f"--max-new-tokens {self.max_new_tokens} must be >= 1")
-        unused = sorted(set(self.options) - {v.method for v in self.variants()})
+        unused = sorted(set(self.options) - {v.method for v in self.variants() if v.method != "none"})
         if unused:
-            raise ConfigError(f"--options names method(s) {unused} that are not in --methods")
+            raise ConfigError(f"--options names method(s) {unused} that are not pruning methods in --methods")
         for v in self.variants():
             self.method_config(v)
 
@@ -231,7 +232,7 @@ def videoqa_answerer(qa: Any, cfg: EvalConfig) -> AnswerFn:
 
     def answer(record: QARecord, variant: Variant) -> Reply:
         result = qa.answer(
-            str(record.video), record.question, options=list(record.options) if record.options else None,
+            record.video, record.question, options=list(record.options) if record.options else None,
             frames=cfg.frames, fps=cfg.fps, method=cfg.method_config(variant), max_new_tokens=cfg.max_new_tokens,
         )
         return reply_from_answer(result)
@@ -240,13 +241,16 @@ def videoqa_answerer(qa: Any, cfg: EvalConfig) -> AnswerFn:
 
 
 def reply_from_answer(result: Any) -> Reply:
-    """A `Reply` from a `VideoQA` `Answer`."""
-    kept = tuple(int(k) for k in result.kept_per_stage)
-    flops = result.flops
+    """A `Reply` from a `VideoQA` `Answer`: its FLOPs plus what the stages spent beside the decoder (scoring side
+    passes, reference passes; zero for a cached bias), as they ran."""
+    stages = result.stats.stages if result.stats is not None else []
+    extra = sum(s.costs.scoring_flops + s.costs.reference_flops for s in stages)
+    flops = result.flops or {}
     return Reply(
-        text=result.text, prefill_s=float(result.prefill_s), n_visual=int(result.n_visual),
-        n_kept=int(result.n_kept), flops=None if flops is None else float(flops.get("pruned", flops.get("dense"))),
-        flops_dense=None if flops is None else float(flops["dense"]), kept_per_stage=kept,
+        text=result.text, prefill_s=float(result.prefill_seconds), n_visual=int(result.n_visual),
+        n_kept=int(result.n_kept), flops=float(flops["pruned"] + extra) if "pruned" in flops else None,
+        flops_dense=float(flops["dense"]) if "dense" in flops else None,
+        kept_per_stage=tuple(int(s.n_kept[0]) for s in stages),
     )
 
 
