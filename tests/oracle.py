@@ -3,7 +3,8 @@
 Layers before a stage run on every row still present (optionally under a dense 4-D mask), each stage keeps the
 non-visual rows and the kept visual rows (optionally after merging dropped rows into kept ones), later layers run
 on the short sequence with the original positions, and greedy decoding continues one past the last prompt
-position. Works for a tiny Qwen-VL (3-D M-RoPE) and a tiny LLaMA (1-D RoPE).
+position. Works for every family's decoder: 3-D M-RoPE (Qwen-VL), 1-D RoPE (the others), and Qwen3-VL's deepstack
+features, added after the first layers to the visual rows still present.
 """
 
 from __future__ import annotations
@@ -22,23 +23,40 @@ class Prompt:
     pos: torch.Tensor  # (3, 1, S) for M-RoPE, (1, S) otherwise
     visual: torch.Tensor  # (S,) bool
     next_pos: int  # the position of the first decoded token
+    deepstack: list[torch.Tensor] | None = None  # Qwen3-VL: features added after layer i, one row per visual token
+    deepstack_rows: torch.Tensor | None = None  # (S,) bool: the rows those features belong to
+
+
+def decoder_prompt(model, tm, inputs, visual) -> Prompt:
+    """What the unpatched model hands its decoder `tm` for one prompt: embeddings, positions (0..S-1 where it
+    passes none), deepstack inputs; `visual` are the rows the engine may prune, defined by the caller."""
+    seen = {}
+
+    def grab(mod, args, kwargs):
+        seen.update(kwargs)
+
+    h = tm.register_forward_pre_hook(grab, with_kwargs=True)
+    with torch.no_grad():
+        model(**inputs)
+        embeds = seen.get("inputs_embeds")
+        if embeds is None:  # a plain LM embeds its ids inside the decoder
+            embeds = tm.embed_tokens(seen["input_ids"])
+    h.remove()
+    seq = embeds.shape[1]
+    pos = seen.get("position_ids")
+    if pos is None:
+        pos, next_pos = torch.arange(seq)[None], seq
+    else:
+        pos = pos[1:] if pos.shape[0] == 4 else pos  # Qwen passes the text positions first
+        next_pos = int(pos[:, 0, -1].max()) + 1
+    rows = seen.get("visual_pos_masks")
+    return Prompt(embeds, pos, visual, next_pos, seen.get("deepstack_visual_embeds"),
+                  None if rows is None else rows[0])
 
 
 def qwen_prompt(model, inputs) -> Prompt:
     """inputs_embeds and 3-D position ids that the unpatched Qwen-VL hands to its decoder."""
-    seen = {}
-
-    def grab(mod, args, kwargs):
-        seen["embeds"] = kwargs["inputs_embeds"]
-        seen["pos"] = kwargs["position_ids"]
-
-    h = model.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
-    with torch.no_grad():
-        model(**inputs)
-    h.remove()
-    pos = seen["pos"]
-    pos = pos[1:] if pos.shape[0] == 4 else pos
-    return Prompt(seen["embeds"], pos, inputs["mm_token_type_ids"][0] != 0, int(pos[:, 0, -1].max()) + 1)
+    return decoder_prompt(model, model.model.language_model, inputs, inputs["mm_token_type_ids"][0] != 0)
 
 
 def llama_prompt(model, ids, span) -> Prompt:
@@ -66,6 +84,9 @@ def staged_forward(model, tm, prompt: Prompt, stages, n_decode, shallow_mask=Non
     stage_at = dict(stages)
     first = stages[0][0] if stages else len(tm.layers)
     mask_until = first if mask_until is None else mask_until
+    deepstack = prompt.deepstack or []
+    if deepstack:  # row -> index among the rows the deepstack features belong to
+        ds_index = torch.cumsum(prompt.deepstack_rows.long(), 0) - 1
     with torch.no_grad():
         h = prompt.embeds
         cos, sin = tm.rotary_emb(h, prompt.pos)
@@ -80,6 +101,10 @@ def staged_forward(model, tm, prompt: Prompt, stages, n_decode, shallow_mask=Non
             if callable(mask):
                 mask = mask(rows)
             h = lay(h, attention_mask=mask, position_embeddings=(cos, sin), cache=cache, use_cache=True)
+            if i < len(deepstack):  # as Qwen3VLTextModel._deepstack_process, on the rows still present
+                v = prompt.deepstack_rows[rows]
+                h = h.clone()
+                h[0, v] = h[0, v] + deepstack[i][ds_index[rows[v]]]
         logits = [model.lm_head(tm.norm(h))]
         token = logits[-1][:, -1].argmax(-1)
         tokens = [int(token)]
@@ -106,3 +131,36 @@ def staged_forward_1d(model, tm, embeds, visual, stages, n_decode, shallow_mask=
     seq = embeds.shape[1]
     prompt = Prompt(embeds, torch.arange(seq)[None], visual, seq)
     return staged_forward(model, tm, prompt, stages, n_decode, shallow_mask)
+
+
+def run_pruned(model, inputs, method, n_decode, **apply_kwargs):
+    """(prefill logits, stats, generate output with per-step logits) of the engine under `method`."""
+    import sharp_vlm as sv
+
+    with sv.apply(model, method, **apply_kwargs) as handle, torch.no_grad():
+        prefill = model(**inputs).logits
+        stats = handle.last_stats
+        out = model.generate(**inputs, max_new_tokens=n_decode, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)
+    return prefill, stats, out
+
+
+def assert_matches(prefill, out, logits, tokens, n_decode):
+    """The engine's prefill logits, greedy tokens and per-step decode logits equal the oracle's."""
+    assert prefill.shape == logits[0].shape
+    assert (prefill - logits[0]).abs().max() < 1e-5
+    assert out.sequences[0, -n_decode:].tolist() == tokens
+    for step, (a, b) in enumerate(zip(out.logits, logits, strict=True)):
+        assert (a - b[:, -1]).abs().max() < 1e-4, f"decode step {step}"
+
+
+def forward_logits(model, inputs):
+    """The model's logits for one call, without gradients."""
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def greedy(model, inputs, n=6, **kw):
+    """`n` greedily generated tokens after the prompt (the whole sequence, or generate's output with `kw`)."""
+    with torch.no_grad():
+        return model.generate(**inputs, max_new_tokens=n, do_sample=False, **kw)

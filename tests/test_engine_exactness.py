@@ -1,4 +1,5 @@
-"""Pruning that keeps everything changes nothing; removing the patch restores the model exactly."""
+"""Removing the patch restores the model exactly; two patched models do not interfere; a saved checkpoint prunes the
+same. (Keep-everything equals unpatched, per family: tests/test_adapter_exactness.py.)"""
 
 from __future__ import annotations
 
@@ -11,25 +12,6 @@ import sharp_vlm as sv
 def _logits(model, inputs):
     with torch.no_grad():
         return model(**inputs).logits
-
-
-def _greedy(model, inputs, n=8, **kw):
-    with torch.no_grad():
-        return model.generate(**inputs, max_new_tokens=n, do_sample=False, **kw)
-
-
-@pytest.mark.parametrize("cfg", [sv.NoPrune(), sv.FastV(retain=1.0, layer=2), sv.UniformPrune(retain=1.0, layer=1)])
-def test_keep_everything_equals_unpatched(qwen, cfg):
-    model, inputs = qwen
-    ref = _logits(model, inputs)
-    ref_gen = _greedy(model, inputs)
-    with sv.apply(model, cfg) as handle:
-        out = _logits(model, inputs)
-        gen = _greedy(model, inputs)
-    assert out.shape == ref.shape
-    assert (out - ref).abs().max().item() <= 1e-5
-    assert torch.equal(gen, ref_gen)
-    assert handle.last_stats.n_visual == [128]
 
 
 def test_remove_restores_model(qwen):
@@ -72,24 +54,13 @@ def test_two_models_do_not_interfere():
         alone_b = _logits(b, xb)
     with sv.apply(a, sv.FastV(retain=0.25, layer=2)) as ha, sv.apply(b, sv.UniformPrune(retain=0.5, layer=1)) as hb:
         out_a, out_b = _logits(a, xa), _logits(b, xb)
-        gen_b = _greedy(b, xb, n=4)
+        with torch.no_grad():
+            gen_b = b.generate(**xb, max_new_tokens=4, do_sample=False)
         out_a2 = _logits(a, xa)
     assert torch.equal(out_a, alone_a) and torch.equal(out_a2, alone_a)
     assert torch.equal(out_b, alone_b)
     assert ha.last_stats.stages[0].n_kept == [32]
     assert hb.last_stats.stages[0].n_kept == [64] and gen_b.shape[1] == xb["input_ids"].shape[1] + 4
-
-
-def test_generate_with_and_without_cache_agree(qwen):
-    model, inputs = qwen
-    with sv.apply(model, sv.FastV(retain=0.25, layer=2)) as handle:
-        cached = _greedy(model, inputs, n=6)
-        kept_cached = handle.last_stats.stages[0].kept[0]
-        uncached = _greedy(model, inputs, n=6, use_cache=False)
-        kept_uncached = handle.last_stats.stages[0].kept[0]
-    assert torch.equal(cached, uncached)
-    # without a cache every step re-prunes; the query stays the last prompt token, so the kept set is stable
-    assert torch.equal(kept_cached, kept_uncached)
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])

@@ -1,6 +1,7 @@
-"""InternVL (Qwen2 / Qwen3 / LLaMA decoders) on the engine: layouts against the model's own features and the
-processor's token rules, exactness against a hand-written pruned forward at prefill and decode, cache lengths,
-FastV against eager attention, ShaRP's reference pass, save/load. Tiny random-weight models, no downloads.
+"""What is InternVL's own on the engine (the shared exactness suite, on the Qwen2 and Qwen3 decoders, is
+tests/test_adapter_exactness.py): layouts against the model's own features and the processor's token rules, images
+beside the video against a hand-written pruned forward, FastV on the LLaMA decoder, the reference input under each
+processor's normalisation, save/load, and what is refused. Tiny random-weight models, no downloads.
 
 The oracle defines the prunable rows independently of the adapter: the `<IMG_CONTEXT>` tokens of the video (the
 factory writes the images, then the video), never the `<img>` / `</img>` markers or the `Frame{k}: ` labels.
@@ -16,11 +17,9 @@ import pytest
 import torch
 
 import sharp_vlm as sv
-from oracle import staged_forward_1d
-from sharp_vlm.core.budget import keep_count
+from cases import BY_NAME, assert_fastv_matches_eager, model_and_inputs
+from oracle import forward_logits, greedy, staged_forward_1d
 from sharp_vlm.core.layout import VisualItem
-from sharp_vlm.core.masks import segment_allowed
-from sharp_vlm.engine.segment_attention import RUNS_KWARG
 from sharp_vlm.models import registry
 from sharp_vlm.models.internvl import (
     CLIP_MEAN,
@@ -50,16 +49,10 @@ def _registered():
     registry._ADAPTERS.update(saved)
 
 
-@pytest.fixture(scope="module", params=["qwen2", "qwen3"])
-def family(request):
-    model = tiny_internvl(request.param)
-    return model, tiny_internvl_inputs(model)
-
-
 @pytest.fixture(scope="module")
 def qwen2():
-    model = tiny_internvl("qwen2")
-    return model, tiny_internvl_inputs(model)
+    """The shared suite's InternVL3 case: a Qwen2 decoder of 4 layers, an 8-frame video."""
+    return model_and_inputs("internvl_qwen2")
 
 
 @pytest.fixture(scope="module")
@@ -98,16 +91,6 @@ def staged_forward(model, embeds, visual, stages, n_decode, shallow_mask=None):
     return staged_forward_1d(model, model.model.language_model, embeds, visual, stages, n_decode, shallow_mask)
 
 
-def _logits(model, inputs):
-    with torch.no_grad():
-        return model(**inputs).logits
-
-
-def _greedy(model, inputs, n=6, **kw):
-    with torch.no_grad():
-        return model.generate(**inputs, max_new_tokens=n, do_sample=False, **kw)
-
-
 def _check_against_oracle(model, inputs, method, skip=0, n_decode=4, shallow_mask=None):
     with sv.apply(model, method) as handle, torch.no_grad():
         prefill = model(**inputs).logits
@@ -127,46 +110,6 @@ def _check_against_oracle(model, inputs, method, skip=0, n_decode=4, shallow_mas
     return stats
 
 
-def test_oracle_without_stages_is_the_model(family):
-    model, inputs = family
-    logits, tokens, _ = staged_forward(model, decoder_input(model, inputs), prunable(model, inputs), [], 4)
-    assert (logits[0] - _logits(model, inputs)).abs().max() < 1e-5
-    assert tokens == _greedy(model, inputs, n=4)[0, -4:].tolist()
-
-
-# ---------------------------------------------------------------- exactness
-@pytest.mark.parametrize("cfg", [sv.NoPrune(), sv.FastV(retain=1.0, layer=2), sv.UniformPrune(retain=1.0, layer=0),
-                                 sv.ShaRP(retain=1.0)], ids=["noprune", "fastv", "uniform0", "sharp"])
-def test_keep_everything_equals_unpatched(family, cfg):
-    model, inputs = family
-    ref, ref_gen = _logits(model, inputs), _greedy(model, inputs)
-    with sv.apply(model, cfg) as handle:
-        out, gen = _logits(model, inputs), _greedy(model, inputs)
-    assert out.shape == ref.shape
-    assert (out - ref).abs().max().item() <= 1e-5
-    assert torch.equal(gen, ref_gen)
-    assert handle.last_stats.n_visual == [N_VIDEO]
-
-
-METHODS = {
-    "fastv1": sv.FastV(retain=0.25, layer=1),
-    "fastv2": sv.FastV(retain=0.2, layer=2),
-    "random1": sv.RandomPrune(retain=0.3, layer=1),
-    "schedule": sv.Schedule([sv.UniformPrune(retain=0.5, layer=0), sv.FastV(retain=0.25, layer=2)]),
-}
-
-
-@pytest.mark.parametrize("name", list(METHODS))
-def test_engine_matches_oracle_at_prefill_and_decode(family, name):
-    model, inputs = family
-    stats = _check_against_oracle(model, inputs, METHODS[name])
-    if name == "schedule":
-        assert [s.n_kept for s in stats.stages] == [[64], [32]]
-        assert bool(torch.isin(stats.stages[1].kept_positions[0], stats.stages[0].kept_positions[0]).all())
-    else:
-        assert stats.stages[0].n_kept == [keep_count(METHODS[name].retain, N_VIDEO)]
-
-
 def test_image_and_video(mixed):
     model, inputs = mixed
     with sv.apply(model, sv.FastV(retain=0.25, layer=2)) as handle, torch.no_grad():
@@ -179,135 +122,31 @@ def test_image_and_video(mixed):
     assert stats.n_visual == [N_VIDEO + N_IMAGE]
 
 
-@pytest.mark.parametrize("trim", [False, True])
-def test_kv_cache_lengths_and_decode_positions(qwen2, trim):
-    model, inputs = qwen2
-    seq = inputs["input_ids"].shape[1]
-    seen = []
-    h = model.model.language_model.layers[-1].register_forward_pre_hook(
-        lambda m, a, k: seen.append(k["position_embeddings"][0][:, -1].clone()), with_kwargs=True)
-    try:
-        _greedy(model, inputs, n=4)
-        ref_pos = seen[1:]
-        seen.clear()
-        with sv.apply(model, sv.FastV(retain=0.25, layer=2), trim_kv=trim), torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
-        pruned_pos = seen[1:]
-    finally:
-        h.remove()
-    assert len(ref_pos) == len(pruned_pos) == 3
-    for a, b in zip(ref_pos, pruned_pos, strict=True):
-        assert torch.equal(a, b)  # decode continues at the unpruned positions
-    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-    kept = seq - N_VIDEO + 32
-    shallow = kept if trim else seq
-    assert [cache.layers[i].keys.shape[-2] for i in range(4)] == [shallow + 3] * 2 + [kept + 3] * 2
-
-
-def test_generate_with_and_without_cache_agree(qwen2):
-    model, inputs = qwen2
-    cfg = sv.Schedule([sv.UniformPrune(retain=0.5, layer=0), sv.FastV(retain=0.25, layer=1)])
-    with sv.apply(model, cfg) as handle:
-        cached = _greedy(model, inputs)
-        kept_cached = handle.last_stats.stages[-1].kept[0]
-        uncached = _greedy(model, inputs, use_cache=False)
-        kept_uncached = handle.last_stats.stages[-1].kept[0]
-    assert torch.equal(cached, uncached)
-    assert torch.equal(kept_cached, kept_uncached)
-
-
-@pytest.mark.parametrize("text", ["qwen2", "qwen3", "llama"])
-@pytest.mark.parametrize("layer", [1, 2])
-def test_fastv_matches_eager_attention_reference(text, layer):
-    sdpa = tiny_internvl(text, seed=5)
-    eager = tiny_internvl(text, seed=5, attn_implementation="eager")
-    inputs = tiny_internvl_inputs(sdpa, seed=6)
-    with torch.no_grad():
-        att = eager(**inputs, output_attentions=True).attentions[layer]  # (1, H, S, S)
-    vis = torch.nonzero(prunable(sdpa, inputs)).flatten()
-    ref = torch.sort(torch.topk(att[0, :, -1, vis].mean(0), keep_count(0.3, N_VIDEO)).indices).values
-    for model in (sdpa, eager):
-        with sv.apply(model, sv.FastV(retain=0.3, layer=layer)) as handle, torch.no_grad():
-            model(**inputs)
-        assert torch.equal(handle.last_stats.stages[0].kept[0], ref)
-
-
-@pytest.mark.parametrize("cfg", [sv.FastV(retain=0.25, layer=2), sv.ShaRP(retain=0.25)], ids=["fastv", "sharp"])
-def test_left_padded_batch_equals_one_by_one(qwen2, cfg):
-    model, _ = qwen2
-    samples = [tiny_internvl_inputs(model, prefix=5, seed=1), tiny_internvl_inputs(model, prefix=9, seed=2)]
-    width = max(x["input_ids"].shape[1] for x in samples)
-    pad = torch.nn.functional.pad
-    batch = {k: torch.cat([pad(x[k], (width - x[k].shape[1], 0)) for x in samples])
-             for k in ("input_ids", "attention_mask")}
-    batch["pixel_values"] = torch.cat([x["pixel_values"] for x in samples])
-    gen = dict(max_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True)
-    with sv.apply(model, cfg) as handle, torch.no_grad():
-        singles = []
-        for x in samples:
-            singles.append((model.generate(**x, **gen), handle.last_stats.stages[0].kept[0]))
-        both = model.generate(**batch, **gen)
-        kept = handle.last_stats.stages[0].kept
-    for b, (single, k) in enumerate(singles):
-        assert torch.equal(kept[b], k)
-        assert both.sequences[b, -3:].tolist() == single.sequences[0, -3:].tolist()
-        for lb, ls in zip(both.logits, single.logits, strict=True):
-            assert (lb[b] - ls[0]).abs().max() < 1e-4
-
-
-# ---------------------------------------------------------------- ShaRP and its reference pass
-def test_sharp_defaults_match_the_segment_masked_oracle(family):
-    model, inputs = family
-    seq = inputs["input_ids"].shape[1]
-    visual = prunable(model, inputs)
-    seg = torch.full((seq,), -1)
-    seg[visual] = torch.arange(N_VIDEO) // PER_FRAME  # one segment per frame; labels and markers in none
-    shallow = segment_allowed(seg, "bidirectional")[None, None]
-    with sv.apply(model, sv.ShaRP(retain=0.2)) as handle, torch.no_grad():
-        prefill = model(**inputs).logits
-        out = model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True,
-                             return_dict_in_generate=True)
-    stage = handle.last_stats.stages[0]
-    assert stage.n_kept == [keep_count(0.2, N_VIDEO)] and stage.costs.reference_flops > 0
-    logits, tokens, _ = staged_forward(model, decoder_input(model, inputs), visual,
-                                       [(stage.layer, stage.kept_positions[0])], 4, shallow)
-    assert (prefill - logits[0]).abs().max() < 1e-5
-    assert out.sequences[0, -4:].tolist() == tokens
-    for a, b in zip(out.logits, logits, strict=True):
-        assert (a - b[:, -1]).abs().max() < 1e-4
+def test_fastv_matches_eager_attention_reference_on_the_llama_decoder():
+    """The suite runs the Qwen2 and Qwen3 decoders; InternVL2.5/3 also ship LLaMA ones."""
+    case = BY_NAME["internvl_qwen2"]
+    sdpa, eager = tiny_internvl("llama", seed=5), tiny_internvl("llama", seed=5, attn_implementation="eager")
+    assert_fastv_matches_eager(case, sdpa, eager, tiny_internvl_inputs(sdpa, seed=6), layer=2)
 
 
 def _black(shape, mean, std) -> torch.Tensor:
     return torch.tensor([-m / s for m, s in zip(mean, std, strict=True)])[:, None, None].expand(shape).contiguous()
 
 
-def test_reference_pass_uses_the_real_positions_and_masks(family):
-    model, inputs = family
-    calls = []
-    layer0 = model.model.language_model.layers[0]
-    with sv.apply(model, sv.ShaRP(retain=0.2, debias="reference")), torch.no_grad():
-        # registered after the engine's hook: sees what the layer really receives
-        hook = layer0.register_forward_pre_hook(
-            lambda m, a, k: calls.append((a[0], k["position_embeddings"], k.get(RUNS_KWARG))), with_kwargs=True)
-        try:
-            model(**inputs)
-        finally:
-            hook.remove()
-    assert len(calls) == 2  # the real prefill and the reference pass
-    (real_h, real_pe, real_runs), (ref_h, ref_pe, ref_runs) = calls
-    assert real_h.shape == ref_h.shape
-    assert torch.equal(real_pe[0], ref_pe[0]) and torch.equal(real_pe[1], ref_pe[1])
-    assert real_runs is not None and real_runs == ref_runs
-    assert sum(seg for _, _, seg in real_runs.runs) == 8  # one block per frame
+def test_reference_is_black_pixels_through_the_model(qwen2):
+    """Without use_processor: frames black under the ImageNet statistics (InternVL3's video processor)."""
+    model, inputs = qwen2
+    adapter = InternVLAdapter(model)
+    embeds = decoder_input(model, inputs)
+    (lay,) = adapter.find_layouts(inputs, embeds.shape[1], 1)
+    ref = adapter.reference_embeds(embeds, [lay], inputs)
     vis = prunable(model, inputs)
-    assert torch.equal(real_h[0, ~vis], ref_h[0, ~vis])  # text, labels and markers untouched
-    assert not torch.allclose(real_h[0, vis], ref_h[0, vis])
-    frames = ref_h[0, vis].view(8, PER_FRAME, -1)  # black frames: every frame has the same features
-    assert torch.allclose(frames, frames[:1].expand_as(frames), atol=1e-5)
+    assert torch.equal(ref[0, ~vis], embeds[0, ~vis])  # text, labels and markers untouched
+    frames = ref[0, vis].view(8, PER_FRAME, -1)
     assert not torch.allclose(frames[0], frames[0, :1].expand_as(frames[0]))  # the tower's, not a constant
     black = _black(inputs["pixel_values"].shape, IMAGENET_MEAN, IMAGENET_STD)
     expect = decoder_input(model, dict(inputs, pixel_values=black))
-    assert (ref_h[0, vis] - expect[0, vis]).abs().max() < 1e-5  # as if black pixels had been fed to the model
+    assert (ref[0, vis] - expect[0, vis]).abs().max() < 1e-5  # as if black pixels had been fed to the model
 
 
 def test_reference_normalises_each_kind_with_its_processor(mixed):
@@ -482,7 +321,7 @@ def test_processor_tiles_run_through_the_tiny_model(mixed):
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": out["pixel_values"]}
         (lay,) = registry.adapter_for(model).find_layouts(inputs, ids.shape[1], 1)
         assert [(it.kind, it.t) for it in lay.items] == [("image", n)]
-        _logits(model, inputs)  # the model's own check: features fill the placeholders exactly
+        forward_logits(model, inputs)  # the model's own check: features fill the placeholders exactly
 
 
 # ---------------------------------------------------------------- round trip, errors, registry
@@ -492,13 +331,13 @@ def test_save_load_round_trip_then_apply(qwen2, tmp_path):
     model, inputs = qwen2
     model.save_pretrained(tmp_path)
     loaded = InternVLForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
-    assert torch.equal(_logits(loaded, inputs), _logits(model, inputs))
+    assert torch.equal(forward_logits(loaded, inputs), forward_logits(model, inputs))
     for cfg in (sv.FastV(retain=0.25, layer=2), sv.ShaRP(retain=0.2)):
         results = []
         for m in (model, loaded):
             with sv.apply(m, cfg) as handle, torch.no_grad():
                 assert isinstance(handle.adapter, InternVLAdapter)
-                results.append((m(**inputs).logits, handle.last_stats.stages[0].kept[0], _greedy(m, inputs, n=3)))
+                results.append((m(**inputs).logits, handle.last_stats.stages[0].kept[0], greedy(m, inputs, n=3)))
         (a, ka, ga), (b, kb, gb) = results
         assert torch.equal(ka, kb) and torch.equal(ga, gb)
         assert (a - b).abs().max() < 1e-6

@@ -1,6 +1,7 @@
-"""LLaVA-OneVision and LLaVA-NeXT-Video on the engine: layouts against the model's own features and the
-processors' token rules, exactness against a hand-written pruned forward, FastV against eager attention,
-ShaRP's reference pass, save/load.
+"""What is LLaVA-OneVision's and LLaVA-NeXT-Video's own on the engine (the shared exactness suite is
+tests/test_adapter_exactness.py): layouts against the model's own features and the processors' token rules, images
+with their row newlines beside the video against a hand-written pruned forward, beams with images, the reference
+input through the tower, save/load, and the errors of missing image sizes.
 
 The oracle here defines the prunable rows independently of the adapter: placeholder tokens whose decoder input
 is not the model's `image_newline` embedding.
@@ -15,17 +16,14 @@ import pytest
 import torch
 
 import sharp_vlm as sv
-from oracle import staged_forward_1d
-from sharp_vlm.core.budget import keep_count
-from sharp_vlm.core.masks import segment_allowed
-from sharp_vlm.engine.segment_attention import RUNS_KWARG
+from cases import model_and_inputs
+from oracle import greedy, staged_forward_1d
 from sharp_vlm.models import registry
 from sharp_vlm.models.llava_onevision import LlavaNextVideoAdapter, LlavaOnevisionAdapter, register
 from sharp_vlm.models.tiny_llava import tiny_llava_inputs, tiny_llava_next_video, tiny_llava_onevision
 
 FAMILIES = {"onevision": tiny_llava_onevision, "next_video": tiny_llava_next_video}
 N_VIDEO = 128  # 8 frames x 4 x 4 pooled tokens in the tiny models
-PER_FRAME = 16
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -43,8 +41,8 @@ def registered():
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def llava(request):
-    model = FAMILIES[request.param]()
-    return model, tiny_llava_inputs(model, frames=8)
+    """The shared suite's case of this family: 4 layers, an 8-frame video."""
+    return model_and_inputs(f"llava_{request.param}")
 
 
 @pytest.fixture(scope="module")
@@ -85,16 +83,6 @@ def prunable(model, inputs, kinds=("video",)) -> torch.Tensor:
 def staged_forward(model, embeds, visual, stages, n_decode, shallow_mask=None):
     """The hand-written pruned forward of tests/oracle.py on this family's decoder (1-D positions)."""
     return staged_forward_1d(model, model.model.language_model, embeds, visual, stages, n_decode, shallow_mask)
-
-
-def _logits(model, inputs):
-    with torch.no_grad():
-        return model(**inputs).logits
-
-
-def _greedy(model, inputs, n=6, **kw):
-    with torch.no_grad():
-        return model.generate(**inputs, max_new_tokens=n, do_sample=False, **kw)
 
 
 def _check_against_oracle(model, inputs, method, kinds=("video",), n_decode=4, shallow_mask=None):
@@ -284,33 +272,6 @@ def test_processor_rule_agrees_with_the_tiny_models():
 
 
 # ---------------------------------------------------------------- exactness
-@pytest.mark.parametrize("cfg", [sv.NoPrune(), sv.FastV(retain=1.0, layer=2), sv.UniformPrune(retain=1.0, layer=1)])
-def test_keep_everything_equals_unpatched(llava, cfg):
-    model, inputs = llava
-    ref, ref_gen = _logits(model, inputs), _greedy(model, inputs)
-    with sv.apply(model, cfg) as handle:
-        out, gen = _logits(model, inputs), _greedy(model, inputs)
-    assert out.shape == ref.shape
-    assert (out - ref).abs().max().item() <= 1e-5
-    assert torch.equal(gen, ref_gen)
-    assert handle.last_stats.n_visual == [N_VIDEO]
-
-
-@pytest.mark.parametrize("layer", [1, 2, 3])
-def test_fastv_matches_oracle(llava, layer):
-    model, inputs = llava
-    stats = _check_against_oracle(model, inputs, sv.FastV(retain=0.2, layer=layer))
-    assert stats.stages[0].n_kept == [keep_count(0.2, N_VIDEO)]
-
-
-def test_two_stage_schedule_matches_oracle(llava):
-    model, inputs = llava
-    cfg = sv.Schedule([sv.UniformPrune(retain=0.5, layer=0), sv.FastV(retain=0.25, layer=2)])
-    stats = _check_against_oracle(model, inputs, cfg)
-    assert [s.n_kept for s in stats.stages] == [[64], [32]]
-    assert bool(torch.isin(stats.stages[1].kept_positions[0], stats.stages[0].kept_positions[0]).all())
-
-
 def test_fastv_on_image_and_video_matches_oracle(onevision_mixed):
     model, inputs = onevision_mixed
     n_image = 64 + 12 * 24
@@ -325,9 +286,9 @@ def test_fastv_on_image_and_video_matches_oracle(onevision_mixed):
 def test_beam_search_with_an_image_keeps_exactness(onevision_mixed):
     # generate() repeats the prompt (and image_sizes / batch_num_images) per beam
     model, inputs = onevision_mixed
-    ref = _greedy(model, inputs, n=3, num_beams=2)
+    ref = greedy(model, inputs, n=3, num_beams=2)
     with sv.apply(model, sv.UniformPrune(retain=1.0, layer=1, targets="all")) as handle:
-        out = _greedy(model, inputs, n=3, num_beams=2)
+        out = greedy(model, inputs, n=3, num_beams=2)
     assert torch.equal(out, ref)
     assert handle.last_stats.n_visual == [N_VIDEO + 64 + 12 * 24] * 2
 
@@ -345,154 +306,7 @@ def test_sharp_reference_pass_under_beams_with_an_image(llava):
     assert [torch.equal(k, alone) for k in handle.last_stats.stages[0].kept] == [True, True]
 
 
-@pytest.mark.parametrize("trim", [False, True])
-def test_kv_cache_lengths_and_decode_positions(llava, trim):
-    model, inputs = llava
-    seq = inputs["input_ids"].shape[1]
-    seen = []
-
-    def grab(mod, args, kwargs):
-        seen.append(kwargs["position_embeddings"][0][:, -1].clone())
-
-    h = model.model.language_model.layers[-1].register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        _greedy(model, inputs, n=4)
-        ref_pos = seen[1:]
-        seen.clear()
-        with sv.apply(model, sv.FastV(retain=0.25, layer=2), trim_kv=trim), torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
-        pruned_pos = seen[1:]
-    finally:
-        h.remove()
-    assert len(ref_pos) == len(pruned_pos) == 3
-    for a, b in zip(ref_pos, pruned_pos, strict=True):
-        assert torch.equal(a, b)  # decode continues at the unpruned positions
-    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-    kept = seq - N_VIDEO + 32
-    shallow = kept if trim else seq
-    assert [cache.layers[i].keys.shape[-2] for i in range(4)] == [shallow + 3] * 2 + [kept + 3] * 2
-
-
-def test_generate_with_and_without_cache_agree(llava):
-    model, inputs = llava
-    with sv.apply(model, sv.FastV(retain=0.25, layer=2)) as handle:
-        cached = _greedy(model, inputs)
-        kept_cached = handle.last_stats.stages[0].kept[0]
-        uncached = _greedy(model, inputs, use_cache=False)
-        kept_uncached = handle.last_stats.stages[0].kept[0]
-    assert torch.equal(cached, uncached)
-    assert torch.equal(kept_cached, kept_uncached)
-
-
-@pytest.mark.parametrize("family", list(FAMILIES))
-@pytest.mark.parametrize("layer", [1, 2])
-def test_fastv_matches_eager_attention_reference(family, layer):
-    sdpa = FAMILIES[family](seed=5)
-    eager = FAMILIES[family](seed=5, attn_implementation="eager")
-    for a, b in zip(sdpa.state_dict().values(), eager.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
-    inputs = tiny_llava_inputs(sdpa, frames=8, seed=6)
-    with torch.no_grad():
-        att = eager(**inputs, output_attentions=True).attentions[layer]  # (1, H, S, S)
-    vis = torch.nonzero(prunable(sdpa, inputs)).flatten()
-    assert vis.numel() == N_VIDEO
-    ref_scores = att[0, :, -1, vis].mean(0)
-    ref = torch.sort(torch.topk(ref_scores, keep_count(0.3, N_VIDEO)).indices).values
-    for model in (sdpa, eager):
-        with sv.apply(model, sv.FastV(retain=0.3, layer=layer)) as handle, torch.no_grad():
-            model(**inputs)
-        assert torch.equal(handle.last_stats.stages[0].kept[0], ref)
-
-
-def _left_pad(samples):
-    """A processor-like batch: ids left-padded, pixels stacked (image tiles zero-padded to the largest count)."""
-    pad = torch.nn.functional.pad
-    width = max(x["input_ids"].shape[1] for x in samples)
-    out = {k: torch.cat([pad(x[k], (width - x[k].shape[1], 0)) for x in samples])
-           for k in ("input_ids", "attention_mask")}
-    out["pixel_values_videos"] = torch.cat([x["pixel_values_videos"] for x in samples])
-    tiles = max(x["pixel_values"].shape[1] for x in samples)
-    out["pixel_values"] = torch.cat([pad(x["pixel_values"], (0, 0, 0, 0, 0, 0, 0, tiles - x["pixel_values"].shape[1]))
-                                     for x in samples])
-    for k in ("image_sizes", "batch_num_images"):
-        out[k] = torch.cat([x[k] for x in samples])
-    return out
-
-
-@pytest.mark.parametrize("cfg", [sv.FastV(retain=0.25, layer=2), sv.ShaRP(retain=0.25, layer=2),
-                                 sv.Schedule([sv.UniformPrune(retain=0.5, layer=0), sv.FastV(retain=0.25, layer=2)])])
-def test_batched_equals_one_by_one(onevision_mixed, cfg):
-    # images of different sizes (different token counts and grids) before same-size videos, left-padded
-    model, _ = onevision_mixed
-    samples = [tiny_llava_inputs(model, frames=8, image_sizes=((20, 40),), seed=1, question=7),
-               tiny_llava_inputs(model, frames=8, image_sizes=((40, 36),), seed=2, question=3)]
-    batch = _left_pad(samples)
-    gen = dict(max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)
-    with sv.apply(model, cfg) as handle, torch.no_grad():
-        singles, kept = [], []
-        for x in samples:
-            singles.append(model.generate(**x, **gen))
-            kept.append([s.kept[0] for s in handle.last_stats.stages])
-        both = model.generate(**batch, **gen)
-        kept_both = [[s.kept[b] for s in handle.last_stats.stages] for b in range(2)]
-    for b, single in enumerate(singles):
-        assert both.sequences[b, -4:].tolist() == single.sequences[0, -4:].tolist()
-        for step, (lb, ls) in enumerate(zip(both.logits, single.logits, strict=True)):
-            assert (lb[b] - ls[0]).abs().max() < 1e-4, f"sample {b} step {step}"
-        for kb, ks in zip(kept_both[b], kept[b], strict=True):
-            assert torch.equal(kb, ks)
-
-
 # ---------------------------------------------------------------- ShaRP
-def test_sharp_defaults_match_the_segment_masked_oracle(llava):
-    model, inputs = llava
-    seq = inputs["input_ids"].shape[1]
-    visual = prunable(model, inputs)
-    seg = torch.full((seq,), -1)
-    seg[visual] = torch.arange(N_VIDEO) // PER_FRAME  # one segment per frame; the newline is not in one
-    shallow = segment_allowed(seg, "bidirectional")[None, None]
-    cfg = sv.ShaRP(retain=0.2)  # forward-scope mask, reference debias, dedup
-    with sv.apply(model, cfg) as handle, torch.no_grad():
-        prefill = model(**inputs).logits
-        out = model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True,
-                             return_dict_in_generate=True)
-    stage = handle.last_stats.stages[0]
-    assert stage.n_kept == [keep_count(0.2, N_VIDEO)] and stage.costs.reference_flops > 0
-    logits, tokens, _ = staged_forward(model, decoder_input(model, inputs), visual,
-                                       [(2, stage.kept_positions[0])], 4, shallow)
-    assert (prefill - logits[0]).abs().max() < 1e-5
-    assert out.sequences[0, -4:].tolist() == tokens
-    for a, b in zip(out.logits, logits, strict=True):
-        assert (a - b[:, -1]).abs().max() < 1e-4
-
-
-def test_reference_pass_uses_the_real_positions_and_masks(llava):
-    model, inputs = llava
-    calls = []
-    layer0 = model.model.language_model.layers[0]
-    with sv.apply(model, sv.ShaRP(retain=0.2, debias="reference")), torch.no_grad():
-        # registered after the engine's hook, so it sees what the layer really receives
-        hook = layer0.register_forward_pre_hook(
-            lambda m, a, k: calls.append((a[0], k["position_embeddings"], k.get(RUNS_KWARG))), with_kwargs=True)
-        try:
-            model(**inputs)
-        finally:
-            hook.remove()
-    assert len(calls) == 2  # the real prefill and the reference pass
-    (real_h, real_pe, real_runs), (ref_h, ref_pe, ref_runs) = calls
-    assert real_h.shape == ref_h.shape
-    assert torch.equal(real_pe[0], ref_pe[0]) and torch.equal(real_pe[1], ref_pe[1])
-    assert real_runs is not None and real_runs == ref_runs
-    assert sum(seg for _, _, seg in real_runs.runs) == 8  # one block per frame
-    vis = prunable(model, inputs)
-    assert torch.equal(real_h[0, ~vis], ref_h[0, ~vis])  # text and the newline untouched
-    assert not torch.allclose(real_h[0, vis], ref_h[0, vis])  # frames replaced
-    frames = ref_h[0, vis].view(8, PER_FRAME, -1)  # black frames: every frame has the same features
-    assert torch.allclose(frames, frames[:1].expand_as(frames), atol=1e-5)
-    # and they are the tower's features of a black frame, not a constant
-    assert not torch.allclose(frames[0], frames[0, :1].expand_as(frames[0]))
-
-
 def test_reference_replaces_images_through_the_tower(onevision_mixed):
     model, inputs = onevision_mixed
     adapter = registry.adapter_for(model)
@@ -520,7 +334,7 @@ def test_save_load_round_trip(family, tmp_path):
         results = []
         for m in (model, loaded):
             with sv.apply(m, cfg) as handle, torch.no_grad():
-                results.append((m(**inputs).logits, handle.last_stats.stages[0].kept[0], _greedy(m, inputs, n=3)))
+                results.append((m(**inputs).logits, handle.last_stats.stages[0].kept[0], greedy(m, inputs, n=3)))
         (a, ka, ga), (b, kb, gb) = results
         assert torch.equal(ka, kb) and torch.equal(ga, gb)
         assert (a - b).abs().max() < 1e-6

@@ -1,23 +1,25 @@
-"""Qwen3-VL (dense and MoE) on the engine: exactness, a hand-written pruned forward with deepstack on the kept
-rows, cache and decode positions, FastV against eager attention, ShaRP's reference pass, layouts against the
-processor's rules, and a save/load round trip. Tiny random-weight models, no downloads."""
+"""What is Qwen3-VL's own on the engine (dense and MoE; the shared exactness suite is tests/test_adapter_exactness.py):
+deepstack on the kept rows, in the oracle and in ShaRP's reference pass, layouts against the processor's rules, a
+save/load round trip, and a release that renamed the deepstack inputs. Tiny random-weight models, no downloads."""
 
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import DynamicCache
 
 import sharp_vlm as sv
+from cases import model_and_inputs
+from oracle import decoder_prompt, forward_logits, staged_forward
 from sharp_vlm.core.layout import VisualItem
 from sharp_vlm.engine.segment_attention import RUNS_KWARG
 from sharp_vlm.models import registry
 from sharp_vlm.models.qwen3_vl import Qwen3VLAdapter, register
-from sharp_vlm.models.tiny_qwen3_vl import frame_timestamps, tiny_qwen3_video_inputs, tiny_qwen3_vl
+from sharp_vlm.models.tiny_qwen3_vl import frame_timestamps, tiny_qwen3_vl
 
 N_VIS = 64  # 4 temporal patches x 4 x 4 merged tokens (8 frames at 16 x 16 px)
 
@@ -34,228 +36,44 @@ def _registered():
 
 @pytest.fixture(scope="module")
 def dense():
-    model = tiny_qwen3_vl(layers=4, deepstack=(0, 1, 2))
-    return model, tiny_qwen3_video_inputs(model, frames=8, height=16, width=16).as_kwargs()
-
-
-@pytest.fixture(scope="module")
-def moe():
-    model = tiny_qwen3_vl(moe=True, layers=4, deepstack=(0, 1, 2), seed=3)
-    return model, tiny_qwen3_video_inputs(model, frames=8, height=16, width=16, seed=4).as_kwargs()
-
-
-@pytest.fixture(params=["dense", "moe"])
-def family(request):
-    return request.getfixturevalue(request.param)
-
-
-def _logits(model, inputs):
-    with torch.no_grad():
-        return model(**inputs).logits
-
-
-def _greedy(model, inputs, n=6, **kw):
-    with torch.no_grad():
-        return model.generate(**inputs, max_new_tokens=n, do_sample=False, **kw)
+    """The shared suite's Qwen3-VL case: 4 layers, deepstack after layers 0-2, an 8-frame video."""
+    return model_and_inputs("qwen3_vl")
 
 
 def _hooks(model):
     return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
 
 
-# ---------------------------------------------------------------- the oracle: a hand-written pruned forward
-def qwen3_prompt(model, inputs) -> dict:
-    """What the unpatched Qwen3-VL hands its text model: embeddings, 3-D positions, deepstack inputs."""
-    seen = {}
-
-    def grab(mod, args, kwargs):
-        seen.update(kwargs)
-
-    h = model.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
-    with torch.no_grad():
-        model(**inputs)
-    h.remove()
-    pos = seen["position_ids"]
-    pos = pos[1:] if pos.shape[0] == 4 else pos
-    return dict(embeds=seen["inputs_embeds"], pos=pos, vis=seen["visual_pos_masks"][0],
-                deepstack=seen["deepstack_visual_embeds"], next_pos=int(pos[:, 0, -1].max()) + 1)
-
-
-def staged_forward(model, prompt, stages, n_decode):
-    """stages: [(layer, kept original positions)]. Layers before a stage run on every row still present; after
-    layer i < len(deepstack) the i-th deepstack feature of each *kept* visual row is added to it, as
-    Qwen3VLTextModel._deepstack_process does on the full sequence. Returns (logits per step, tokens, cache)."""
-    tm = model.model.language_model
-    stage_at = dict(stages)
-    vis, ds = prompt["vis"], prompt["deepstack"]
-    vis_index = torch.cumsum(vis.long(), 0) - 1  # position -> index among the visual tokens
-    cache = DynamicCache(config=tm.config)
-    with torch.no_grad():
-        h = prompt["embeds"]
-        cos, sin = tm.rotary_emb(h, prompt["pos"])
-        rows = torch.arange(h.shape[1])
-        for i, lay in enumerate(tm.layers):
-            if i in stage_at:
-                keep = ~vis[rows] | torch.isin(rows, stage_at[i])
-                h, cos, sin, rows = h[:, keep], cos[:, keep], sin[:, keep], rows[keep]
-            h = lay(h, attention_mask=None, position_embeddings=(cos, sin), cache=cache, use_cache=True)
-            if i < len(ds):
-                v = vis[rows]
-                h = h.clone()
-                h[0, v] = h[0, v] + ds[i][vis_index[rows[v]]]
-        logits = [model.lm_head(tm.norm(h))]
-        token = logits[-1][:, -1].argmax(-1)
-        tokens = [int(token)]
-        for t in range(n_decode - 1):
-            h = tm.embed_tokens(token)[:, None]
-            cos, sin = tm.rotary_emb(h, torch.full((3, 1, 1), prompt["next_pos"] + t))
-            for lay in tm.layers:
-                h = lay(h, attention_mask=None, position_embeddings=(cos, sin), cache=cache, use_cache=True)
-            logits.append(model.lm_head(tm.norm(h)))
-            token = logits[-1][:, -1].argmax(-1)
-            tokens.append(int(token))
-    return logits, tokens, cache
-
-
-def test_oracle_without_stages_is_the_model(dense):
-    """The oracle's deepstack handling is the model's: no stage reproduces the unpatched logits."""
-    model, inputs = dense
-    logits, tokens, _ = staged_forward(model, qwen3_prompt(model, inputs), [], n_decode=4)
-    assert (logits[0] - _logits(model, inputs)).abs().max() < 1e-5
-    assert tokens == _greedy(model, inputs, n=4)[0, -4:].tolist()
-
-
-# ---------------------------------------------------------------- exactness
-@pytest.mark.parametrize("cfg", [sv.NoPrune(), sv.FastV(retain=1.0, layer=2), sv.UniformPrune(retain=1.0, layer=0),
-                                 sv.ShaRP(retain=1.0)], ids=["noprune", "fastv", "uniform0", "sharp"])
-def test_keep_everything_equals_unpatched(family, cfg):
-    model, inputs = family
-    ref, ref_gen = _logits(model, inputs), _greedy(model, inputs)
-    with sv.apply(model, cfg) as handle:
-        out, gen = _logits(model, inputs), _greedy(model, inputs)
-    assert out.shape == ref.shape
-    assert (out - ref).abs().max().item() <= 1e-5
-    assert torch.equal(gen, ref_gen)
-    assert handle.last_stats.n_visual == [N_VIS]
-
-
-METHODS = {
-    "fastv1": sv.FastV(retain=0.25, layer=1),
-    "fastv2": sv.FastV(retain=0.25, layer=2),
-    "fastv3": sv.FastV(retain=0.2, layer=3),  # after the deepstack layers
-    "random1": sv.RandomPrune(retain=0.3, layer=1),
-    "uniform0": sv.UniformPrune(retain=0.25, layer=0),
-    "schedule": sv.Schedule([sv.UniformPrune(retain=0.5, layer=0), sv.FastV(retain=0.25, layer=2)]),
-}
-
-
-@pytest.mark.parametrize("name", list(METHODS))
-def test_engine_matches_oracle_at_prefill_and_decode(dense, name):
-    model, inputs = dense
-    with sv.apply(model, METHODS[name]) as handle, torch.no_grad():
-        prefill = model(**inputs).logits
-        stats = handle.last_stats.stages
-        out = model.generate(**inputs, max_new_tokens=5, do_sample=False, output_logits=True,
-                             return_dict_in_generate=True)
-    stages = [(s.layer, s.kept_positions[0]) for s in stats]
-    logits, tokens, _ = staged_forward(model, qwen3_prompt(model, inputs), stages, n_decode=5)
-    assert prefill.shape == logits[0].shape
-    assert (prefill - logits[0]).abs().max() < 1e-5
-    assert out.sequences[0, -5:].tolist() == tokens
-    for step, (a, b) in enumerate(zip(out.logits, logits, strict=True)):
-        assert (a - b[:, -1]).abs().max() < 1e-4, f"decode step {step}"
-    # the deepstack shadow and the reference hooks are gone after the call
-    assert "_deepstack_process" not in model.model.language_model.__dict__
+# ---------------------------------------------------------------- deepstack on the kept rows
+def _prompt(model, inputs):
+    return decoder_prompt(model, model.model.language_model, inputs, inputs["mm_token_type_ids"][0] != 0)
 
 
 def test_oracle_sees_deepstack_on_the_kept_rows(dense):
-    """Ignoring deepstack after a stage (or adding it at the wrong rows) would not match the engine."""
+    """The oracle adds the deepstack features of the kept rows after layers 0-2 and matches the engine; ignoring
+    them after a stage, or adding them at the wrong rows, would not."""
     model, inputs = dense
+    tm = model.model.language_model
     with sv.apply(model, sv.FastV(retain=0.25, layer=1)) as handle:
-        prefill = _logits(model, inputs)
+        prefill = forward_logits(model, inputs)
         kept = handle.last_stats.stages[0].kept_positions[0]
-    prompt = qwen3_prompt(model, inputs)
-    shifted = dict(prompt, deepstack=[torch.roll(d, 1, 0) for d in prompt["deepstack"]])
-    wrong, _, _ = staged_forward(model, shifted, [(1, kept)], n_decode=1)
+    prompt = _prompt(model, inputs)
+    right, _, _ = staged_forward(model, tm, prompt, [(1, kept)], n_decode=1)
+    assert (prefill - right[0]).abs().max() < 1e-5
+    shifted = replace(prompt, deepstack=[torch.roll(d, 1, 0) for d in prompt.deepstack])
+    wrong, _, _ = staged_forward(model, tm, shifted, [(1, kept)], n_decode=1)
     assert (prefill - wrong[0]).abs().max() > 1e-3
 
 
-def test_moe_matches_oracle(moe):
-    model, inputs = moe
-    cfg = sv.Schedule([sv.UniformPrune(retain=0.5, layer=0), sv.FastV(retain=0.25, layer=2)])
-    with sv.apply(model, cfg) as handle, torch.no_grad():
-        prefill = model(**inputs).logits
-        stages = [(s.layer, s.kept_positions[0]) for s in handle.last_stats.stages]
-        gen = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-    logits, tokens, _ = staged_forward(model, qwen3_prompt(model, inputs), stages, n_decode=4)
-    assert (prefill - logits[0]).abs().max() < 1e-5
-    assert gen[0, -4:].tolist() == tokens
-
-
-@pytest.mark.parametrize("trim", [False, True])
-def test_kv_cache_lengths_and_decode_positions(dense, trim):
+def test_remove_restores_model(dense):  # the deepstack shadow goes with the hooks
     model, inputs = dense
-    seq = inputs["input_ids"].shape[1]
-    seen = []
-    last = model.model.language_model.layers[-1]
-    h = last.register_forward_pre_hook(
-        lambda m, a, k: seen.append(k["position_embeddings"][0][:, -1].clone()), with_kwargs=True)
-    try:
-        _greedy(model, inputs, n=4)
-        ref_pos = seen[1:]
-        seen.clear()
-        with sv.apply(model, sv.FastV(retain=0.25, layer=2), trim_kv=trim):
-            out = _greedy(model, inputs, n=4, return_dict_in_generate=True)
-        pruned_pos = seen[1:]
-    finally:
-        h.remove()
-    # decode positions (as the RoPE angles the layers get) equal the unpruned model's: the timestamps keep the
-    # text after the video above every visual position, so the last prompt token + 1 is M-RoPE's next position
-    assert len(ref_pos) == len(pruned_pos) == 3
-    for a, b in zip(ref_pos, pruned_pos, strict=True):
-        assert torch.equal(a, b)
-    lengths = [layer.keys.shape[-2] for layer in out.cache.layers]
-    kept = seq - N_VIS + 16
-    shallow = kept if trim else seq
-    assert lengths == [shallow + 3] * 2 + [kept + 3] * 2
-
-
-def test_generate_with_and_without_cache_agree(dense):
-    model, inputs = dense
-    cfg = sv.Schedule([sv.UniformPrune(retain=0.5, layer=0), sv.FastV(retain=0.25, layer=1)])
-    with sv.apply(model, cfg) as handle:
-        cached = _greedy(model, inputs, n=5)
-        kept_cached = handle.last_stats.stages[-1].kept[0]
-        uncached = _greedy(model, inputs, n=5, use_cache=False)
-        kept_uncached = handle.last_stats.stages[-1].kept[0]
-    assert torch.equal(cached, uncached)
-    assert torch.equal(kept_cached, kept_uncached)
-
-
-@pytest.mark.parametrize("layer", [1, 2])
-def test_fastv_matches_eager_attention_reference(layer):
-    sdpa = tiny_qwen3_vl(seed=5)
-    eager = tiny_qwen3_vl(seed=5, attn_implementation="eager")
-    inputs = tiny_qwen3_video_inputs(sdpa, frames=8, seed=6).as_kwargs()
-    with torch.no_grad():
-        att = eager(**inputs, output_attentions=True).attentions[layer]  # (1, H, S, S), deepstack included
-    vis = torch.nonzero(inputs["mm_token_type_ids"][0]).flatten()
-    ref = torch.sort(torch.topk(att[0, :, -1, vis].mean(0), round(0.3 * vis.numel())).indices).values
-    for model in (sdpa, eager):
-        with sv.apply(model, sv.FastV(retain=0.3, layer=layer)) as handle, torch.no_grad():
-            model(**inputs)
-        assert torch.equal(handle.last_stats.stages[0].kept[0], ref)
-
-
-def test_remove_restores_model(dense):
-    model, inputs = dense
-    ref = _logits(model, inputs)
+    ref = forward_logits(model, inputs)
     hooks = _hooks(model)
     with sv.apply(model, sv.ShaRP(retain=0.2, layer=2)):
-        assert _logits(model, inputs).shape[1] < ref.shape[1]
+        assert forward_logits(model, inputs).shape[1] < ref.shape[1]
     assert _hooks(model) == hooks
     assert "_deepstack_process" not in model.model.language_model.__dict__
-    assert torch.equal(_logits(model, inputs), ref)
+    assert torch.equal(forward_logits(model, inputs), ref)
 
 
 # ---------------------------------------------------------------- ShaRP and its reference pass
@@ -302,7 +120,7 @@ def test_sharp_defaults_reference_pass(dense):
     assert torch.allclose(ref_h1, expected, atol=1e-6)
     assert (ref_h1 - raw0[1]).abs().max() > 1e-3  # the deepstack addition is not a no-op
     # the real pass got the real deepstack: the model's own features, not the black ones
-    real_ds = qwen3_prompt(model, inputs)["deepstack"][0]
+    real_ds = _prompt(model, inputs).deepstack[0]
     assert torch.allclose(real_h1[0, vis] - raw0[0][0, vis], real_ds, atol=1e-6)
 
 
@@ -317,11 +135,12 @@ def test_sharp_after_a_layer_zero_stage_runs_on_the_kept_rows(dense):
         grab = [layers[0].register_forward_hook(lambda m, a, out: raw0.append(out)),
                 layers[1].register_forward_pre_hook(lambda m, a: into1.append(a[0]))]
         try:
-            out = _logits(model, inputs)
+            out = forward_logits(model, inputs)
         finally:
             for h in grab:
                 h.remove()
-        gen = _greedy(model, inputs, n=3)
+        with torch.no_grad():
+            gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     stages = handle.last_stats.stages
     assert [s.n_kept for s in stages] == [[32], [13]]
     assert out.shape[1] == inputs["input_ids"].shape[1] - N_VIS + 13
@@ -340,22 +159,6 @@ def test_sharp_after_a_layer_zero_stage_runs_on_the_kept_rows(dense):
     expected = raw0[1].clone()
     expected[0, kept_vis] += ds0[(torch.cumsum(vis.long(), 0) - 1)[rows[kept_vis]]]
     assert torch.allclose(into1[1], expected, atol=1e-6)
-
-
-@pytest.mark.parametrize("cfg", [sv.FastV(retain=0.25, layer=1), sv.ShaRP()], ids=["fastv1", "sharp"])
-def test_batch_equals_one_by_one(dense, cfg):
-    """Deepstack features are listed over the whole batch: each sample's kept rows take their own."""
-    model, first = dense
-    second = tiny_qwen3_video_inputs(model, frames=8, height=16, width=16, seed=9).as_kwargs()
-    second["input_ids"] = first["input_ids"].clone()  # same text, other pixels: equal visual counts
-    batch = {k: torch.cat([first[k], second[k]]) for k in first}
-    with sv.apply(model, cfg) as handle:
-        out = _logits(model, batch)
-        kept = handle.last_stats.stages[0].kept
-        for b, one in enumerate((first, second)):
-            alone = _logits(model, one)
-            assert torch.equal(handle.last_stats.stages[0].kept[0], kept[b])
-            assert (out[b : b + 1] - alone).abs().max() < 1e-5
 
 
 # ---------------------------------------------------------------- layouts against the processor's rules
@@ -471,13 +274,13 @@ def test_save_load_round_trip_then_apply(dense, tmp_path):
     model, inputs = dense
     model.save_pretrained(tmp_path)
     loaded = Qwen3VLForConditionalGeneration.from_pretrained(tmp_path).eval()
-    assert torch.equal(_logits(loaded, inputs), _logits(model, inputs))
+    assert torch.equal(forward_logits(loaded, inputs), forward_logits(model, inputs))
     cfg = sv.FastV(retain=0.25, layer=1)
     with sv.apply(model, cfg) as h:
-        ref = _logits(model, inputs)
+        ref = forward_logits(model, inputs)
         ref_kept = h.last_stats.stages[0].kept[0]
     with sv.apply(loaded, cfg) as h:
-        out = _logits(loaded, inputs)
+        out = forward_logits(loaded, inputs)
         assert isinstance(h.adapter, Qwen3VLAdapter)
         assert torch.equal(h.last_stats.stages[0].kept[0], ref_kept)
     assert torch.equal(out, ref)

@@ -1,4 +1,5 @@
-"""Schedules of several stages and merging stages against a hand-written pruned forward."""
+"""ShaRP after a pre-LLM stage and merging stages against a hand-written pruned forward. (Two-stage schedules with
+their cache lengths, per family: tests/test_adapter_exactness.py.)"""
 
 from __future__ import annotations
 
@@ -8,71 +9,16 @@ import pytest
 import torch
 
 import sharp_vlm as sv
-from oracle import llama_prompt, qwen_prompt, staged_forward
+from oracle import assert_matches, llama_prompt, qwen_prompt, run_pruned, staged_forward
 from sharp_vlm.core.masks import segment_allowed
 from sharp_vlm.core.select import uniform_indices
 from sharp_vlm.models.factory import tiny_llama
 
 SPAN = sv.VideoSpan(start=6, n_frames=16, tokens_per_frame=8)
-SCHEDULES = {
-    "pre-llm+fastv": lambda: sv.Schedule([sv.UniformPrune(retain=0.5, layer=0), sv.FastV(retain=0.2, layer=2)]),
-    "pdrop-like": lambda: sv.Schedule([sv.FastV(retain=0.5, layer=1), sv.FastV(retain=0.25, layer=3)]),
-}
-
-
 def _llama_case():
     model = tiny_llama(seed=7)
     ids = torch.randint(3, 120, (1, SPAN.start + SPAN.n_tokens + 9), generator=torch.Generator().manual_seed(3))
     return model, {"input_ids": ids}, llama_prompt(model, ids, SPAN), model.model, SPAN
-
-
-def _run(model, inputs, method, span, n_decode, trim_kv=False):
-    with sv.apply(model, method, span=span, trim_kv=trim_kv) as handle, torch.no_grad():
-        prefill = model(**inputs).logits
-        stats = handle.last_stats
-        out = model.generate(**inputs, max_new_tokens=n_decode, do_sample=False, output_logits=True,
-                             return_dict_in_generate=True)
-    return prefill, stats, out
-
-
-def _assert_matches(prefill, out, logits, tokens, n_decode):
-    assert prefill.shape == logits[0].shape
-    assert (prefill - logits[0]).abs().max() < 1e-5
-    assert out.sequences[0, -n_decode:].tolist() == tokens
-    for step, (a, b) in enumerate(zip(out.logits, logits, strict=True)):
-        assert (a - b[:, -1]).abs().max() < 1e-4, f"decode step {step}"
-
-
-def _case(which, qwen25):
-    if which == "llama":
-        return _llama_case()
-    model, inputs = qwen25
-    return model, inputs, qwen_prompt(model, inputs), model.model.language_model, None
-
-
-@pytest.mark.parametrize("model_kind", ["qwen2.5-vl", "llama"])
-@pytest.mark.parametrize("name", list(SCHEDULES))
-def test_schedule_matches_oracle_with_cache_lengths(qwen25, model_kind, name):
-    model, inputs, prompt, tm, span = _case("llama" if model_kind == "llama" else "qwen", qwen25)
-    method = SCHEDULES[name]()
-    prefill, stats, out = _run(model, inputs, method, span, n_decode=5)
-    stages = [(s.layer, s.kept_positions[0]) for s in stats.stages]
-    n = int(prompt.visual.sum())
-    assert [s.n_kept[0] for s in stats.stages] == [sv.keep_count(m.retain, n) for m in method.steps]
-    assert [s.n_in[0] for s in stats.stages] == [n, stats.stages[0].n_kept[0]]
-    # each stage keeps a subset of what the previous one kept
-    assert torch.isin(stages[1][1], stages[0][1]).all()
-    logits, tokens, cache = staged_forward(model, tm, prompt, stages, n_decode=5)
-    _assert_matches(prefill, out, logits, tokens, 5)
-    seq = prompt.embeds.shape[1]
-    expect, cur = [], seq
-    for i in range(len(tm.layers)):
-        for layer, kept in stages:
-            if layer == i:
-                cur = seq - n + kept.numel()
-        expect.append(cur + 4)  # 4 decoded tokens were fed back
-    assert [layer.keys.shape[-2] for layer in out.cache.layers] == expect
-    assert expect == [layer.keys.shape[-2] for layer in cache.layers] == expect
 
 
 def test_schedule_with_sharp_after_a_pre_llm_stage(qwen25):
@@ -81,7 +27,7 @@ def test_schedule_with_sharp_after_a_pre_llm_stage(qwen25):
     model, inputs = qwen25
     prompt = qwen_prompt(model, inputs)
     method = sv.Schedule([sv.UniformPrune(retain=0.5, layer=0), sv.ShaRP(retain=0.2, layer=2)])
-    prefill, stats, out = _run(model, inputs, method, None, n_decode=4)
+    prefill, stats, out = run_pruned(model, inputs, method, 4)
     vis = torch.nonzero(prompt.visual).flatten()
     seg_full = torch.full((prompt.visual.numel(),), -1)
     seg_full[vis] = torch.arange(vis.numel()) // 16  # 4 x 4 tokens per temporal patch
@@ -92,7 +38,7 @@ def test_schedule_with_sharp_after_a_pre_llm_stage(qwen25):
     stages = [(s.layer, s.kept_positions[0]) for s in stats.stages]
     logits, tokens, _ = staged_forward(model, model.model.language_model, prompt, stages, 4, shallow_mask=shallow,
                                        mask_until=2)
-    _assert_matches(prefill, out, logits, tokens, 4)
+    assert_matches(prefill, out, logits, tokens, 4)
     assert stats.stages[1].costs.reference_flops > 0 and stats.stages[1].samples[0].bias is not None
 
 
@@ -146,14 +92,14 @@ def _merge_by_hand(visual_pos, frame_of, kept_pos):
 @pytest.mark.parametrize("layer", [0, 2])
 def test_merge_selection_matches_hand_written_merge(layer):
     model, inputs, prompt, tm, span = _llama_case()
-    prefill, stats, out = _run(model, inputs, MergeIntoNearest(retain=0.25, layer=layer), span, n_decode=4)
+    prefill, stats, out = run_pruned(model, inputs, MergeIntoNearest(retain=0.25, layer=layer), 4, span=span)
     st = stats.stages[0]
     assert st.n_merged == [SPAN.n_tokens - st.n_kept[0]]
     vis_pos = torch.arange(SPAN.start, SPAN.start + SPAN.n_tokens)
     frame_of = {int(p): (int(p) - SPAN.start) // SPAN.tokens_per_frame for p in vis_pos}
     merge = {layer: _merge_by_hand(vis_pos, frame_of, st.kept_positions[0])}
     logits, tokens, _ = staged_forward(model, tm, prompt, [(layer, st.kept_positions[0])], 4, merge=merge)
-    _assert_matches(prefill, out, logits, tokens, 4)
+    assert_matches(prefill, out, logits, tokens, 4)
     # merging changes the result: the same kept set without the merge gives other logits
     plain, _, _ = staged_forward(model, tm, prompt, [(layer, st.kept_positions[0])], 1)
     assert (plain[0] - prefill).abs().max() > 1e-4

@@ -1,6 +1,7 @@
-"""SmolVLM / SmolVLM2 on the engine: layouts against the model's own features and the processor's token rules,
-exactness against a hand-written pruned forward, FastV against eager attention, ShaRP's reference pass, cache,
-batches, save/load, and the real SmolLM2-135M decoder.
+"""What is SmolVLM / SmolVLM2's own on the engine (the shared exactness suite is tests/test_adapter_exactness.py):
+layouts against the model's own features and the processor's token rules, frame ids from the frame blocks, an
+image's tiles beside the video against a hand-written pruned forward, beams, the reference input through the tower,
+save/load, malformed prompts, and the real SmolLM2-135M decoder.
 
 The oracle here defines the prunable rows without the adapter: the factory writes the video last, so the video's
 rows are the last frames x tokens-per-frame `<image>` placeholders; the feature-placement test recomputes the
@@ -16,11 +17,10 @@ import pytest
 import torch
 
 import sharp_vlm as sv
-from oracle import staged_forward_1d
+from cases import model_and_inputs
+from oracle import forward_logits, greedy, staged_forward_1d
 from sharp_vlm.core.budget import keep_count
 from sharp_vlm.core.layout import VisualItem
-from sharp_vlm.core.masks import segment_allowed
-from sharp_vlm.engine.segment_attention import RUNS_KWARG
 from sharp_vlm.models import registry
 from sharp_vlm.models.smolvlm import SmolVLMAdapter, register
 from sharp_vlm.models.tiny_smolvlm import (
@@ -58,8 +58,8 @@ def registered():
 
 @pytest.fixture(scope="module")
 def smol():
-    model = tiny_smolvlm()
-    return model, tiny_smolvlm_inputs(model, frames=FRAMES)
+    """The shared suite's SmolVLM2 case: 4 layers, an 8-frame video."""
+    return model_and_inputs("smolvlm2")
 
 
 @pytest.fixture(scope="module")
@@ -103,16 +103,6 @@ def prunable(model, inputs, frames=FRAMES, kinds=("video",), b=0) -> torch.Tenso
 def staged_forward(model, embeds, visual, stages, n_decode, shallow_mask=None):
     """The hand-written pruned forward of tests/oracle.py on this family's decoder (1-D positions)."""
     return staged_forward_1d(model, model.model.text_model, embeds, visual, stages, n_decode, shallow_mask)
-
-
-def _logits(model, inputs):
-    with torch.no_grad():
-        return model(**inputs).logits
-
-
-def _greedy(model, inputs, n=6, **kw):
-    with torch.no_grad():
-        return model.generate(**inputs, max_new_tokens=n, do_sample=False, **kw)
 
 
 def _check_against_oracle(model, inputs, method, kinds=("video",), n_decode=4, shallow_mask=None):
@@ -326,44 +316,11 @@ def test_malformed_prompts_are_refused(smol):
 
 
 # ---------------------------------------------------------------- exactness
-@pytest.mark.parametrize("cfg", [sv.NoPrune(), sv.FastV(retain=1.0, layer=2), sv.UniformPrune(retain=1.0, layer=0),
-                                 sv.ShaRP(retain=1.0)], ids=["noprune", "fastv", "uniform0", "sharp"])
-def test_keep_everything_equals_unpatched(smol, cfg):
-    model, inputs = smol
-    ref, ref_gen = _logits(model, inputs), _greedy(model, inputs)
-    with sv.apply(model, cfg) as handle:
-        out, gen = _logits(model, inputs), _greedy(model, inputs)
-    assert out.shape == ref.shape
-    assert (out - ref).abs().max().item() <= 1e-5
-    assert torch.equal(gen, ref_gen)
-    assert handle.last_stats.n_visual == [N_VIDEO]
-
-
-METHODS = {
-    "fastv1": sv.FastV(retain=0.2, layer=1),
-    "fastv2": sv.FastV(retain=0.2, layer=2),
-    "random1": sv.RandomPrune(retain=0.3, layer=1),
-    "uniform0": sv.UniformPrune(retain=0.25, layer=0),
-    "schedule": sv.Schedule([sv.UniformPrune(retain=0.5, layer=0), sv.FastV(retain=0.25, layer=2)]),
-}
-
-
-@pytest.mark.parametrize("name", list(METHODS))
-def test_engine_matches_oracle_at_prefill_and_decode(smol, name):
-    model, inputs = smol
-    stats = _check_against_oracle(model, inputs, METHODS[name])
-    if name == "schedule":
-        assert [s.n_kept for s in stats.stages] == [[64], [32]]
-        assert bool(torch.isin(stats.stages[1].kept_positions[0], stats.stages[0].kept_positions[0]).all())
-    else:
-        assert stats.stages[0].n_kept == [keep_count(METHODS[name].retain, N_VIDEO)]
-
-
 def test_uniform_prune_keeps_the_same_share_of_every_frame(smol):
     """Frame ids come from the frame blocks: a uniform stage keeps 4 of each frame's 16 tokens."""
     model, inputs = smol
     with sv.apply(model, sv.UniformPrune(retain=0.25, layer=0)) as handle:
-        _logits(model, inputs)
+        forward_logits(model, inputs)
     kept = handle.last_stats.stages[0].kept_positions[0]
     frame_of = torch.cumsum((inputs["input_ids"][0] == tokens_of(model).global_img).long(), 0) - 1
     assert torch.bincount(frame_of[kept], minlength=FRAMES).tolist() == [4] * FRAMES
@@ -384,151 +341,11 @@ def test_fastv_on_image_and_video_matches_oracle(smol_mixed):
 
 def test_beam_search_keeps_exactness(smol_mixed):
     model, inputs = smol_mixed
-    ref = _greedy(model, inputs, n=3, num_beams=2)
+    ref = greedy(model, inputs, n=3, num_beams=2)
     with sv.apply(model, sv.UniformPrune(retain=1.0, layer=1, targets="all")) as handle:
-        out = _greedy(model, inputs, n=3, num_beams=2)
+        out = greedy(model, inputs, n=3, num_beams=2)
     assert torch.equal(out, ref)
     assert handle.last_stats.n_visual == [N_VIDEO + 7 * PER_FRAME] * 2
-
-
-@pytest.mark.parametrize("trim", [False, True])
-def test_kv_cache_lengths_and_decode_positions(smol, trim):
-    model, inputs = smol
-    seq = inputs["input_ids"].shape[1]
-    seen = []
-
-    def grab(mod, args, kwargs):
-        seen.append(kwargs["position_embeddings"][0][:, -1].clone())
-
-    h = model.model.text_model.layers[-1].register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        _greedy(model, inputs, n=4)
-        ref_pos = seen[1:]
-        seen.clear()
-        with sv.apply(model, sv.FastV(retain=0.25, layer=2), trim_kv=trim), torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
-        pruned_pos = seen[1:]
-    finally:
-        h.remove()
-    assert len(ref_pos) == len(pruned_pos) == 3
-    for a, b in zip(ref_pos, pruned_pos, strict=True):
-        assert torch.equal(a, b)  # decode continues at the unpruned positions
-    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-    kept = seq - N_VIDEO + 32
-    shallow = kept if trim else seq
-    assert [cache.layers[i].keys.shape[-2] for i in range(4)] == [shallow + 3] * 2 + [kept + 3] * 2
-
-
-def test_generate_with_and_without_cache_agree(smol):
-    model, inputs = smol
-    cfg = sv.Schedule([sv.UniformPrune(retain=0.5, layer=0), sv.FastV(retain=0.25, layer=2)])
-    with sv.apply(model, cfg) as handle:
-        cached = _greedy(model, inputs)
-        kept_cached = handle.last_stats.stages[-1].kept[0]
-        uncached = _greedy(model, inputs, use_cache=False)
-        kept_uncached = handle.last_stats.stages[-1].kept[0]
-    assert torch.equal(cached, uncached)
-    assert torch.equal(kept_cached, kept_uncached)
-
-
-@pytest.mark.parametrize("layer", [1, 2])
-def test_fastv_matches_eager_attention_reference(layer):
-    sdpa = tiny_smolvlm(seed=5)
-    eager = tiny_smolvlm(seed=5, attn_implementation="eager")
-    for a, b in zip(sdpa.state_dict().values(), eager.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
-    inputs = tiny_smolvlm_inputs(sdpa, frames=FRAMES, seed=6)
-    with torch.no_grad():
-        att = eager(**inputs, output_attentions=True).attentions[layer]  # (1, H, S, S)
-    vis = torch.nonzero(prunable(sdpa, inputs)).flatten()
-    assert vis.numel() == N_VIDEO
-    ref = torch.sort(torch.topk(att[0, :, -1, vis].mean(0), keep_count(0.3, N_VIDEO)).indices).values
-    for model in (sdpa, eager):
-        with sv.apply(model, sv.FastV(retain=0.3, layer=layer)) as handle, torch.no_grad():
-            model(**inputs)
-        assert torch.equal(handle.last_stats.stages[0].kept[0], ref)
-
-
-def _left_pad(samples):
-    pad = torch.nn.functional.pad
-    width = max(x["input_ids"].shape[1] for x in samples)
-    out = {k: torch.cat([pad(x[k], (width - x[k].shape[1], 0)) for x in samples])
-           for k in ("input_ids", "attention_mask")}
-    for k in ("pixel_values", "pixel_attention_mask"):
-        out[k] = torch.cat([x[k] for x in samples])
-    return out
-
-
-@pytest.mark.parametrize("cfg", [sv.FastV(retain=0.25, layer=2), sv.ShaRP(retain=0.25, layer=2),
-                                 sv.Schedule([sv.UniformPrune(retain=0.5, layer=0), sv.FastV(retain=0.25, layer=2)])],
-                         ids=["fastv", "sharp", "schedule"])
-def test_batched_equals_one_by_one(smol, cfg):
-    model, _ = smol
-    samples = [tiny_smolvlm_inputs(model, frames=FRAMES, seed=1, question="Who?"),
-               tiny_smolvlm_inputs(model, frames=FRAMES, seed=2, question="What is on the table at the end?")]
-    batch = _left_pad(samples)
-    gen = dict(max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)
-    with sv.apply(model, cfg) as handle, torch.no_grad():
-        singles, kept = [], []
-        for x in samples:
-            singles.append(model.generate(**x, **gen))
-            kept.append([s.kept[0] for s in handle.last_stats.stages])
-        both = model.generate(**batch, **gen)
-        kept_both = [[s.kept[b] for s in handle.last_stats.stages] for b in range(2)]
-    for b, single in enumerate(singles):
-        assert both.sequences[b, -4:].tolist() == single.sequences[0, -4:].tolist()
-        for step, (lb, ls) in enumerate(zip(both.logits, single.logits, strict=True)):
-            assert (lb[b] - ls[0]).abs().max() < 1e-4, f"sample {b} step {step}"
-        for kb, ks in zip(kept_both[b], kept[b], strict=True):
-            assert torch.equal(kb, ks)
-
-
-# ---------------------------------------------------------------- ShaRP
-def test_sharp_defaults_match_the_segment_masked_oracle(smol):
-    model, inputs = smol
-    seq = inputs["input_ids"].shape[1]
-    visual = prunable(model, inputs)
-    seg = torch.full((seq,), -1)
-    seg[visual] = torch.arange(N_VIDEO) // PER_FRAME  # one segment per frame; markers and timestamps in none
-    shallow = segment_allowed(seg, "bidirectional")[None, None]
-    with sv.apply(model, sv.ShaRP(retain=0.2)) as handle, torch.no_grad():  # forward mask, reference debias, dedup
-        prefill = model(**inputs).logits
-        out = model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True,
-                             return_dict_in_generate=True)
-    stage = handle.last_stats.stages[0]
-    assert stage.n_kept == [keep_count(0.2, N_VIDEO)] and stage.costs.reference_flops > 0
-    logits, tokens, _ = staged_forward(model, decoder_input(model, inputs), visual,
-                                       [(2, stage.kept_positions[0])], 4, shallow)
-    assert (prefill - logits[0]).abs().max() < 1e-5
-    assert out.sequences[0, -4:].tolist() == tokens
-    for a, b in zip(out.logits, logits, strict=True):
-        assert (a - b[:, -1]).abs().max() < 1e-4
-
-
-def test_reference_pass_uses_the_real_positions_and_masks(smol):
-    model, inputs = smol
-    calls = []
-    layer0 = model.model.text_model.layers[0]
-    with sv.apply(model, sv.ShaRP(retain=0.2, debias="reference")), torch.no_grad():
-        # registered after the engine's hook, so it sees what the layer really receives
-        hook = layer0.register_forward_pre_hook(
-            lambda m, a, k: calls.append((a[0], k["position_embeddings"], k.get(RUNS_KWARG))), with_kwargs=True)
-        try:
-            model(**inputs)
-        finally:
-            hook.remove()
-    assert len(calls) == 2  # the real prefill and the reference pass
-    (real_h, real_pe, real_runs), (ref_h, ref_pe, ref_runs) = calls
-    assert real_h.shape == ref_h.shape
-    assert torch.equal(real_pe[0], ref_pe[0]) and torch.equal(real_pe[1], ref_pe[1])
-    assert real_runs is not None and real_runs == ref_runs
-    assert sum(seg for _, _, seg in real_runs.runs) == FRAMES  # one block per frame
-    vis = prunable(model, inputs)
-    assert torch.equal(real_h[0, ~vis], ref_h[0, ~vis])  # text, markers and timestamps untouched
-    assert not torch.allclose(real_h[0, vis], ref_h[0, vis])  # frames replaced
-    frames = ref_h[0, vis].view(FRAMES, PER_FRAME, -1)  # black frames: every frame has the same features
-    assert torch.allclose(frames, frames[:1].expand_as(frames), atol=1e-6)
-    assert not torch.allclose(frames[0], frames[0, :1].expand_as(frames[0]))  # the tower's output, not a constant
 
 
 def test_reference_is_black_pixels_through_the_model(smol_mixed):
@@ -555,13 +372,13 @@ def test_save_load_round_trip_then_apply(tmp_path):
     inputs = tiny_smolvlm_inputs(model, frames=FRAMES, seed=4)
     model.save_pretrained(tmp_path)
     loaded = SmolVLMForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
-    assert torch.equal(_logits(loaded, inputs), _logits(model, inputs))
+    assert torch.equal(forward_logits(loaded, inputs), forward_logits(model, inputs))
     for cfg in (sv.FastV(retain=0.25, layer=2), sv.ShaRP(retain=0.2)):
         results = []
         for m in (model, loaded):
             with sv.apply(m, cfg) as handle, torch.no_grad():
                 assert isinstance(handle.adapter, SmolVLMAdapter)
-                results.append((m(**inputs).logits, handle.last_stats.stages[0].kept[0], _greedy(m, inputs, n=3)))
+                results.append((m(**inputs).logits, handle.last_stats.stages[0].kept[0], greedy(m, inputs, n=3)))
         (a, ka, ga), (b, kb, gb) = results
         assert torch.equal(ka, kb) and torch.equal(ga, gb)
         assert (a - b).abs().max() < 1e-6
@@ -595,10 +412,10 @@ def real():
 def test_real_decoder_keep_everything_equals_unpatched(real):
     model, inputs = real
     assert model.config.text_config.num_hidden_layers == 30 and model.config.text_config.hidden_size == 576
-    ref, ref_gen = _logits(model, inputs), _greedy(model, inputs, n=4)
+    ref, ref_gen = forward_logits(model, inputs), greedy(model, inputs, n=4)
     for cfg in (sv.NoPrune(), sv.FastV(retain=1.0, layer=2)):
         with sv.apply(model, cfg) as handle:
-            out, gen = _logits(model, inputs), _greedy(model, inputs, n=4)
+            out, gen = forward_logits(model, inputs), greedy(model, inputs, n=4)
         assert (out - ref).abs().max().item() <= 1e-5
         assert torch.equal(gen, ref_gen)
         assert handle.last_stats.n_visual == [4 * PER_FRAME]
@@ -610,14 +427,14 @@ def test_real_decoder_fastv_and_sharp_run(real):
     seq = inputs["input_ids"].shape[1]
     n = 4 * PER_FRAME
     with sv.apply(model, sv.FastV(retain=0.25, layer=2)) as handle:
-        prefill = _logits(model, inputs)
+        prefill = forward_logits(model, inputs)
         kept = handle.last_stats.stages[0].kept_positions[0]
     assert prefill.shape[1] == seq - n + keep_count(0.25, n)
     logits, _, _ = staged_forward(model, decoder_input(model, inputs), prunable(model, inputs, frames=4),
                                   [(2, kept)], n_decode=1)
     assert (prefill - logits[0]).abs().max() < 1e-4
     with sv.apply(model, sv.ShaRP(retain=0.25)) as handle:
-        gen = _greedy(model, inputs, n=3)
+        gen = greedy(model, inputs, n=3)
     stage = handle.last_stats.stages[0]
     assert stage.n_kept == [keep_count(0.25, n)] and stage.costs.reference_flops > 0
     assert gen.shape[1] <= seq + 3 and torch.equal(gen[:, :seq], inputs["input_ids"])
