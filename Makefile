@@ -67,4 +67,4 @@ bench: $(STAMP)
 	$(BIN)/sharp bench --out runs/bench
 
 clean:
-	rm -rf $(VENV) $(HF_VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(HF_VENV) $(EVAL_VENV) runs .pytest_cache .ruff_cache
