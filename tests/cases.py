@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+import pytest
 import torch
 from torch import nn
 from torch.nn.functional import pad
@@ -247,3 +248,11 @@ def assert_fastv_matches_eager(case: Case, sdpa: nn.Module, eager: nn.Module, in
         with case.apply(model, sv.FastV(retain=0.3, layer=layer)) as handle, torch.no_grad():
             model(**inputs)
         assert torch.equal(handle.last_stats.stages[0].kept[0], ref)
+
+
+def assert_inputs_embeds_only_is_refused(model: nn.Module, inputs: Inputs) -> None:
+    """Without `input_ids` the placeholders cannot be found: a clear InputError, not a silent unpruned call."""
+    with torch.no_grad():
+        embeds = model.model.get_input_embeddings()(inputs["input_ids"])
+    with sv.apply(model, sv.FastV()), torch.no_grad(), pytest.raises(sv.InputError, match="needs `input_ids`"):
+        model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"])

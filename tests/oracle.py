@@ -164,3 +164,20 @@ def greedy(model, inputs, n=6, **kw):
     """`n` greedily generated tokens after the prompt (the whole sequence, or generate's output with `kw`)."""
     with torch.no_grad():
         return model.generate(**inputs, max_new_tokens=n, do_sample=False, **kw)
+
+
+def decoder_input(model, tm, inputs) -> torch.Tensor:
+    """inputs_embeds the unpatched model hands its decoder `tm` for these inputs."""
+    return decoder_prompt(model, tm, inputs, None).embeds
+
+
+def check_against_oracle(model, tm, inputs, method, visual, n_decode=4):
+    """The engine under `method` picks only `visual` rows and equals `staged_forward` on the stages it ran, at
+    prefill and for `n_decode` greedy steps. Returns the call's stats."""
+    prefill, stats, out = run_pruned(model, inputs, method, n_decode)
+    stages = [(s.layer, s.kept_positions[0]) for s in stats.stages]
+    for _, kept in stages:
+        assert bool(visual[kept].all())
+    logits, tokens, _ = staged_forward(model, tm, decoder_prompt(model, tm, inputs, visual), stages, n_decode)
+    assert_matches(prefill, out, logits, tokens, n_decode)
+    return stats

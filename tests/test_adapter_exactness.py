@@ -2,7 +2,8 @@
 keep-everything equals the unpatched model, a hand-written pruned forward (tests/oracle.py) at prefill and decode
 for one- and two-stage schedules with the per-layer cache lengths, decode positions, generate with and without a
 cache, FastV against eager attention, ShaRP (forward-scope segment mask, reference debias) against the oracle with
-the dense segment mask and its reference pass, and a left-padded batch against its samples one by one.
+the dense segment mask and its reference pass, a saved checkpoint, and a left-padded batch against its samples one
+by one.
 Tiny random-weight models, no downloads."""
 
 from __future__ import annotations
@@ -193,6 +194,27 @@ def test_reference_pass_uses_the_real_positions_and_masks(family):
     assert not torch.allclose(real_h[0, vis], ref_h[0, vis])  # frames replaced
     frames = ref_h[0, vis].view(case.frames, case.per_frame, -1)  # black frames: every frame alike
     assert torch.allclose(frames, frames[:1].expand_as(frames), atol=1e-5)
+
+
+# ---------------------------------------------------------------- a saved checkpoint
+def test_a_saved_checkpoint_loads_and_prunes_the_same(family, tmp_path):
+    """save_pretrained, then the Auto class: the same model class, adapter, kept sets, logits and tokens."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    case, model, inputs = family
+    model.save_pretrained(tmp_path)
+    auto = AutoModelForCausalLM if case.span is not None else AutoModelForImageTextToText
+    loaded = auto.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
+    assert type(loaded) is type(model)
+    for cfg in (sv.FastV(retain=0.25, layer=2), sv.ShaRP(retain=0.2)):
+        runs = []
+        for m in (model, loaded):
+            with case.apply(m, cfg) as handle:
+                runs.append((type(handle.adapter), forward_logits(m, inputs), handle.last_stats.stages[0].kept[0],
+                             greedy(m, inputs, n=3)))
+        (ta, a, ka, ga), (tb, b, kb, gb) = runs
+        assert ta is tb and torch.equal(ka, kb) and torch.equal(ga, gb)
+        assert (a - b).abs().max() < 1e-6
 
 
 # ---------------------------------------------------------------- batches

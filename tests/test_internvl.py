@@ -17,8 +17,9 @@ import pytest
 import torch
 
 import sharp_vlm as sv
-from cases import BY_NAME, assert_fastv_matches_eager, model_and_inputs
-from oracle import forward_logits, greedy, staged_forward_1d
+from cases import BY_NAME, assert_fastv_matches_eager, assert_inputs_embeds_only_is_refused, model_and_inputs
+from oracle import check_against_oracle, forward_logits
+from oracle import decoder_input as oracle_decoder_input
 from sharp_vlm.core.layout import VisualItem
 from sharp_vlm.models import registry
 from sharp_vlm.models.internvl import (
@@ -64,19 +65,7 @@ def mixed():
 
 # ---------------------------------------------------------------- the oracle
 def decoder_input(model, inputs) -> torch.Tensor:
-    """inputs_embeds the unpatched model hands its decoder (positions are 0..S-1: position_ids is None)."""
-    seen = {}
-
-    def grab(mod, args, kwargs):
-        seen["embeds"] = kwargs["inputs_embeds"]
-        seen["pos"] = kwargs.get("position_ids")
-
-    h = model.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
-    with torch.no_grad():
-        model(**inputs)
-    h.remove()
-    assert seen["pos"] is None
-    return seen["embeds"]
+    return oracle_decoder_input(model, model.model.language_model, inputs)
 
 
 def prunable(model, inputs, skip: int = 0) -> torch.Tensor:
@@ -86,28 +75,8 @@ def prunable(model, inputs, skip: int = 0) -> torch.Tensor:
     return ctx
 
 
-def staged_forward(model, embeds, visual, stages, n_decode, shallow_mask=None):
-    """The hand-written pruned forward of tests/oracle.py on this family's decoder (1-D positions)."""
-    return staged_forward_1d(model, model.model.language_model, embeds, visual, stages, n_decode, shallow_mask)
-
-
-def _check_against_oracle(model, inputs, method, skip=0, n_decode=4, shallow_mask=None):
-    with sv.apply(model, method) as handle, torch.no_grad():
-        prefill = model(**inputs).logits
-        stats = handle.last_stats
-        out = model.generate(**inputs, max_new_tokens=n_decode, do_sample=False, output_logits=True,
-                             return_dict_in_generate=True)
-    stages = [(s.layer, s.kept_positions[0]) for s in stats.stages]
-    visual = prunable(model, inputs, skip)
-    for _, kept in stages:  # only prunable rows are ever chosen: markers, labels and text always stay
-        assert bool(visual[kept].all())
-    logits, tokens, _ = staged_forward(model, decoder_input(model, inputs), visual, stages, n_decode, shallow_mask)
-    assert prefill.shape == logits[0].shape
-    assert (prefill - logits[0]).abs().max() < 1e-5
-    assert out.sequences[0, -n_decode:].tolist() == tokens
-    for step, (a, b) in enumerate(zip(out.logits, logits, strict=True)):
-        assert (a - b[:, -1]).abs().max() < 1e-4, f"decode step {step}"
-    return stats
+def _check_against_oracle(model, inputs, method, skip=0):
+    return check_against_oracle(model, model.model.language_model, inputs, method, prunable(model, inputs, skip))
 
 
 def test_image_and_video(mixed):
@@ -324,31 +293,9 @@ def test_processor_tiles_run_through_the_tiny_model(mixed):
         forward_logits(model, inputs)  # the model's own check: features fill the placeholders exactly
 
 
-# ---------------------------------------------------------------- round trip, errors, registry
-def test_save_load_round_trip_then_apply(qwen2, tmp_path):
-    from transformers import InternVLForConditionalGeneration
-
-    model, inputs = qwen2
-    model.save_pretrained(tmp_path)
-    loaded = InternVLForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
-    assert torch.equal(forward_logits(loaded, inputs), forward_logits(model, inputs))
-    for cfg in (sv.FastV(retain=0.25, layer=2), sv.ShaRP(retain=0.2)):
-        results = []
-        for m in (model, loaded):
-            with sv.apply(m, cfg) as handle, torch.no_grad():
-                assert isinstance(handle.adapter, InternVLAdapter)
-                results.append((m(**inputs).logits, handle.last_stats.stages[0].kept[0], greedy(m, inputs, n=3)))
-        (a, ka, ga), (b, kb, gb) = results
-        assert torch.equal(ka, kb) and torch.equal(ga, gb)
-        assert (a - b).abs().max() < 1e-6
-
-
+# ---------------------------------------------------------------- errors, registry
 def test_inputs_embeds_only_is_refused(qwen2):
-    model, inputs = qwen2
-    with torch.no_grad():
-        embeds = model.model.get_input_embeddings()(inputs["input_ids"])
-    with sv.apply(model, sv.FastV()), torch.no_grad(), pytest.raises(sv.InputError, match="needs `input_ids`"):
-        model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"])
+    assert_inputs_embeds_only_is_refused(*qwen2)
 
 
 def test_a_block_that_is_not_whole_tiles_is_refused(qwen2):

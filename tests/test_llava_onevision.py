@@ -16,8 +16,9 @@ import pytest
 import torch
 
 import sharp_vlm as sv
-from cases import model_and_inputs
-from oracle import greedy, staged_forward_1d
+from cases import assert_inputs_embeds_only_is_refused, model_and_inputs
+from oracle import check_against_oracle, greedy
+from oracle import decoder_input as oracle_decoder_input
 from sharp_vlm.models import registry
 from sharp_vlm.models.llava_onevision import LlavaNextVideoAdapter, LlavaOnevisionAdapter, register
 from sharp_vlm.models.tiny_llava import tiny_llava_inputs, tiny_llava_next_video, tiny_llava_onevision
@@ -54,19 +55,7 @@ def onevision_mixed():
 
 # ---------------------------------------------------------------- the oracle
 def decoder_input(model, inputs) -> torch.Tensor:
-    """inputs_embeds the unpatched model hands its decoder (positions are 0..S-1: position_ids is None)."""
-    seen = {}
-
-    def grab(mod, args, kwargs):
-        seen["embeds"] = kwargs["inputs_embeds"]
-        seen["pos"] = kwargs.get("position_ids")
-
-    h = model.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
-    with torch.no_grad():
-        model(**inputs)
-    h.remove()
-    assert seen["pos"] is None
-    return seen["embeds"]
+    return oracle_decoder_input(model, model.model.language_model, inputs)
 
 
 def prunable(model, inputs, kinds=("video",)) -> torch.Tensor:
@@ -80,29 +69,8 @@ def prunable(model, inputs, kinds=("video",)) -> torch.Tensor:
     return place & ~newline
 
 
-def staged_forward(model, embeds, visual, stages, n_decode, shallow_mask=None):
-    """The hand-written pruned forward of tests/oracle.py on this family's decoder (1-D positions)."""
-    return staged_forward_1d(model, model.model.language_model, embeds, visual, stages, n_decode, shallow_mask)
-
-
-def _check_against_oracle(model, inputs, method, kinds=("video",), n_decode=4, shallow_mask=None):
-    with sv.apply(model, method) as handle, torch.no_grad():
-        prefill = model(**inputs).logits
-        stats = handle.last_stats
-        out = model.generate(**inputs, max_new_tokens=n_decode, do_sample=False, output_logits=True,
-                             return_dict_in_generate=True)
-    stages = [(s.layer, s.kept_positions[0]) for s in stats.stages]
-    visual = prunable(model, inputs, kinds)
-    for _, kept in stages:  # only prunable rows are ever chosen: newlines and text always stay
-        assert bool(visual[kept].all())
-    logits, tokens, cache = staged_forward(model, decoder_input(model, inputs), visual, stages, n_decode,
-                                           shallow_mask)
-    assert prefill.shape == logits[0].shape
-    assert (prefill - logits[0]).abs().max() < 1e-5
-    assert out.sequences[0, -n_decode:].tolist() == tokens
-    for step, (a, b) in enumerate(zip(out.logits, logits, strict=True)):
-        assert (a - b[:, -1]).abs().max() < 1e-4, f"decode step {step}"
-    return stats
+def _check_against_oracle(model, inputs, method, kinds=("video",)):
+    return check_against_oracle(model, model.model.language_model, inputs, method, prunable(model, inputs, kinds))
 
 
 # ---------------------------------------------------------------- layouts
@@ -323,29 +291,9 @@ def test_reference_replaces_images_through_the_tower(onevision_mixed):
     assert (ref[0, vis] - expect[0, vis]).abs().max() < 1e-5  # as if black pixels had been fed to the model
 
 
-# ---------------------------------------------------------------- round trip and errors
-@pytest.mark.parametrize("family", list(FAMILIES))
-def test_save_load_round_trip(family, tmp_path):
-    model = FAMILIES[family](seed=3)
-    inputs = tiny_llava_inputs(model, frames=8, seed=4)
-    model.save_pretrained(tmp_path)
-    loaded = type(model).from_pretrained(tmp_path, attn_implementation="sdpa").eval()
-    for cfg in (sv.FastV(retain=0.25, layer=2), sv.ShaRP(retain=0.2)):
-        results = []
-        for m in (model, loaded):
-            with sv.apply(m, cfg) as handle, torch.no_grad():
-                results.append((m(**inputs).logits, handle.last_stats.stages[0].kept[0], greedy(m, inputs, n=3)))
-        (a, ka, ga), (b, kb, gb) = results
-        assert torch.equal(ka, kb) and torch.equal(ga, gb)
-        assert (a - b).abs().max() < 1e-6
-
-
+# ---------------------------------------------------------------- errors
 def test_inputs_embeds_only_is_refused(llava):
-    model, inputs = llava
-    with torch.no_grad():
-        embeds = model.model.get_input_embeddings()(inputs["input_ids"])
-    with sv.apply(model, sv.FastV()), torch.no_grad(), pytest.raises(sv.InputError, match="needs `input_ids`"):
-        model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"])
+    assert_inputs_embeds_only_is_refused(*llava)
 
 
 def test_missing_image_sizes_and_mismatched_runs(onevision_mixed):

@@ -267,25 +267,6 @@ def test_layouts_of_several_videos_and_an_image(layout_model):
         Qwen3VLAdapter(model).find_layouts({"input_ids": ids}, ids.shape[1], 1)
 
 
-# ---------------------------------------------------------------- save / load
-def test_save_load_round_trip_then_apply(dense, tmp_path):
-    from transformers import Qwen3VLForConditionalGeneration
-
-    model, inputs = dense
-    model.save_pretrained(tmp_path)
-    loaded = Qwen3VLForConditionalGeneration.from_pretrained(tmp_path).eval()
-    assert torch.equal(forward_logits(loaded, inputs), forward_logits(model, inputs))
-    cfg = sv.FastV(retain=0.25, layer=1)
-    with sv.apply(model, cfg) as h:
-        ref = forward_logits(model, inputs)
-        ref_kept = h.last_stats.stages[0].kept[0]
-    with sv.apply(loaded, cfg) as h:
-        out = forward_logits(loaded, inputs)
-        assert isinstance(h.adapter, Qwen3VLAdapter)
-        assert torch.equal(h.last_stats.stages[0].kept[0], ref_kept)
-    assert torch.equal(out, ref)
-
-
 def test_a_text_model_without_deepstack_inputs_is_refused_at_apply(monkeypatch):
     model = tiny_qwen3_vl(layers=2, deepstack=(0,))
 

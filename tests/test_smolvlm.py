@@ -17,8 +17,9 @@ import pytest
 import torch
 
 import sharp_vlm as sv
-from cases import model_and_inputs
-from oracle import forward_logits, greedy, staged_forward_1d
+from cases import assert_inputs_embeds_only_is_refused, model_and_inputs
+from oracle import check_against_oracle, forward_logits, greedy, staged_forward_1d
+from oracle import decoder_input as oracle_decoder_input
 from sharp_vlm.core.budget import keep_count
 from sharp_vlm.core.layout import VisualItem
 from sharp_vlm.models import registry
@@ -71,19 +72,7 @@ def smol_mixed():
 
 # ---------------------------------------------------------------- the oracle
 def decoder_input(model, inputs) -> torch.Tensor:
-    """inputs_embeds the unpatched model hands its decoder (positions are 0..S-1: position_ids is None)."""
-    seen = {}
-
-    def grab(mod, args, kwargs):
-        seen["embeds"] = kwargs["inputs_embeds"]
-        seen["pos"] = kwargs.get("position_ids")
-
-    h = model.model.text_model.register_forward_pre_hook(grab, with_kwargs=True)
-    with torch.no_grad():
-        model(**inputs)
-    h.remove()
-    assert seen["pos"] is None
-    return seen["embeds"]
+    return oracle_decoder_input(model, model.model.text_model, inputs)
 
 
 def prunable(model, inputs, frames=FRAMES, kinds=("video",), b=0) -> torch.Tensor:
@@ -100,28 +89,8 @@ def prunable(model, inputs, frames=FRAMES, kinds=("video",), b=0) -> torch.Tenso
     return out
 
 
-def staged_forward(model, embeds, visual, stages, n_decode, shallow_mask=None):
-    """The hand-written pruned forward of tests/oracle.py on this family's decoder (1-D positions)."""
-    return staged_forward_1d(model, model.model.text_model, embeds, visual, stages, n_decode, shallow_mask)
-
-
-def _check_against_oracle(model, inputs, method, kinds=("video",), n_decode=4, shallow_mask=None):
-    with sv.apply(model, method) as handle, torch.no_grad():
-        prefill = model(**inputs).logits
-        stats = handle.last_stats
-        out = model.generate(**inputs, max_new_tokens=n_decode, do_sample=False, output_logits=True,
-                             return_dict_in_generate=True)
-    stages = [(s.layer, s.kept_positions[0]) for s in stats.stages]
-    visual = prunable(model, inputs, kinds=kinds)
-    for _, kept in stages:  # only placeholders of the targeted kinds are ever chosen: markers and text stay
-        assert bool(visual[kept].all())
-    logits, tokens, _ = staged_forward(model, decoder_input(model, inputs), visual, stages, n_decode, shallow_mask)
-    assert prefill.shape == logits[0].shape
-    assert (prefill - logits[0]).abs().max() < 1e-5
-    assert out.sequences[0, -n_decode:].tolist() == tokens
-    for step, (a, b) in enumerate(zip(out.logits, logits, strict=True)):
-        assert (a - b[:, -1]).abs().max() < 1e-4, f"decode step {step}"
-    return stats
+def _check_against_oracle(model, inputs, method, kinds=("video",)):
+    return check_against_oracle(model, model.model.text_model, inputs, method, prunable(model, inputs, kinds=kinds))
 
 
 # ---------------------------------------------------------------- layouts against the model's features
@@ -364,32 +333,9 @@ def test_reference_is_black_pixels_through_the_model(smol_mixed):
     assert len(adapter._black) == 1  # one picture size: one cached black picture
 
 
-# ---------------------------------------------------------------- round trip, errors, registry
-def test_save_load_round_trip_then_apply(tmp_path):
-    from transformers import SmolVLMForConditionalGeneration
-
-    model = tiny_smolvlm(seed=3)
-    inputs = tiny_smolvlm_inputs(model, frames=FRAMES, seed=4)
-    model.save_pretrained(tmp_path)
-    loaded = SmolVLMForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
-    assert torch.equal(forward_logits(loaded, inputs), forward_logits(model, inputs))
-    for cfg in (sv.FastV(retain=0.25, layer=2), sv.ShaRP(retain=0.2)):
-        results = []
-        for m in (model, loaded):
-            with sv.apply(m, cfg) as handle, torch.no_grad():
-                assert isinstance(handle.adapter, SmolVLMAdapter)
-                results.append((m(**inputs).logits, handle.last_stats.stages[0].kept[0], greedy(m, inputs, n=3)))
-        (a, ka, ga), (b, kb, gb) = results
-        assert torch.equal(ka, kb) and torch.equal(ga, gb)
-        assert (a - b).abs().max() < 1e-6
-
-
+# ---------------------------------------------------------------- errors, registry
 def test_inputs_embeds_only_is_refused(smol):
-    model, inputs = smol
-    with torch.no_grad():
-        embeds = model.model.get_input_embeddings()(inputs["input_ids"])
-    with sv.apply(model, sv.FastV()), torch.no_grad(), pytest.raises(sv.InputError, match="needs `input_ids`"):
-        model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"])
+    assert_inputs_embeds_only_is_refused(*smol)
 
 
 def test_registered_adapter():
@@ -430,8 +376,9 @@ def test_real_decoder_fastv_and_sharp_run(real):
         prefill = forward_logits(model, inputs)
         kept = handle.last_stats.stages[0].kept_positions[0]
     assert prefill.shape[1] == seq - n + keep_count(0.25, n)
-    logits, _, _ = staged_forward(model, decoder_input(model, inputs), prunable(model, inputs, frames=4),
-                                  [(2, kept)], n_decode=1)
+    logits, _, _ = staged_forward_1d(model, model.model.text_model, decoder_input(model, inputs),
+                                     prunable(model, inputs, frames=4),
+                                     [(2, kept)], n_decode=1)
     assert (prefill - logits[0]).abs().max() < 1e-4
     with sv.apply(model, sv.ShaRP(retain=0.25)) as handle:
         gen = greedy(model, inputs, n=3)
