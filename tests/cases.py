@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.functional import pad
 
 import sharp_vlm as sv
-from oracle import Prompt, decoder_prompt
+from oracle import Prompt, decoder_input, decoder_prompt
 from sharp_vlm.models.factory import tiny_llama, tiny_qwen_vl, tiny_video_inputs
 from sharp_vlm.models.tiny_internvl import tiny_internvl, tiny_internvl_inputs
 from sharp_vlm.models.tiny_llava import tiny_llava_inputs, tiny_llava_next_video, tiny_llava_onevision
@@ -256,3 +256,15 @@ def assert_inputs_embeds_only_is_refused(model: nn.Module, inputs: Inputs) -> No
         embeds = model.model.get_input_embeddings()(inputs["input_ids"])
     with sv.apply(model, sv.FastV()), torch.no_grad(), pytest.raises(sv.InputError, match="needs `input_ids`"):
         model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"])
+
+
+def reference_of(adapter: Any, model: nn.Module, text_model: nn.Module, inputs: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the adapter's reference input, the visual rows of its layout) for one prompt; every other row must be the
+    decoder input's own."""
+    embeds = decoder_input(model, text_model, inputs)
+    (lay,) = adapter.find_layouts(inputs, embeds.shape[1], 1)
+    ref = adapter.reference_embeds(embeds, [lay], inputs)
+    vis = torch.zeros(embeds.shape[1], dtype=torch.bool)
+    vis[lay.positions] = True
+    assert torch.equal(ref[0, ~vis], embeds[0, ~vis])  # text, markers, labels and newlines untouched
+    return ref, vis

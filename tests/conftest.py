@@ -12,6 +12,15 @@ torch.set_num_threads(2)
 FAMILIES = ["qwen2_vl", "qwen2_5_vl"]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One thread for a module: tiny matmuls are dominated by thread hand-offs on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session", params=FAMILIES)
 def qwen(request):
     """(model, inputs) with a 16-frame video: 8 temporal patches x 4 x 4 = 128 visual tokens."""

@@ -18,14 +18,7 @@ from sharp_vlm.core.masks import segment_allowed
 from sharp_vlm.engine.segment_attention import RUNS_KWARG
 from sharp_vlm.models import registry
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny matmuls are dominated by thread hand-offs on a busy 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[c.name for c in CASES])

@@ -17,7 +17,13 @@ import pytest
 import torch
 
 import sharp_vlm as sv
-from cases import BY_NAME, assert_fastv_matches_eager, assert_inputs_embeds_only_is_refused, model_and_inputs
+from cases import (
+    BY_NAME,
+    assert_fastv_matches_eager,
+    assert_inputs_embeds_only_is_refused,
+    model_and_inputs,
+    reference_of,
+)
 from oracle import check_against_oracle, forward_logits
 from oracle import decoder_input as oracle_decoder_input
 from sharp_vlm.core.layout import VisualItem
@@ -28,7 +34,6 @@ from sharp_vlm.models.internvl import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     InternVLAdapter,
-    register,
 )
 from sharp_vlm.models.tiny_internvl import CharTokenizer, image_tiles, tiny_internvl, tiny_internvl_inputs
 
@@ -38,16 +43,7 @@ IMAGE = ("image", (20, 40))  # a 2 x 1 canvas: 2 crops + the thumbnail = 3 tiles
 N_IMAGE = 3 * PER_FRAME
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _registered():
-    """The adapter registered (restored afterwards), on one thread (tiny matmuls are slower on two busy cores)."""
-    saved, threads = dict(registry._ADAPTERS), torch.get_num_threads()
-    register(registry.register_adapter)
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    registry._ADAPTERS.clear()
-    registry._ADAPTERS.update(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -105,12 +101,8 @@ def _black(shape, mean, std) -> torch.Tensor:
 def test_reference_is_black_pixels_through_the_model(qwen2):
     """Without use_processor: frames black under the ImageNet statistics (InternVL3's video processor)."""
     model, inputs = qwen2
-    adapter = InternVLAdapter(model)
-    embeds = decoder_input(model, inputs)
-    (lay,) = adapter.find_layouts(inputs, embeds.shape[1], 1)
-    ref = adapter.reference_embeds(embeds, [lay], inputs)
-    vis = prunable(model, inputs)
-    assert torch.equal(ref[0, ~vis], embeds[0, ~vis])  # text, labels and markers untouched
+    ref, vis = reference_of(InternVLAdapter(model), model, model.model.language_model, inputs)
+    assert torch.equal(vis, prunable(model, inputs))
     frames = ref[0, vis].view(8, PER_FRAME, -1)
     assert not torch.allclose(frames[0], frames[0, :1].expand_as(frames[0]))  # the tower's, not a constant
     black = _black(inputs["pixel_values"].shape, IMAGENET_MEAN, IMAGENET_STD)
@@ -129,17 +121,13 @@ def test_reference_normalises_each_kind_with_its_processor(mixed):
     adapter.use_processor(SimpleNamespace(image_processor=images,
                                           video_processor=SimpleNamespace(image_mean=IMAGENET_MEAN,
                                                                           image_std=IMAGENET_STD)))
-    embeds = decoder_input(model, inputs)
-    (lay,) = adapter.find_layouts(inputs, embeds.shape[1], 1)
-    ref = adapter.reference_embeds(embeds, [lay], inputs)
-    vis = torch.zeros(embeds.shape[1], dtype=torch.bool)
-    vis[lay.positions] = True
-    assert torch.equal(ref[0, ~vis], embeds[0, ~vis])
+    ref, vis = reference_of(adapter, model, model.model.language_model, inputs)
     shape = inputs["pixel_values"].shape
     pix = torch.cat([_black((3, *shape[1:]), CLIP_MEAN, CLIP_STD), _black((8, *shape[1:]), IMAGENET_MEAN, IMAGENET_STD)])
     expect = decoder_input(model, dict(inputs, pixel_values=pix))
     assert (ref[0, vis] - expect[0, vis]).abs().max() < 1e-5
-    assert not torch.allclose(ref[0, lay.positions[0]], ref[0, lay.positions[N_IMAGE]])
+    pos = torch.nonzero(vis).flatten()
+    assert not torch.allclose(ref[0, pos[0]], ref[0, pos[N_IMAGE]])
 
 
 # ---------------------------------------------------------------- layouts

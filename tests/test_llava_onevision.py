@@ -16,28 +16,18 @@ import pytest
 import torch
 
 import sharp_vlm as sv
-from cases import assert_inputs_embeds_only_is_refused, model_and_inputs
+from cases import assert_inputs_embeds_only_is_refused, model_and_inputs, reference_of
 from oracle import check_against_oracle, greedy
 from oracle import decoder_input as oracle_decoder_input
 from sharp_vlm.models import registry
-from sharp_vlm.models.llava_onevision import LlavaNextVideoAdapter, LlavaOnevisionAdapter, register
+from sharp_vlm.models.llava_onevision import LlavaNextVideoAdapter, LlavaOnevisionAdapter
 from sharp_vlm.models.tiny_llava import tiny_llava_inputs, tiny_llava_next_video, tiny_llava_onevision
 
 FAMILIES = {"onevision": tiny_llava_onevision, "next_video": tiny_llava_next_video}
 N_VIDEO = 128  # 8 frames x 4 x 4 pooled tokens in the tiny models
 
 
-@pytest.fixture(scope="module", autouse=True)
-def registered():
-    """The adapters registered (before the registry wires them in), on one thread (tiny matmuls run slower on
-    two busy cores); both restored afterwards."""
-    saved, threads = dict(registry._ADAPTERS), torch.get_num_threads()
-    register(registry.register_adapter)
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    registry._ADAPTERS.clear()
-    registry._ADAPTERS.update(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
@@ -278,12 +268,7 @@ def test_sharp_reference_pass_under_beams_with_an_image(llava):
 def test_reference_replaces_images_through_the_tower(onevision_mixed):
     model, inputs = onevision_mixed
     adapter = registry.adapter_for(model)
-    embeds = decoder_input(model, inputs)
-    layouts = adapter.find_layouts(inputs, embeds.shape[1], 1)
-    ref = adapter.reference_embeds(embeds, layouts, inputs)
-    vis = torch.zeros(embeds.shape[1], dtype=torch.bool)
-    vis[layouts[0].positions] = True
-    assert torch.equal(ref[0, ~vis], embeds[0, ~vis])
+    ref, vis = reference_of(adapter, model, model.model.language_model, inputs)
     black = torch.full_like(inputs["pixel_values"], 0.0)
     black += torch.tensor([-m / s for m, s in zip(adapter.pixel_mean, adapter.pixel_std, strict=True)])[:, None, None]
     black_video = black[:1, :1].expand(1, 8, -1, -1, -1)

@@ -17,21 +17,13 @@ from cases import model_and_inputs
 from oracle import decoder_prompt, forward_logits, staged_forward
 from sharp_vlm.core.layout import VisualItem
 from sharp_vlm.engine.segment_attention import RUNS_KWARG
-from sharp_vlm.models import registry
-from sharp_vlm.models.qwen3_vl import Qwen3VLAdapter, register
+from sharp_vlm.models.qwen3_vl import Qwen3VLAdapter
 from sharp_vlm.models.tiny_qwen3_vl import frame_timestamps, tiny_qwen3_vl
 
 N_VIS = 64  # 4 temporal patches x 4 x 4 merged tokens (8 frames at 16 x 16 px)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _registered():
-    register(registry.register_adapter)
-    # one thread: these tiny matmuls are dominated by thread hand-offs on a busy 2-core machine (~30x slower)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

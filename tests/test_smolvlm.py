@@ -17,13 +17,13 @@ import pytest
 import torch
 
 import sharp_vlm as sv
-from cases import assert_inputs_embeds_only_is_refused, model_and_inputs
+from cases import assert_inputs_embeds_only_is_refused, model_and_inputs, reference_of
 from oracle import check_against_oracle, forward_logits, greedy, staged_forward_1d
 from oracle import decoder_input as oracle_decoder_input
 from sharp_vlm.core.budget import keep_count
 from sharp_vlm.core.layout import VisualItem
 from sharp_vlm.models import registry
-from sharp_vlm.models.smolvlm import SmolVLMAdapter, register
+from sharp_vlm.models.smolvlm import SmolVLMAdapter
 from sharp_vlm.models.tiny_smolvlm import (
     FAKE,
     GLOBAL,
@@ -44,17 +44,7 @@ PER_FRAME = 16  # 32 px pictures, 4 px patches, scale 2: 4 x 4 tokens
 N_VIDEO = FRAMES * PER_FRAME
 
 
-@pytest.fixture(scope="module", autouse=True)
-def registered():
-    """The adapter registered (before the registry wires it in), on one thread (tiny matmuls run slower on two
-    busy cores); both restored afterwards."""
-    saved, threads = dict(registry._ADAPTERS), torch.get_num_threads()
-    register(registry.register_adapter)
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    registry._ADAPTERS.clear()
-    registry._ADAPTERS.update(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -322,12 +312,7 @@ def test_reference_is_black_pixels_through_the_model(smol_mixed):
     pictures had been fed to the model."""
     model, inputs = smol_mixed
     adapter = registry.adapter_for(model)
-    embeds = decoder_input(model, inputs)
-    layouts = adapter.find_layouts(inputs, embeds.shape[1], 1)
-    ref = adapter.reference_embeds(embeds, layouts, inputs)
-    vis = torch.zeros(embeds.shape[1], dtype=torch.bool)
-    vis[layouts[0].positions] = True
-    assert torch.equal(ref[0, ~vis], embeds[0, ~vis])
+    ref, vis = reference_of(adapter, model, model.model.text_model, inputs)
     expect = decoder_input(model, dict(inputs, pixel_values=torch.full_like(inputs["pixel_values"], -1.0)))
     assert (ref[0, vis] - expect[0, vis]).abs().max() < 1e-6
     assert len(adapter._black) == 1  # one picture size: one cached black picture
