@@ -91,6 +91,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
                 ax.plot(xs, ys, marker="o", label=m)
         ax.set_xlabel(label)
         ax.set_ylabel("accuracy")
+        ax.set_ylim(-0.02, 1.02)  # the whole range: a drop of a few points should look like one
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.tight_layout()
