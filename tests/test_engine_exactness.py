@@ -7,28 +7,24 @@ import pytest
 import torch
 
 import sharp_vlm as sv
-
-
-def _logits(model, inputs):
-    with torch.no_grad():
-        return model(**inputs).logits
+from oracle import forward_logits
 
 
 def test_remove_restores_model(qwen):
     model, inputs = qwen
-    ref = _logits(model, inputs)
+    ref = forward_logits(model, inputs)
     hooks_before = _hook_count(model)
     handle = sv.apply(model, sv.FastV(retain=0.25, layer=2))
-    pruned = _logits(model, inputs)
+    pruned = forward_logits(model, inputs)
     assert pruned.shape[1] < ref.shape[1]
     assert "generate" in model.__dict__
     handle.remove()
     assert "generate" not in model.__dict__
     assert _hook_count(model) == hooks_before
-    assert torch.equal(_logits(model, inputs), ref)
+    assert torch.equal(forward_logits(model, inputs), ref)
     with sv.apply(model, sv.FastV(retain=0.25, layer=2)):
         pass
-    assert torch.equal(_logits(model, inputs), ref)
+    assert torch.equal(forward_logits(model, inputs), ref)
     handle.remove()  # a second remove is a no-op
 
 
@@ -49,14 +45,14 @@ def test_two_models_do_not_interfere():
     a, b = tiny_qwen_vl("qwen2_5_vl", seed=1), tiny_qwen_vl("qwen2_5_vl", seed=2)
     xa, xb = tiny_video_inputs(a, seed=3).as_kwargs(), tiny_video_inputs(b, seed=4).as_kwargs()
     with sv.apply(a, sv.FastV(retain=0.25, layer=2)):
-        alone_a = _logits(a, xa)
+        alone_a = forward_logits(a, xa)
     with sv.apply(b, sv.UniformPrune(retain=0.5, layer=1)):
-        alone_b = _logits(b, xb)
+        alone_b = forward_logits(b, xb)
     with sv.apply(a, sv.FastV(retain=0.25, layer=2)) as ha, sv.apply(b, sv.UniformPrune(retain=0.5, layer=1)) as hb:
-        out_a, out_b = _logits(a, xa), _logits(b, xb)
+        out_a, out_b = forward_logits(a, xa), forward_logits(b, xb)
         with torch.no_grad():
             gen_b = b.generate(**xb, max_new_tokens=4, do_sample=False)
-        out_a2 = _logits(a, xa)
+        out_a2 = forward_logits(a, xa)
     assert torch.equal(out_a, alone_a) and torch.equal(out_a2, alone_a)
     assert torch.equal(out_b, alone_b)
     assert ha.last_stats.stages[0].n_kept == [32]

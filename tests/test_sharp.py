@@ -7,22 +7,17 @@ import pytest
 import torch
 
 import sharp_vlm as sv
-from oracle import pruned_forward
+from oracle import forward_logits, pruned_forward
 from sharp_vlm.engine.segment_attention import SEGMENT_ATTENTION
-
-
-def _logits(model, inputs):
-    with torch.no_grad():
-        return model(**inputs).logits
 
 
 def test_retain_one_equals_unpatched_in_score_scope(qwen):
     model, inputs = qwen
-    ref = _logits(model, inputs)
+    ref = forward_logits(model, inputs)
     with torch.no_grad():
         ref_gen = model.generate(**inputs, max_new_tokens=6, do_sample=False)
     with sv.apply(model, sv.ShaRP(retain=1.0, mask_scope="score")) as handle, torch.no_grad():
-        out = _logits(model, inputs)
+        out = forward_logits(model, inputs)
         gen = model.generate(**inputs, max_new_tokens=6, do_sample=False)
     assert (out - ref).abs().max() <= 1e-5
     assert torch.equal(gen, ref_gen)
@@ -33,10 +28,10 @@ def test_all_components_off_equals_fastv(qwen):
     model, inputs = qwen
     plain = sv.ShaRP(retain=0.15, layer=2, mask="off", debias="off", dedup=False)
     with sv.apply(model, sv.FastV(retain=0.15, layer=2)) as h, torch.no_grad():
-        fast = _logits(model, inputs)
+        fast = forward_logits(model, inputs)
         fast_kept = h.last_stats.stages[0].kept[0]
     with sv.apply(model, plain) as h, torch.no_grad():
-        out = _logits(model, inputs)
+        out = forward_logits(model, inputs)
         assert torch.equal(h.last_stats.stages[0].kept[0], fast_kept)
     assert torch.equal(out, fast)
     # in score scope a text query row is causal anyway: the mask alone does not change FastV's choice
@@ -69,7 +64,7 @@ def test_forward_scope_changes_the_shallow_layers(qwen):
     fwd, score = {}, {}
     for scope, box in (("forward", fwd), ("score", score)):
         with sv.apply(model, sv.ShaRP(retain=0.2, mask_scope=scope, debias="off", dedup=False)) as h:
-            _logits(model, inputs)
+            forward_logits(model, inputs)
             box["kept"] = h.last_stats.stages[0].kept[0]
     assert not torch.equal(fwd["kept"], score["kept"])
 
