@@ -244,6 +244,9 @@ def test_shape_table_vlm_decoders_match_text_models() -> None:
     assert (smol.num_layers, smol.hidden_size) == (30, 576)
     assert vision_config("qwen2.5-vl-7b")["out_hidden_size"] == 3584
     assert vision_config("qwen2-7b") is None
+    # LLaVA-Video-7B is LLaVA-OneVision-7B fine-tuned: the same decoder and SigLIP tower
+    assert decoder_config("llava-video-7b").to_dict() == decoder_config("llava-onevision-7b").to_dict()
+    assert vision_config("llava-video-7b") == vision_config("llava-onevision-7b")
 
 
 @pytest.mark.parametrize(
