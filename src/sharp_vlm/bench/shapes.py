@@ -147,30 +147,6 @@ SHAPES: dict[str, dict[str, Any]] = {
         },
         "vision": dict(_LLAVA_OV_VISION),
     },
-    # LLaVA-Video-7B-Qwen2 is LLaVA-OneVision-7B (SI) fine-tuned on video and image data ("We fine-tune
-    # LLaVA-OneVision (SI) on the joint dataset of video and image data",
-    # https://llava-vl.github.io/blog/2024-09-30-llava-video/); fine-tuning keeps the architecture, and the
-    # llava-hf conversion loads as LlavaOnevisionForConditionalGeneration. So the decoder and the tower are the
-    # llava-onevision-7b entry's numbers (read from llava-hf/llava-onevision-qwen2-7b-ov-hf config.json, vocab
-    # of that conversion); the checkpoint's own config.json was not found in public copies. Frames: SigLIP's
-    # 27 x 27 patches pooled 2 x 2 to 14 x 14 = 196 tokens (the connector, outside the tower).
-    "llava-video-7b": {
-        "hf_id": "llava-hf/LLaVA-Video-7B-Qwen2-hf",
-        "family": "qwen2",
-        "decoder": {
-            "hidden_size": 3584,
-            "intermediate_size": 18944,
-            "num_hidden_layers": 28,
-            "num_attention_heads": 28,
-            "num_key_value_heads": 4,
-            "vocab_size": 152128,
-            "tie_word_embeddings": False,
-            "rms_norm_eps": 1e-6,
-            "rope_theta": 1000000.0,
-            "max_position_embeddings": 32768,
-        },
-        "vision": dict(_LLAVA_OV_VISION),
-    },
     # Qwen/Qwen3-VL-8B-Instruct config.json (text_config = Qwen3-8B shape: head_dim 128 is set,
     # q/k RMSNorms cost no FLOPs; interleaved M-RoPE becomes 1-D RoPE here, same cost).
     # https://huggingface.co/Qwen/Qwen3-VL-8B-Instruct/blob/main/config.json, read through copies
@@ -306,6 +282,15 @@ SHAPES: dict[str, dict[str, Any]] = {
         },
     },
 }
+
+# LLaVA-Video-7B-Qwen2 is LLaVA-OneVision-7B (SI) fine-tuned on video and image data ("We fine-tune
+# LLaVA-OneVision (SI) on the joint dataset of video and image data",
+# https://llava-vl.github.io/blog/2024-09-30-llava-video/); fine-tuning keeps the architecture, and the
+# llava-hf conversion loads as LlavaOnevisionForConditionalGeneration. So the decoder and the tower are the
+# llava-onevision-7b entry's numbers (read from llava-hf/llava-onevision-qwen2-7b-ov-hf config.json; the
+# vocabulary is that conversion's). Frames: SigLIP's 27 x 27 patches pooled 2 x 2 to 14 x 14 = 196 tokens
+# (the connector, outside the tower).
+SHAPES["llava-video-7b"] = {**copy.deepcopy(SHAPES["llava-onevision-7b"]), "hf_id": "llava-hf/LLaVA-Video-7B-Qwen2-hf"}
 
 # ---------------------------------------------------------------------------------------------
 
