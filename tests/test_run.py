@@ -9,12 +9,10 @@ import torch
 
 from sharp_vlm import cli
 from sharp_vlm.models.registry import adapter_for
-from sharp_vlm.models.tiny_saved import save_tiny_checkpoint
+from sharp_vlm.models.tiny_saved import TINY_FAMILIES, save_tiny_checkpoint
 from sharp_vlm.pipeline import VideoQA
 from sharp_vlm.video.decode import write_video
 from sharp_vlm.viz.kept import overlay_frames
-
-RUN_FAMILIES = ["qwen2_vl", "qwen2_5_vl"]
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +22,14 @@ def video(tmp_path_factory):
     return write_video(tmp_path_factory.mktemp("video") / "clip.mp4", pixels, fps=8)
 
 
-@pytest.fixture(scope="module", params=RUN_FAMILIES)
+@pytest.fixture(scope="module", params=TINY_FAMILIES)
 def checkpoint(request, tmp_path_factory):
     return request.param, save_tiny_checkpoint(request.param, tmp_path_factory.mktemp(request.param))
+
+
+@pytest.fixture(scope="module")
+def qwen_checkpoint(tmp_path_factory):
+    return save_tiny_checkpoint("qwen2_vl", tmp_path_factory.mktemp("qwen2_vl_errors"))
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +37,30 @@ def qa(checkpoint):
     return VideoQA.from_pretrained(checkpoint[1], dtype="float32")
 
 
+def _token_grid(qa, answer) -> tuple[int, int, int]:
+    """(rows, cols, frames per token) of one frame's tokens, from the model config and pixel shapes by each
+    family's rule (written out here independently of the preprocessing's TokenGrid)."""
+    cfg, kwargs, family = qa.model.config, answer.inputs.kwargs, qa.family
+    if family.startswith("qwen"):
+        _, h, w = kwargs["video_grid_thw"][0].tolist()
+        m = cfg.vision_config.spatial_merge_size
+        return h // m, w // m, cfg.vision_config.temporal_patch_size
+    size, patch = cfg.vision_config.image_size, cfg.vision_config.patch_size
+    p = (size[0] if isinstance(size, list) else size) // (patch[0] if isinstance(patch, list) else patch)
+    if family == "llava_onevision":
+        side = -(-p // 2)  # bilinear pooling to ceil(p/2)
+    elif family == "llava_next_video":
+        side = p // cfg.spatial_pool_stride
+    elif family == "internvl":
+        side = int(p * cfg.downsample_ratio)  # pixel shuffle
+    else:
+        side = p // cfg.scale_factor
+    return side, side, 1
+
+
 def _expected_cells(qa, answer) -> torch.Tensor:
-    """The kept cells from the family's token order, written out independently of TokenGrid."""
-    grid_thw = answer.inputs.kwargs["video_grid_thw"][0].tolist()
-    m = qa.model.config.vision_config.spatial_merge_size
-    tp = qa.model.config.vision_config.temporal_patch_size
-    rows, cols = grid_thw[1] // m, grid_thw[2] // m
+    """The kept cells from the family's token order: frame-major, then rows, then cols."""
+    rows, cols, tp = _token_grid(qa, answer)
     n_frames = answer.inputs.frames.shape[0]
     mask = torch.zeros(n_frames, rows, cols, dtype=torch.bool)
     for k in answer.kept.tolist():
@@ -103,8 +124,9 @@ def test_sharp_run_compare_writes_the_overlay_and_record(checkpoint, video, tmp_
     ("unsupported", "model_type 'bert' is not supported"),
     ("method", "unknown method"),
 ])
-def test_sharp_run_errors_are_one_line_exit_2(case, message, video, checkpoint, tmp_path, capsys, monkeypatch):
-    model, clip, frames, method = checkpoint[1], video, "8", "sharp"
+def test_sharp_run_errors_are_one_line_exit_2(case, message, video, qwen_checkpoint, tmp_path, capsys,
+                                              monkeypatch):
+    model, clip, frames, method = qwen_checkpoint, video, "8", "sharp"
     if case == "missing":
         clip = tmp_path / "nope.mp4"
     elif case == "garbage":
@@ -134,3 +156,11 @@ def _refuse_after_error(case):
         raise AssertionError(f"{case}: the model was loaded before the input was checked")
 
     return refuse
+
+
+def test_rate_sampling_and_multiple_choice(qwen_checkpoint, video):
+    qa = VideoQA.from_pretrained(qwen_checkpoint, dtype="float32")
+    frames = qa.read(video, frames=4, fps=2.0)  # 24 frames at 8 fps: one every 4 frames, at most 4 of the 6
+    assert frames.n_frames == 4 and all(b - a >= 4 for a, b in zip(frames.indices, frames.indices[1:], strict=False))
+    prep = qa.prepare(frames, "Which colour?", options=["red", "green"])
+    assert "Which colour?\nA. red\nB. green\nAnswer with the option's letter" in prep.prompt

@@ -154,10 +154,8 @@ class QwenVLProcessor(VideoProcessor):
         m = s["merge"]
         per_step = (h // m) * (w // m)
         pad, start, end = "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"
-        times: list[float] = []
         if self.v3:
-            times = self.timestamps(frames)
-            expansion = "".join(f"<{ts:.1f} seconds>{start}{pad * per_step}{end}" for ts in times)
+            expansion = "".join(f"<{ts:.1f} seconds>{start}{pad * per_step}{end}" for ts in self.timestamps(frames))
         else:
             expansion = pad * (t * per_step)
         prompt = expand_once(render_prompt(self.tokenizer, self.checkpoint.chat_template, question, QWEN_TEMPLATE),
@@ -177,5 +175,5 @@ class QwenVLProcessor(VideoProcessor):
         if n_visual != grid.n_tokens:
             raise InputError(f"the tokenizer split {pad!r} ({n_visual} video tokens for {grid.n_tokens} patches); "
                              "the tokenizer must know it as one special token")
-        return PreparedInputs(kwargs, prompt, channels_last_uint8(resized), times or list(frames.timestamps), grid,
+        return PreparedInputs(kwargs, prompt, channels_last_uint8(resized), list(frames.timestamps), grid,
                               self.family, n_visual)

@@ -1,7 +1,8 @@
 """SmolVLM2 video preprocessing (the rules of transformers' SmolVLMVideoProcessor and SmolVLMProcessor).
 
-Video frames are never split into tiles: each frame is resized so its longest edge is the video size (an even
-shorter edge), then squared to `max_image_size`, normalised, and written as one global view:
+Video frames are never split into tiles: each frame is resized so its longest edge is the video size (the
+config's `size`, else `video_sampling.video_size`; an even shorter edge), then squared to `max_image_size`,
+normalised, and written as one global view:
 `\\nFrame from MM:SS:<fake_token_around_image><global-img>` + `<image>` x image_seq_len +
 `<fake_token_around_image>`, after an intro that gives the frame count in words and the clip's duration, in place
 of the chat template's `<video>`. The processor always uses its own chat template for a video.
@@ -76,7 +77,8 @@ class SmolVLMVideoProcessor(VideoProcessor):
     def __call__(self, frames: Frames, question: str) -> PreparedInputs:
         cfg = {**self.checkpoint.image, **self.checkpoint.video}
         sampling = dict(cfg.get("video_sampling") or {})
-        video_size = dict(sampling.get("video_size") or cfg.get("size") or {"longest_edge": 4 * 364})
+        # the processor lets the config's `size` replace `video_sampling.video_size` when both are given
+        video_size = dict(cfg.get("size") or sampling.get("video_size") or {"longest_edge": 4 * 364})
         square = int(dict(cfg.get("max_image_size") or {"longest_edge": 364})["longest_edge"])
         mode = resample_mode(cfg.get("resample"), "lanczos")
         x = to_channels_first(frames.pixels)
