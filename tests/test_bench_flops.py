@@ -255,6 +255,7 @@ def test_shape_table_vlm_decoders_match_text_models() -> None:
         # (layers, hidden, intermediate, heads, kv heads, head_dim, vocab) from each config.json
         ("qwen3-vl-8b", Qwen3Config, (36, 4096, 12288, 32, 8, 128, 151936)),
         ("llava-next-video-7b", LlamaConfig, (32, 4096, 11008, 32, 32, 128, 32064)),
+        ("smolvlm2-2.2b", LlamaConfig, (24, 2048, 8192, 32, 32, 64, 49280)),
     ],
 )
 def test_new_shapes_build_their_decoder_configs(name: str, config_class: type, numbers: tuple) -> None:
@@ -278,7 +279,8 @@ def test_new_shapes_build_their_decoder_configs(name: str, config_class: type, n
 
 @pytest.mark.parametrize(
     ("name", "config_class"),
-    [("qwen3-vl-8b", Qwen3VLVisionConfig), ("llava-next-video-7b", CLIPVisionConfig)],
+    [("qwen3-vl-8b", Qwen3VLVisionConfig), ("llava-next-video-7b", CLIPVisionConfig),
+     ("smolvlm2-2.2b", SiglipVisionConfig)],
 )
 def test_new_vision_dicts_are_transformers_configs(name: str, config_class: type) -> None:
     vision = vision_config(name)
@@ -407,3 +409,7 @@ def test_real_vision_towers_are_in_a_plausible_range() -> None:
     clip = vision_encoder_flops(vision_config("llava-next-video-7b"), 32 * 576)
     assert clip["n_images"] == 32 and clip["n_tokens"] == 32 * 577
     assert 5e12 < clip["total"] < 5e13
+    # SmolVLM2-2.2B: SigLIP-SO400M @384 on 32 frames of 27 x 27 patches (81 tokens each after the shuffle).
+    smol = vision_encoder_flops(vision_config("smolvlm2-2.2b"), 32 * 729)
+    assert smol["n_images"] == 32 and smol["n_tokens"] == 32 * 729
+    assert 5e12 < smol["total"] < 5e13

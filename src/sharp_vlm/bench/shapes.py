@@ -230,6 +230,41 @@ SHAPES: dict[str, dict[str, Any]] = {
             "scale_factor": 4,
         },
     },
+    # HuggingFaceTB/SmolVLM2-2.2B-Instruct config.json, read through a copy of its numbers in public code that
+    # pins "the real configs" of SmolVLM2-2.2B-Instruct and SmolVLM2-256M-Video-Instruct (its 256M numbers equal
+    # the entry above): decoder 24 layers, 2048 wide, 32 query and 32 KV heads (head_dim 64), vocab 49280, 8192
+    # positions, rope_theta 130000, rms_norm_eps 1e-5; tower 27 layers, 1152 wide, 384 px in 14 px patches,
+    # pixel shuffle x3 (27 x 27 patches -> 9 x 9 = 81 tokens per image or frame). The decoder is SmolLM2-1.7B's
+    # shape (the SmolVLM paper pairs SigLIP-SO400M with SmolLM2-1.7B for the 2.2B model): intermediate_size 8192
+    # from HuggingFaceTB/SmolLM2-1.7B-Instruct config.json (quoted in public code). The tower is SigLIP-SO400M as
+    # in HuggingFaceTB/SmolVLM-Instruct config.json (quoted in public code): intermediate_size 4304, 16 heads.
+    "smolvlm2-2.2b": {
+        "hf_id": "HuggingFaceTB/SmolVLM2-2.2B-Instruct",
+        "family": "llama",
+        "decoder": {
+            "hidden_size": 2048,
+            "intermediate_size": 8192,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 32,
+            "head_dim": 64,
+            "vocab_size": 49280,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 130000.0,
+            "max_position_embeddings": 8192,
+        },
+        "vision": {
+            "model_type": "siglip_vision_model",
+            "hidden_size": 1152,
+            "intermediate_size": 4304,
+            "num_hidden_layers": 27,
+            "num_attention_heads": 16,
+            "num_channels": 3,
+            "image_size": 384,
+            "patch_size": 14,
+            "scale_factor": 3,
+        },
+    },
     # Qwen/Qwen2.5-0.5B config.json
     "qwen2.5-0.5b": {
         "hf_id": "Qwen/Qwen2.5-0.5B",
