@@ -122,6 +122,7 @@ def test_sharp_run_compare_writes_the_overlay_and_record(checkpoint, video, tmp_
     ("short", "fewer than the 64 asked for"),
     ("no_model", "config.json does not exist"),
     ("unsupported", "model_type 'bert' is not supported"),
+    ("no_weights", "has no weights"),
     ("method", "unknown method"),
 ])
 def test_sharp_run_errors_are_one_line_exit_2(case, message, video, qwen_checkpoint, tmp_path, capsys,
@@ -140,9 +141,14 @@ def test_sharp_run_errors_are_one_line_exit_2(case, message, video, qwen_checkpo
         (tmp_path / "config.json").write_text('{"model_type": "bert"}')
         (tmp_path / "preprocessor_config.json").write_text("{}")
         model = tmp_path
+    elif case == "no_weights":
+        for f in qwen_checkpoint.iterdir():
+            if f.suffix != ".safetensors":
+                (tmp_path / f.name).write_bytes(f.read_bytes())
+        model = tmp_path
     elif case == "method":
         method = "sharpp"
-    if case != "no_model" and case != "unsupported":
+    if case not in ("no_model", "unsupported", "no_weights"):
         monkeypatch.setattr("sharp_vlm.pipeline.load_model", _refuse_after_error(case))
     argv = ["run", "--model", str(model), "--video", str(clip), "--question", "Q?", "--frames", frames,
             "--method", method, "--out", str(tmp_path / "out")]

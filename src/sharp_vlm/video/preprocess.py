@@ -11,7 +11,8 @@ LLaVA-Video, LLaVA-NeXT-Video), `smolvlm.py` (SmolVLM2), `internvl.py` (InternVL
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,8 @@ class PreparedInputs:
 
     kwargs: the tensors the family's processor returns (input_ids, attention_mask, pixel values, grids, ...).
     prompt: the text before tokenisation, placeholders expanded. frames: (T, H, W, 3) uint8, the sampled frames as
-    the model sees them (resized, before normalisation). grid: where each visual token sits on those frames.
+    the model sees them (resized, before normalisation); timestamps: their seconds from the video's start.
+    grid: where each visual token sits on those frames; n_visual: the prompt's visual tokens (the adapter's count).
     """
 
     kwargs: dict[str, Any]
@@ -241,16 +243,16 @@ def expand_once(text: str, token: str, replacement: str) -> str:
 
 
 @dataclass
-class VideoProcessor:
+class VideoProcessor(ABC):
     """Base of the family processors: a checkpoint's configs and tokenizer; `__call__` builds the inputs."""
 
     checkpoint: Checkpoint
     tokenizer: Any
     family: str = ""
-    options: dict[str, Any] = field(default_factory=dict)
 
+    @abstractmethod
     def __call__(self, frames: Frames, question: str) -> PreparedInputs:
-        raise NotImplementedError
+        """The model's inputs for these frames and this question (the family's rules)."""
 
     def min_frames(self) -> int:
         """The fewest frames the family's processor accepts."""
