@@ -94,3 +94,17 @@ def test_accelerate_data_parallel(setup):
     # each process answered its own share of the requests
     ranks = sorted(p.name for p in out.glob("stats*.jsonl"))
     assert ranks == ["stats.rank0.jsonl", "stats.rank1.jsonl"]
+
+
+def test_one_table_over_the_runs(setup):
+    from sharp_vlm.eval.lmms_report import collect
+
+    root, _ = setup
+    summary = collect(root)  # the three runs above: none, sharp, sharp on two processes
+    rows = {r["run"]: r for r in summary["rows"]}
+    assert summary["baseline"] == "out-none" and set(rows) == {"out-none", "out-sharp", "out-dp"}
+    assert rows["out-none"]["agreement"] == 1.0 and rows["out-none"]["kept_ratio"] == 1.0
+    # the same method on one and on two processes gives the same replies (greedy, one request at a time)
+    assert rows["out-sharp"]["agreement"] == rows["out-dp"]["agreement"]
+    assert rows["out-sharp"]["kept_ratio"] == pytest.approx(0.25, abs=0.02)
+    assert f"{TASK}/accuracy" in rows["out-sharp"]["metrics"]

@@ -224,6 +224,15 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from .eval.data import check_videos, load_records
     from .eval.runner import EvalConfig, check_settings, read_records, run_eval, videoqa_answerer
 
+    if a.lmms_runs is not None:  # only a table over earlier lmms-eval runs
+        from .eval import lmms_report
+
+        summary = lmms_report.collect(a.lmms_runs)
+        paths = lmms_report.write(summary, a.lmms_runs)
+        print(lmms_report.table(summary) + "\n\n" + "\n".join(f"{k}: {v}" for k, v in paths.items()))
+        return 0
+    if a.model is None or a.data is None:
+        raise SharpError("give --model (a checkpoint folder) and --data (a JSONL file), or --lmms-runs DIR")
     cfg = EvalConfig(model=str(a.model), data=str(a.data), methods=[m for m in a.methods.split(",") if m],
                      retains=a.retain, layer=a.layer, frames=a.frames, fps=a.fps, max_new_tokens=a.max_new_tokens,
                      options=a.options, dtype=a.dtype, device=a.device, limit=a.limit)
@@ -310,8 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", type=Path, default=Path("runs/run"))
     r.set_defaults(fn=cmd_run)
     e = sub.add_parser("eval", help="video-QA accuracy of each method x retain beside the unpruned model (JSONL)")
-    e.add_argument("--model", required=True, type=Path, help="local checkpoint folder (any supported family)")
-    e.add_argument("--data", required=True, type=Path,
+    e.add_argument("--model", type=Path, help="local checkpoint folder (any supported family)")
+    e.add_argument("--data", type=Path,
                    help="JSONL: video, question, answer, optional options (multiple choice) and id per line")
     e.add_argument("--methods", default="none,fastv,sharp", help="comma list; none (unpruned) is always run")
     e.add_argument("--retain", type=_floats, default=[0.25, 0.1], help="comma list of retained shares")
@@ -327,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--threads", type=_non_negative, default=0)
     e.add_argument("--out", type=Path, default=Path("runs/eval"),
                    help="records, report.json/.md, accuracy.png; rerunning with the same folder resumes")
+    e.add_argument("--lmms-runs", type=Path, default=None, metavar="DIR",
+                   help="instead: one table (lmms_report.md/.json in DIR) over lmms-eval runs of the sharp_vlm "
+                   "model, one subfolder per method x retain, the unpruned one included")
     e.set_defaults(fn=cmd_eval)
     a = parser.parse_args(argv)
     if a.threads:

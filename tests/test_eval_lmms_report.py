@@ -1,0 +1,39 @@
+"""The table over lmms-eval runs, from files laid out as lmms-eval 0.7.3 writes them (no lmms-eval needed)."""
+
+import json
+
+import pytest
+
+from sharp_vlm import cli
+from sharp_vlm.errors import SharpError
+from sharp_vlm.eval.lmms_report import collect
+
+
+def _run(root, name, model_args, acc, replies, stats):
+    folder = root / name / "model__dir"
+    folder.mkdir(parents=True)
+    (folder / "20260101_000000_results.json").write_text(json.dumps({
+        "results": {"t1": {"alias": "t1", "accuracy,none": acc, "accuracy_stderr,none": 0.1}},
+        "config": {"model": "sharp_vlm", "model_args": model_args}}))
+    (folder / "20260101_000000_samples_t1.jsonl").write_text(
+        "\n".join(json.dumps({"doc_id": i, "filtered_resps": [r]}) for i, r in enumerate(replies)) + "\n")
+    (root / name / "stats.rank0.jsonl").write_text("\n".join(json.dumps(s) for s in stats) + "\n")
+
+
+def test_table_over_runs(tmp_path, capsys):
+    st = {"n_visual": 100, "prefill_s": 2.0, "flops": 2e12, "flops_dense": 2e12}
+    _run(tmp_path, "none", "pretrained=/m,method=none", 0.8, ["A", "B ", "C", "D"], [{**st, "n_kept": 100}] * 4)
+    _run(tmp_path, "sharp@0.1", "pretrained=/m,method=sharp,retain=0.1,layer=2", 0.6, ["A", "B", "D", "A"],
+         [{**st, "n_kept": 10, "flops": 5e11, "prefill_s": 0.5}] * 4)
+    (tmp_path / "not_a_run").mkdir()
+    summary = collect(tmp_path)
+    base, sharp = summary["rows"]
+    assert summary["baseline"] == "none" and base["agreement"] == 1.0 and base["relative"] == 1.0
+    assert sharp["method"] == "sharp" and sharp["retain"] == 0.1 and sharp["metrics"] == {"t1/accuracy": 0.6}
+    assert sharp["relative"] == pytest.approx(0.75) and sharp["agreement"] == 0.5
+    assert sharp["kept_ratio"] == 0.1 and sharp["tflops"] == pytest.approx(0.5) and sharp["prefill_s"] == 0.5
+    assert cli.main(["eval", "--lmms-runs", str(tmp_path)]) == 0
+    assert "| sharp@0.1 | sharp | 0.1 | 0.6 | 0.750 | 0.500 | 0.100 | 0.5 | 0.500 |" in capsys.readouterr().out
+    assert (tmp_path / "lmms_report.md").is_file() and (tmp_path / "lmms_report.json").is_file()
+    with pytest.raises(SharpError, match="no lmms-eval results"):
+        collect(tmp_path / "not_a_run")
