@@ -13,6 +13,7 @@ from sharp_vlm.probe.generator import (
     COUNT_EVENTS,
     DEV_SEEDS,
     HELDOUT_SEEDS,
+    KIND_WEIGHTS,
     KINDS,
     NUMBER_WORDS,
     SCENES,
@@ -170,7 +171,7 @@ def test_frame_layout(tok, n_frames: int, tpf: int, kind: str) -> None:
                 assert s.answer in fact
             elif kind == "order":
                 assert s.meta["animals"][j] in fact
-            elif kind == "attribute":
+            elif kind in ("attribute", "action"):
                 assert s.answer in fact
             else:
                 assert s.meta["object"] in fact
@@ -190,8 +191,8 @@ def test_needle_counts_and_kinds(tok) -> None:
         assert o.answer == o.meta["animals"][1] != o.meta["animals"][0]
     a = make_sample(5, tok, kind="attribute", n_needles=3)
     assert len(a.needle_frames) == 3
-    # Kinds drawn from the seed cover all four.
-    assert {make_sample(seed, tok).kind for seed in range(60)} == set(KINDS)
+    # Kinds drawn from the seed cover the four of the original mix (the action kind only when asked for).
+    assert {make_sample(seed, tok).kind for seed in range(60)} == set(KIND_WEIGHTS) == set(KINDS) - {"action"}
 
 
 def test_needle_position_is_respected(tok) -> None:
@@ -228,7 +229,8 @@ def test_filler_has_no_answer_words(tok) -> None:
 
 
 def test_out_of_range_arguments(tok) -> None:
-    for kwargs in ({"n_frames": 8}, {"n_frames": 65}, {"tokens_per_frame": 15}, {"kind": "colour"}):
+    for kwargs in ({"n_frames": 8}, {"n_frames": 97}, {"tokens_per_frame": 15},
+                   {"tokens_per_frame": 197}, {"kind": "colour"}, {"change_rate": 1.5}):
         with pytest.raises(ValueError):
             make_sample(0, tok, **kwargs)
 

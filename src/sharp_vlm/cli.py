@@ -57,6 +57,9 @@ def _probe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="heldout", choices=["dev", "heldout"])
     p.add_argument("--frames", type=_positive, default=32)
     p.add_argument("--tokens-per-frame", type=_positive, default=32)
+    p.add_argument("--families", default=None,
+                   help="probe families (comma list, or all): each family fixes its own video shape and kinds, "
+                        "so --frames/--tokens-per-frame are not used")
     p.add_argument("--ablate", action="store_true", help="also run ShaRP's 8 on/off combinations of C1/C2/C3")
     p.add_argument("--trim-kv", action="store_true",
                    help="decode with the pruned tokens dropped from the KV of the layers before the stage too")
@@ -75,6 +78,7 @@ def _probe_config(a: argparse.Namespace):
         methods=[m for m in a.methods.split(",") if m], retains=a.retain, layer=a.layer, n=a.n,
         split=a.split, n_frames=a.frames, tokens_per_frame=a.tokens_per_frame, ablate=a.ablate,
         options=a.options, trim_kv=a.trim_kv,
+        families=None if a.families is None else [f for f in a.families.split(",") if f],
     )
     check_probe(cfg)  # every variant's config is built (and checked) before the model loads
     return cfg
@@ -82,7 +86,7 @@ def _probe_config(a: argparse.Namespace):
 
 def cmd_probe(a: argparse.Namespace) -> int:
     from .probe.lm import load_smollm2
-    from .probe.report import table, write
+    from .probe.report import write
     from .probe.run import run_probe
 
     cfg = _probe_config(a)
@@ -103,7 +107,7 @@ def cmd_probe(a: argparse.Namespace) -> int:
     result = run_probe(cfg, model, tok)
     result["wall_seconds"] = time.perf_counter() - t0
     paths = write(result, a.out)
-    print(table(result["summary"]))
+    print(paths["table"].read_text())
     print("\n" + "\n".join(f"{k}: {v}" for k, v in paths.items()))
     return 0
 

@@ -20,16 +20,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS: tuple[str, ...] = ("attribute", "object", "order", "count")
-# Draw weights when make_sample picks the kind from the seed.
+KINDS: tuple[str, ...] = ("attribute", "object", "action", "order", "count")
+# Draw weights when make_sample picks the kind from the seed (the action kind only when asked for, so that
+# the seeds of the original four-kind mix keep their samples).
 KIND_WEIGHTS: dict[str, float] = {"attribute": 1.0, "object": 1.0, "order": 1.0, "count": 1.0}
 
 DEV_SEEDS = range(0, 1000)
 HELDOUT_SEEDS = range(10_000, 11_000)
 _SPLITS = {"dev": DEV_SEEDS, "heldout": HELDOUT_SEEDS}
 
-MIN_FRAMES, MAX_FRAMES = 16, 64
-MIN_TPF, MAX_TPF = 16, 64
+MIN_FRAMES, MAX_FRAMES = 16, 96
+MIN_TPF, MAX_TPF = 16, 196
 
 SYSTEM_PROMPT = (
     "You are a video assistant. The video is given as one line of description per frame. "
@@ -64,6 +65,10 @@ ORDER_QUESTION, ORDER_PRIMER = "Which animal appeared last in the video?", "The 
 # The model cannot count frames either (it answers a constant), so every needle frame carries the
 # running tally, as an on-screen counter would; the answer is read from the last needle frame.
 COUNT_EVENT, COUNT_FACT = "A {obj} {action}.", "{Obj} count: {k}."
+# What an animal did, as a one-word verb in the same key-value form.
+ACTION_EVENT, ACTION_FACT = "A {animal} appears.", "{Animal} action: {verb}."
+ACTION_QUESTION, ACTION_PRIMER = "What did the {animal} do?", "The {animal} action was"
+VERBS: tuple[str, ...] = ("jumps", "sleeps", "swims", "eats", "climbs", "digs", "hides", "naps")
 COUNT_QUESTION, COUNT_PRIMER = "In how many frames did a {obj} appear?", "The {obj} count was"
 
 # object -> action, for the attribute kind
@@ -363,6 +368,8 @@ def make_sample(
     kind: str | None = None,
     n_needles: int = 1,
     needle_position: int | Sequence[int] | None = None,
+    change_rate: float = 0.25,
+    salt: str = "",
 ) -> ProbeSample:
     """Build the probe sample for ``seed`` (deterministic for a given tokenizer and arguments).
 
@@ -370,7 +377,10 @@ def make_sample(
     showing the needle for the "attribute" and "object" kinds; "order" always has two needle frames and
     "count" draws its count (the answer) from ``COUNT_RANGE``. ``needle_position`` fixes needle frames:
     an int places one needle there (any others are drawn from the seed), a sequence gives all of them;
-    None draws them uniformly over the video.
+    None draws them uniformly over the video. ``change_rate`` is the chance that the scene changes between
+    two frames (a slot changes and, for rates above 0.5, the details are reordered too): 0.25 gives long runs
+    of identical frames, 1.0 a busy video where neighbours rarely repeat. ``salt`` separates the samples of
+    probe families that share seeds.
     """
     if not MIN_FRAMES <= n_frames <= MAX_FRAMES:
         raise ValueError(f"n_frames must be in [{MIN_FRAMES}, {MAX_FRAMES}], got {n_frames}")
@@ -378,8 +388,10 @@ def make_sample(
         raise ValueError(f"tokens_per_frame must be in [{MIN_TPF}, {MAX_TPF}], got {tokens_per_frame}")
     if n_needles < 1:
         raise ValueError("n_needles must be >= 1")
+    if not 0.0 <= change_rate <= 1.0:
+        raise ValueError(f"change_rate must be in [0, 1], got {change_rate}")
     # str seeds are hashed deterministically by random.Random, unlike hash().
-    rng = random.Random(f"sharp-vlm-probe:{seed}")
+    rng = random.Random(f"sharp-vlm-probe:{salt}{seed}")
     if kind is None:
         names = list(KIND_WEIGHTS)
         kind = rng.choices(names, weights=[KIND_WEIGHTS[k] for k in names])[0]
@@ -406,6 +418,16 @@ def make_sample(
         question, primer = OBJ_QUESTION, OBJ_PRIMER
         answer, aliases = animal, [_plural(animal)]
         candidates = sorted(ANIMALS) + [_plural(a) for a in sorted(ANIMALS)]
+    elif kind == "action":
+        animal = rng.choice(sorted(ANIMALS))
+        verb = rng.choice(VERBS)
+        needles = _pick_needles(rng, n_frames, n_needles, needle_position)
+        fields = {"animal": animal, "Animal": animal.capitalize(), "verb": verb}
+        events = [(ACTION_EVENT.format(**fields), ACTION_FACT.format(**fields))] * len(needles)
+        question, primer = ACTION_QUESTION.format(**fields), ACTION_PRIMER.format(**fields)
+        answer, aliases = verb, [verb.removesuffix("s")]
+        candidates = list(VERBS) + [v.removesuffix("s") for v in VERBS]
+        meta["animal"] = animal
     elif kind == "order":
         earlier, later = rng.sample(sorted(ANIMALS), 2)
         needles = _pick_needles(rng, n_frames, 2, needle_position)
@@ -431,16 +453,19 @@ def make_sample(
         candidates = [str(i) for i in range(len(NUMBER_WORDS))] + list(NUMBER_WORDS)
         meta["object"] = obj
 
-    # Filler: the same scene in every frame; a slot changes in ~1 of 4 frames so neighbours repeat.
+    # Filler: the same scene in every frame; a slot changes with probability change_rate between frames.
     choice = [rng.randrange(len(slot)) for slot in scene.slots]
     detail_order = [0] + rng.sample(range(1, len(scene.details)), len(scene.details) - 1)
     needle_at = dict(zip(needles, events, strict=True))
     frames: list[list[int]] = []
     spans: list[tuple[int, int]] = []
+    meta["change_rate"] = change_rate
     for i in range(n_frames):
-        if rng.random() < 0.25:
+        if rng.random() < change_rate:
             s = rng.randrange(len(scene.slots))
             choice[s] = rng.randrange(len(scene.slots[s]))
+            if change_rate > 0.5:
+                detail_order = rng.sample(range(len(scene.details)), len(scene.details))
         ids, span = _fit_frame(
             tokenizer,
             i,

@@ -19,12 +19,42 @@ def table(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def family_table(result: dict[str, Any]) -> str:
+    """Accuracy per family (unpruned absolute; methods relative to it), the mean over families and the worst."""
+    rows, names = result["by_family"], list(result["families"])
+    cell = {(r["family"], r["method"], r["retain"]): r for r in rows}
+    mean = {(r["method"], r["retain"]): r for r in result["mean"]}
+    lines = ["| method | retain | " + " | ".join(names) + " | mean | worst |", "|" + "---|" * (len(names) + 4)]
+    for method, retain in sorted(mean, key=lambda k: (k[0] != "none", k[0], -k[1])):
+        m = mean[(method, retain)]
+        if method == "none":
+            cells = [f"{cell[(f, method, retain)]['accuracy']:.0%}" if (f, method, retain) in cell else "-"
+                     for f in names]
+            lines.append("| unpruned (accuracy) | 1.00 | " + " | ".join(cells) + f" | {m['accuracy']:.0%} | - |")
+            continue
+        cells = [f"{cell[(f, method, retain)]['relative']:.0%}" if (f, method, retain) in cell else "-"
+                 for f in names]
+        lines.append(f"| {method} | {retain:.2f} | " + " | ".join(cells)
+                     + f" | **{m['relative']:.0%}** | {m['worst_relative']:.0%} ({m['worst_family']}) |")
+    lines.append("")
+    lines.append("Methods: accuracy relative to the unpruned model on the same samples. Families: "
+                 + "; ".join(f"{k}: {v}" for k, v in result["families"].items()) + ".")
+    if result.get("inversions"):
+        lines.append("Retention inversions (more tokens, fewer correct by > 1 sample): " + "; ".join(
+            f"{i['method']} on {i['family']} {i['from']:g}->{i['to']:g} (-{i['correct_lost']})"
+            for i in result["inversions"]))
+    return "\n".join(lines)
+
+
 def write(result: dict[str, Any], out: Path) -> dict[str, Path]:
-    """results.json, table.md, accuracy.png, kept_per_frame.png under `out`."""
+    """results.json, table.md (per family too when families ran), accuracy.png, kept_per_frame.png."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "table": out / "table.md"}
     paths["json"].write_text(json.dumps(result, indent=1))
-    paths["table"].write_text(table(result["summary"]) + "\n")
+    text = table(result["summary"])
+    if "by_family" in result:
+        text = family_table(result) + "\n\nAll samples pooled:\n\n" + text
+    paths["table"].write_text(text + "\n")
     paths["accuracy"] = plot_accuracy(result["summary"], out / "accuracy.png")
     paths["frames"] = plot_kept_per_frame(result["records"], out / "kept_per_frame.png")
     return paths

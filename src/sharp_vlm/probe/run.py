@@ -18,6 +18,7 @@ from ..errors import ConfigError
 from ..loading import method_class
 from ..methods import NoPrune, ShaRP
 from ..models.generic import VideoSpan
+from .families import families
 from .generator import MAX_FRAMES, MAX_TPF, MIN_FRAMES, MIN_TPF, ProbeSample, check_answer, make_sample, seeds
 
 
@@ -36,6 +37,8 @@ class ProbeConfig:
     ablate: bool = False
     trim_kv: bool = False  # decode with the pruned tokens dropped from the shallow layers' KV too
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per method name: extra config fields
+    # probe families (probe/families.py) instead of one video shape; "all" for every family
+    families: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,11 @@ def check_probe(cfg: ProbeConfig, n_layers: int | None = None) -> list[Variant]:
     if not MIN_FRAMES <= cfg.n_frames <= MAX_FRAMES or not MIN_TPF <= cfg.tokens_per_frame <= MAX_TPF:
         raise ConfigError(f"the probe's videos have {MIN_FRAMES}-{MAX_FRAMES} frames of {MIN_TPF}-{MAX_TPF} tokens; "
                           f"got {cfg.n_frames} x {cfg.tokens_per_frame}")
+    if cfg.families is not None:
+        try:
+            families(cfg.families)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     available = len(seeds(cfg.split))
     if cfg.n > available:
         raise ConfigError(f"--n {cfg.n}: the {cfg.split} split has {available} samples")
@@ -150,8 +158,18 @@ def answer(model: Any, tok: Any, sample: ProbeSample, method: Method, max_new_to
     return text, handle.last_stats, seconds
 
 
+def sample_sources(cfg: ProbeConfig) -> list[tuple[str, Callable[[int, Any], ProbeSample]]]:
+    """(family name, seed -> sample) for each family run; the plain probe is one family named by its shape."""
+    if cfg.families is None:
+        def plain(seed: int, tok: Any) -> ProbeSample:
+            return make_sample(seed, tok, n_frames=cfg.n_frames, tokens_per_frame=cfg.tokens_per_frame)
+
+        return [(f"{cfg.n_frames}x{cfg.tokens_per_frame}", plain)]
+    return [(f.name, f.sample) for f in families(cfg.families)]
+
+
 def run_probe(cfg: ProbeConfig, model: Any, tok: Any, progress: bool = True) -> dict[str, Any]:
-    """Every variant on every sample; returns {config, records, summary}."""
+    """Every variant on every sample of every family; returns {config, records, summary, families}."""
     from tqdm import tqdm
 
     plan = check_probe(cfg, len(model.model.layers))
@@ -159,9 +177,10 @@ def run_probe(cfg: ProbeConfig, model: Any, tok: Any, progress: bool = True) -> 
     neutral = tok.encode(" ", add_special_tokens=False)[0]
     reference = blank_frames(model, neutral)
     records = []
-    bar = tqdm(total=len(seed_list) * len(plan), desc="probe", unit="run", disable=not progress)
-    for seed in seed_list:
-        sample = make_sample(seed, tok, n_frames=cfg.n_frames, tokens_per_frame=cfg.tokens_per_frame)
+    sources = sample_sources(cfg)
+    bar = tqdm(total=len(sources) * len(seed_list) * len(plan), desc="probe", unit="run", disable=not progress)
+    for (family, make), seed in ((src, seed) for src in sources for seed in seed_list):
+        sample = make(seed, tok)
         needle = torch.tensor(sample.needle_token_positions)
         fact = torch.tensor(sample.needle_fact_positions)
         unpruned = None
@@ -173,7 +192,7 @@ def run_probe(cfg: ProbeConfig, model: Any, tok: Any, progress: bool = True) -> 
                     else torch.arange(sample.video_start, sample.video_end))
             frames = (kept - sample.video_start) // sample.tokens_per_frame
             records.append({
-                "seed": seed, "kind": sample.kind, "method": v.label, "retain": v.retain,
+                "family": family, "seed": seed, "kind": sample.kind, "method": v.label, "retain": v.retain,
                 "answer": text, "correct": check_answer(text, sample),
                 "agree": normalise(text) == normalise(unpruned or ""),
                 "needle_recall": float(torch.isin(needle, kept).float().mean()),
@@ -187,21 +206,32 @@ def run_probe(cfg: ProbeConfig, model: Any, tok: Any, progress: bool = True) -> 
             })
             bar.update(1)
     bar.close()
-    return {"config": asdict(cfg), "records": records, "summary": summarise(records)}
+    summary = summarise(records)
+    out = {"config": asdict(cfg), "records": records, "summary": summarise(records, by_family=False)}
+    if cfg.families is not None:
+        out["families"] = {f.name: f.describe() for f in families(cfg.families)}
+        out["by_family"] = summary
+        out["mean"] = family_mean(summary)
+        out["inversions"] = inversions(summary)
+    return out
 
 
-def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+def summarise(records: list[dict[str, Any]], by_family: bool = True) -> list[dict[str, Any]]:
+    """Per (family, method, retain) (or per (method, retain) over all records): accuracy, relative accuracy
+    against the unpruned run of the same samples, agreement, recalls, kept share and time."""
+    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
     for r in records:
-        groups.setdefault((r["method"], r["retain"]), []).append(r)
-    base = groups.get(("none", 1.0), [])
-    base_acc = sum(r["correct"] for r in base) / len(base) if base else float("nan")
+        family = r.get("family", "") if by_family else ""
+        groups.setdefault((family, r["method"], r["retain"]), []).append(r)
     rows = []
-    for (method, retain), rs in groups.items():
+    for (family, method, retain), rs in groups.items():
+        base = groups.get((family, "none", 1.0), [])
+        base_acc = sum(r["correct"] for r in base) / len(base) if base else float("nan")
         n = len(rs)
         acc = sum(r["correct"] for r in rs) / n
         facts = [r["fact_recall"] for r in rs if r["fact_recall"] is not None]
         rows.append({
+            **({"family": family} if by_family else {}),
             "method": method, "retain": retain, "n": n, "accuracy": acc,
             "relative": acc / base_acc if base_acc else float("nan"),
             "agreement": sum(r["agree"] for r in rs) / n,
@@ -211,3 +241,36 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "seconds": sum(r["seconds"] for r in rs) / n,
         })
     return rows
+
+
+def family_mean(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (method, retain): accuracy and relative accuracy averaged over families (each family weighs the
+    same), and the worst family's relative accuracy."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["retain"]), []).append(r)
+    out = []
+    for (method, retain), rs in groups.items():
+        rel = [r["relative"] for r in rs]
+        worst = min(rs, key=lambda r: r["relative"])
+        out.append({"method": method, "retain": retain, "families": len(rs),
+                    "accuracy": sum(r["accuracy"] for r in rs) / len(rs), "relative": sum(rel) / len(rel),
+                    "worst_relative": worst["relative"], "worst_family": worst["family"]})
+    return out
+
+
+def inversions(rows: list[dict[str, Any]], tolerance: int = 1) -> list[dict[str, Any]]:
+    """Where keeping more tokens answered fewer samples correctly, by more than `tolerance` samples."""
+    by: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["method"] != "none":
+            by.setdefault((r["family"], r["method"]), []).append(r)
+    out = []
+    for (family, method), rs in by.items():
+        rs = sorted(rs, key=lambda r: r["retain"])
+        for lo, hi in zip(rs, rs[1:], strict=False):
+            lost = round(lo["accuracy"] * lo["n"]) - round(hi["accuracy"] * hi["n"])
+            if lost > tolerance:
+                out.append({"family": family, "method": method, "from": lo["retain"], "to": hi["retain"],
+                            "correct_lost": lost})
+    return out

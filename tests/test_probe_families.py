@@ -1,0 +1,98 @@
+"""Probe families: shapes, kinds, redundancy, determinism; per-family summaries, means and retention inversions."""
+
+from __future__ import annotations
+
+import pytest
+
+from sharp_vlm.errors import ConfigError
+from sharp_vlm.probe.families import FAMILIES, Family, families
+from sharp_vlm.probe.generator import VERBS, check_answer, make_sample
+from sharp_vlm.probe.report import family_table
+from sharp_vlm.probe.run import ProbeConfig, check_probe, family_mean, inversions, summarise
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from sharp_vlm.probe.lm import load_tokenizer
+
+    return load_tokenizer()
+
+
+def test_families_cover_the_shapes_and_kinds_video_qa_asks_about():
+    fams = list(FAMILIES.values())
+    assert min(f.n_frames for f in fams) == 16 and max(f.n_frames for f in fams) == 96
+    assert min(f.tokens_per_frame for f in fams) == 16 and max(f.tokens_per_frame for f in fams) == 196
+    assert {k for f in fams for k in f.kinds} == {"attribute", "object", "action", "order", "count"}
+    assert {f.change_rate for f in fams} >= {0.25, 1.0} and max(f.n_needles for f in fams) > 1
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_family_samples_have_the_family_shape_and_their_needle(tok, name):
+    fam = FAMILIES[name]
+    for seed in range(3):
+        s = fam.sample(seed, tok)
+        assert s.n_frames == fam.n_frames and {len(f) for f in s.frames} == {fam.tokens_per_frame}
+        assert s.kind in fam.kinds and s.kind == fam.kind(seed)
+        ids = s.input_ids
+        for pos, (a, b) in zip(s.needle_frames, s.needle_spans, strict=True):
+            fact = tok.decode(s.frames[pos][a:b])
+            assert ":" in fact, fact
+        assert s.answer in tok.decode(ids[s.video_start:s.video_end]).lower() or s.kind == "order"
+        assert fam.sample(seed, tok).input_ids == ids  # deterministic
+
+
+def test_families_do_not_share_samples(tok):
+    a, b = Family("a", 32, 32, ("attribute",)), Family("b", 32, 32, ("attribute",))
+    assert a.sample(0, tok).input_ids != b.sample(0, tok).input_ids
+
+
+def test_change_rate_controls_redundancy(tok):
+    def distinct_scenes(rate: float) -> int:
+        s = make_sample(3, tok, n_frames=48, tokens_per_frame=48, kind="object", change_rate=rate)
+        texts = {tok.decode(f).split(":", 1)[1] for i, f in enumerate(s.frames) if i not in s.needle_frames}
+        return len(texts)  # frames without their "Frame k:" header
+
+    calm, busy = distinct_scenes(0.0), distinct_scenes(1.0)
+    assert calm <= 2 and busy > 24  # calm: one scene, cut at two header widths ("Frame 9:", "Frame 10:")
+
+
+def test_action_kind_asks_what_an_animal_did(tok):
+    s = make_sample(5, tok, kind="action")
+    assert s.answer in VERBS and s.question.startswith("What did the")
+    assert check_answer(f" {s.answer}.", s) and check_answer(f" {s.answer[:-1]} around.", s)
+    other = next(v for v in VERBS if v != s.answer)
+    assert not check_answer(f" {other}.", s)
+
+
+def test_bad_family_is_refused():
+    with pytest.raises(ValueError, match="outside"):
+        Family("x", 8, 32, ("attribute",))
+    with pytest.raises(ValueError, match="subset"):
+        Family("x", 32, 32, ("colour",))
+    with pytest.raises(ValueError, match="known:"):
+        families("attribute,nope")
+    with pytest.raises(ConfigError, match="unknown probe family nope"):
+        check_probe(ProbeConfig(families=["nope"]))
+
+
+def _rec(family, method, retain, correct):
+    return {"family": family, "method": method, "retain": retain, "correct": correct, "agree": correct,
+            "needle_recall": 1.0, "fact_recall": None, "kept_ratio": retain, "seconds": 0.1}
+
+
+def test_family_summary_mean_worst_and_inversions():
+    recs = []
+    for fam, base, at10, at25 in (("f1", 4, 2, 4), ("f2", 2, 2, 0)):
+        recs += [_rec(fam, "none", 1.0, i < base) for i in range(4)]
+        recs += [_rec(fam, "sharp", 0.1, i < at10) for i in range(4)]
+        recs += [_rec(fam, "sharp", 0.25, i < at25) for i in range(4)]
+    rows = summarise(recs)
+    rel = {(r["family"], r["retain"]): r["relative"] for r in rows if r["method"] == "sharp"}
+    assert rel == {("f1", 0.1): 0.5, ("f1", 0.25): 1.0, ("f2", 0.1): 1.0, ("f2", 0.25): 0.0}
+    mean = {(r["method"], r["retain"]): r for r in family_mean(rows)}
+    assert mean[("sharp", 0.1)]["relative"] == 0.75 and mean[("sharp", 0.25)]["worst_family"] == "f2"
+    assert inversions(rows) == [{"family": "f2", "method": "sharp", "from": 0.1, "to": 0.25, "correct_lost": 2}]
+    table = family_table({"by_family": rows, "mean": family_mean(rows), "families": {"f1": "", "f2": ""},
+                          "inversions": inversions(rows)})
+    assert "| sharp | 0.10 | 50% | 100% | **75%** | 50% (f1) |" in table
+    assert "sharp on f2 0.1->0.25 (-2)" in table
