@@ -100,6 +100,35 @@ def test_cached_debias_equals_reference(qwen25, tmp_path):
         assert h.last_stats.stages[0].costs.bias_cache == "miss"  # no file, memory forgotten
 
 
+def test_cached_bias_is_shared_only_by_prompts_with_the_same_template_and_query_token(qwen25):
+    """The reference pass reads the text before the video and the query token exactly; only the question text
+    between the video and the query token may differ between prompts that share a cached bias."""
+    from sharp_vlm.engine.bias_cache import BiasCache
+
+    model, inputs = qwen25
+    ids = inputs["input_ids"]
+    video = torch.nonzero(ids[0] == model.config.video_token_id).flatten()
+    first, last = int(video.min()), int(video.max())
+    assert last + 2 < ids.shape[1] - 1 and first > 0  # a question token between the video and the query token
+
+    def variant(pos: int) -> dict:
+        x = ids.clone()
+        x[0, pos] = 7 if int(x[0, pos]) != 7 else 8
+        return {**inputs, "input_ids": x}
+
+    BiasCache.forget_all()
+    outcome = {}
+    for name, call in (("same", inputs), ("question", variant(last + 2)), ("template", variant(0)),
+                       ("query token", variant(ids.shape[1] - 1))):
+        with sv.apply(model, sv.ShaRP(retain=0.15, debias="cached")) as h, torch.no_grad():
+            if name != "same":  # the first prompt's bias is in the cache
+                model(**inputs)
+            model(**call)
+            outcome[name] = h.last_stats.stages[0].costs.bias_cache
+        BiasCache.forget_all()
+    assert outcome == {"same": "miss", "question": "hit", "template": "miss", "query token": "miss"}
+
+
 def test_debias_modes_change_the_selection(qwen25):
     model, inputs = qwen25
     kept = {}

@@ -31,8 +31,11 @@ def fingerprint(model: nn.Module, adapter: Adapter) -> tuple:
 
 def bias_key(cache: BiasCache, fp: tuple, layer: int, query: str, rope: bool, mask: SegmentMask | None,
              pre: Prefill, reference: tuple = ()) -> str:
-    """The cached bias's key: weights, layer, options, layout, layer-0 stages, and what the reference input
-    depends on (`reference`: the adapter's reference_key and the user's reference function, by name)."""
+    """The cached bias's key: weights, layer, options, layout, layer-0 stages, what the reference input
+    depends on (`reference`: the adapter's reference_key and the user's reference function, by name), and the
+    prompt text the reference pass reads exactly: every token before the first visual token (system prompt,
+    template) and the query token. Only the text between the video and the query token may differ between
+    requests that share a bias, so a cached bias never comes from another template, system prompt or query."""
     # what layer-0 stages did to the reference prompt (kept rows, merges) is part of the key
     ops = []
     for op in pre.ops_before_decoder:
@@ -42,8 +45,21 @@ def bias_key(cache: BiasCache, fp: tuple, layer: int, query: str, rope: bool, ma
                 ops += [m[0], m[1].source, m[1].target] + ([m[1].weight] if m[1].weight is not None else [])
     return cache.key(
         fp, layer, query, rope, mask, reference, pre.rows.rows, pre.rows.query_last,
-        *[lay.positions for lay in pre.layouts], *[tuple(lay.items) for lay in pre.layouts], *ops,
+        *[lay.positions for lay in pre.layouts], *[tuple(lay.items) for lay in pre.layouts], *ops, *_prompt_text(pre),
     )
+
+
+def _prompt_text(pre: Prefill) -> list[torch.Tensor]:
+    """Per prompt: the decoder input (ids or embeddings) before its first visual token, and at its query token."""
+    x = pre.decoder_input
+    if x is None:
+        return []
+    out = []
+    for b in range(0, pre.batch, pre.expand):
+        lay = pre.full_layouts[b] if pre.full_layouts is not None else pre.layouts[b]
+        first = int(lay.positions.min()) if lay.positions.numel() else x.shape[1]
+        out += [x[b, :first], x[b, int(pre.rows.query_last[b])]]
+    return out
 
 
 def reference_hidden(

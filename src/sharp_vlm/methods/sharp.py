@@ -30,6 +30,7 @@ MASKS = ("bidirectional", "local", "off")
 SCOPES = ("forward", "score")
 DEBIAS = ("reference", "cached", "pre_rope", "rope_only", "off")
 COMBINE = ("subtract", "ratio")
+DEDUP_FEATURES = ("hidden", "centered")
 
 
 @register("sharp")
@@ -47,7 +48,9 @@ class ShaRP(StageMethod):
     C3 dedup / dedup_tau / max_registers: greedy walk by score that skips tokens with cosine > tau to a kept one
         and keeps at most `max_registers` norm-outlier (register) tokens. The walk covers all visual tokens
         (`dedup_window=None`) or only the top `dedup_window` by score: a needle ranked below the window is then
-        reachable only by the fill step, which takes the best remaining scores.
+        reachable only by the fill step, which takes the best remaining scores. `dedup_features="centered"`
+        compares the states minus their mean over the sample's visual tokens: the states share a large common
+        component (massive-activation dimensions), under which unrelated tokens reach cosine > 0.9.
     """
 
     retain: float = 0.1
@@ -62,6 +65,7 @@ class ShaRP(StageMethod):
     dedup_tau: float = 0.9
     max_registers: int = 1
     dedup_window: int | None = None
+    dedup_features: str = "hidden"
     query: str = "last"
     cache_size: int = 64
     cache_dir: str | None = None
@@ -81,6 +85,7 @@ class ShaRP(StageMethod):
         check_choice(self.debias, DEBIAS, "debias")
         check_choice(self.query, ("last", "text"), "query")
         check_choice(self.combine, COMBINE, "combine")
+        check_choice(self.dedup_features, DEDUP_FEATURES, "dedup_features")
         check_int(self.segment_frames, "segment_frames", 1)
         check_number(self.dedup_tau, "dedup_tau", 0.0, 1.0, low_open=True)
         check_int(self.max_registers, "max_registers", 0)
@@ -117,7 +122,12 @@ class ShaRP(StageMethod):
             scores = _combine(scores, prior, 1.0, "ratio")
         if not self.dedup:
             return Selection(view.top(scores), scores=scores)
-        res = dedup_select(scores, view.hidden, view.budget, self.dedup_tau, self.max_registers,
+        feats = view.hidden
+        if self.dedup_features == "centered":
+            # the states share a large common component (massive-activation dimensions) that makes unrelated
+            # tokens look alike; without it, cosine compares what differs between the tokens
+            feats = feats - feats.float().mean(0, keepdim=True).to(feats.dtype)
+        res = dedup_select(scores, feats, view.budget, self.dedup_tau, self.max_registers,
                            candidates=self.dedup_window or view.n_visual)
         counts = DedupCounts(res.n_skipped_similar, res.n_filled, int(res.registers.numel()))
         return Selection(res.keep.to(view.device), scores=scores, dedup=counts)
