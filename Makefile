@@ -44,7 +44,7 @@ lint: $(STAMP)
 
 # lmms-eval 0.7.3 and the sharp_vlm model plugin in their own venv (not part of `make test`; ~7 GB): PyPI's torch
 # 2.13.0 build (torchvision's ops need it; `===` skips the local +cpu wheel), the tested pins of requirements-eval.txt,
-# then this package without dependencies (lmms-eval pins av<16, this package av==18.1.0; the plugin runs on both).
+# then this package without dependencies (its pins are already there).
 EVAL_VENV := .venv-eval
 EVAL_STAMP := $(EVAL_VENV)/.installed
 .PHONY: test-lmms
