@@ -4,7 +4,7 @@ import random
 import pytest
 import torch
 
-from sharp_vlm.core.dedup import DedupResult, dedup_select, dedup_select_batch, register_mask
+from sharp_vlm.core.dedup import DedupResult, center, dedup_select, dedup_select_batch, register_mask
 
 # Random cases keep every cosine this far from tau (and every norm this far from the register
 # threshold) so float32 and float64 agree on each comparison.
@@ -327,3 +327,20 @@ def test_batch_matches_per_sample() -> None:
     assert [r.keep.numel() for r in out] == [2, 3, 1]
     with pytest.raises(ValueError):
         dedup_select_batch(s_list, f_list, [1, 2])
+
+
+def test_centred_dedup_ignores_an_offset_every_token_shares() -> None:
+    """A large shared component (as the massive-activation dimensions of real LMs) makes raw cosine call distinct
+    tokens duplicates; after centring, deduplication is the same as without the offset."""
+    g = torch.Generator().manual_seed(3)
+    feats = torch.randn(200, 32, generator=g)
+    scores = torch.rand(200, generator=g)
+    offset = torch.zeros(32)
+    offset[5] = 60.0
+    shifted = feats + offset
+    raw = dedup_select(scores, shifted, 40, tau=0.9, max_registers=40, candidates=200)
+    plain = dedup_select(scores, center(feats), 40, tau=0.9, max_registers=40, candidates=200)
+    centred = dedup_select(scores, center(shifted), 40, tau=0.9, max_registers=40, candidates=200)
+    assert raw.n_filled > 30  # nearly every token looks like every other under the offset
+    assert torch.equal(centred.keep, plain.keep) and centred.n_filled == plain.n_filled < 5
+    assert torch.allclose(center(shifted).mean(0), torch.zeros(32), atol=1e-4)

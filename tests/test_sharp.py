@@ -157,7 +157,8 @@ def test_combine_rules():
     assert int(_combine(s2, b2, 1.0, "subtract").argmax()) == 1
 
 
-def test_dedup_on_the_model_keeps_dissimilar_tokens(qwen25):
+@pytest.mark.parametrize("features", ["hidden", "centered"])
+def test_dedup_on_the_model_keeps_dissimilar_tokens(qwen25, features):
     model, inputs = qwen25
     grabbed = {}
     layer2 = model.model.language_model.layers[2]
@@ -166,16 +167,21 @@ def test_dedup_on_the_model_keeps_dissimilar_tokens(qwen25):
 
     hook = layer2.register_forward_pre_hook(grab, with_kwargs=True)
     try:
-        with sv.apply(model, sv.ShaRP(retain=0.2, dedup_tau=0.5, debias="off")) as h, torch.no_grad():
+        cfg = sv.ShaRP(retain=0.2, dedup_tau=0.5, debias="off", dedup_features=features)
+        with sv.apply(model, cfg) as h, torch.no_grad():
             model(**inputs)
     finally:
         hook.remove()
     stage = h.last_stats.stages[0]
-    feats = grabbed["h"][0, stage.kept_positions[0]]
-    feats = torch.nn.functional.normalize(feats.float(), dim=-1)
+    states = grabbed["h"][0].float()
+    if features == "centered":  # minus the mean over every visual token of the sample, not only the kept ones
+        visual = torch.nonzero(inputs["input_ids"][0] == model.config.video_token_id).flatten()
+        states = states - states[visual].mean(0)
+    feats = torch.nn.functional.normalize(states[stage.kept_positions[0]], dim=-1)
     sim = feats @ feats.T - 2 * torch.eye(feats.shape[0])
     n_pairs_above = int((sim > 0.5).sum()) // 2
     assert stage.samples[0].dedup.filled > 0 or n_pairs_above == 0
+    assert stage.samples[0].dedup.filled < stage.n_kept[0]  # the walk kept some: the check above is not vacuous
     assert stage.n_kept == [26]
 
 

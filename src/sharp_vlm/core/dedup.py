@@ -60,6 +60,16 @@ class DedupResult:
     filled: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
 
+def center(feats: torch.Tensor) -> torch.Tensor:
+    """``feats`` minus their mean over the N tokens (in float32, returned in the input dtype).
+
+    Hidden states share a large common component (massive-activation dimensions); cosine similarity on the raw
+    states then calls unrelated tokens near-duplicates. Centred, it compares what differs between the tokens,
+    and deduplication no longer depends on any offset that every token shares.
+    """
+    return (feats.float() - feats.float().mean(0, keepdim=True)).to(feats.dtype)
+
+
 def register_mask(feats: torch.Tensor, register_sigma: float = 3.0) -> torch.Tensor:
     """BoolTensor (N,): True where the feature norm exceeds ``mean + register_sigma * std``.
 

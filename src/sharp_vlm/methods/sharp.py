@@ -21,7 +21,7 @@ from ..config import (
     check_number,
     register,
 )
-from ..core.dedup import dedup_select
+from ..core.dedup import center, dedup_select
 from ..core.scoring import renormalize
 from ..core.selection import DedupCounts, Selection
 from ..engine.view import SampleView
@@ -62,10 +62,10 @@ class ShaRP(StageMethod):
     lam: float = 1.0
     combine: str = "subtract"
     dedup: bool = True
-    dedup_tau: float = 0.9
+    dedup_tau: float = 0.95
     max_registers: int = 1
     dedup_window: int | None = None
-    dedup_features: str = "hidden"
+    dedup_features: str = "centered"
     query: str = "last"
     cache_size: int = 64
     cache_dir: str | None = None
@@ -122,11 +122,7 @@ class ShaRP(StageMethod):
             scores = _combine(scores, prior, 1.0, "ratio")
         if not self.dedup:
             return Selection(view.top(scores), scores=scores)
-        feats = view.hidden
-        if self.dedup_features == "centered":
-            # the states share a large common component (massive-activation dimensions) that makes unrelated
-            # tokens look alike; without it, cosine compares what differs between the tokens
-            feats = feats - feats.float().mean(0, keepdim=True).to(feats.dtype)
+        feats = center(view.hidden) if self.dedup_features == "centered" else view.hidden
         res = dedup_select(scores, feats, view.budget, self.dedup_tau, self.max_registers,
                            candidates=self.dedup_window or view.n_visual)
         counts = DedupCounts(res.n_skipped_similar, res.n_filled, int(res.registers.numel()))
