@@ -96,3 +96,19 @@ def test_family_summary_mean_worst_and_inversions():
                           "inversions": inversions(rows)})
     assert "| sharp | 0.10 | 50% | 100% | **75%** | 50% (f1) |" in table
     assert "sharp on f2 0.1->0.25 (-2)" in table
+
+
+def test_a_family_the_unpruned_model_never_answers_is_left_out_of_the_mean(tmp_path):
+    from sharp_vlm.probe.report import plot_kept_per_frame
+
+    recs = [_rec("f1", "none", 1.0, True), _rec("f1", "sharp", 0.1, True),
+            _rec("f2", "none", 1.0, False), _rec("f2", "sharp", 0.1, True)]
+    rows = summarise(recs)
+    (mean,) = [m for m in family_mean(rows) if m["method"] == "sharp"]
+    assert mean["relative"] == 1.0 and mean["unanswered"] == ["f2"] and mean["worst_family"] == "f1"
+    table = family_table({"by_family": rows, "mean": family_mean(rows), "families": {"f1": "", "f2": ""}})
+    assert "| sharp | 0.10 | 100% | - | **100%** | 100% (f1) |" in table and "answered no sample of f2" in table
+    # videos of different lengths share one kept-per-frame plot (per tenth of the video)
+    for r, n in zip(recs, (16, 16, 96, 96), strict=True):
+        r["kept_per_frame"], r["needle_frames"] = [1] * n, [n - 1]
+    assert plot_kept_per_frame(recs, tmp_path / "k.png").stat().st_size > 0

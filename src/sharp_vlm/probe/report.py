@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,10 @@ def table(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _pct(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.0%}"
+
+
 def family_table(result: dict[str, Any]) -> str:
     """Accuracy per family (unpruned absolute; methods relative to it), the mean over families and the worst."""
     rows, names = result["by_family"], list(result["families"])
@@ -32,11 +37,14 @@ def family_table(result: dict[str, Any]) -> str:
                      for f in names]
             lines.append("| unpruned (accuracy) | 1.00 | " + " | ".join(cells) + f" | {m['accuracy']:.0%} | - |")
             continue
-        cells = [f"{cell[(f, method, retain)]['relative']:.0%}" if (f, method, retain) in cell else "-"
-                 for f in names]
-        lines.append(f"| {method} | {retain:.2f} | " + " | ".join(cells)
-                     + f" | **{m['relative']:.0%}** | {m['worst_relative']:.0%} ({m['worst_family']}) |")
+        cells = [_pct(cell[(f, method, retain)]["relative"]) if (f, method, retain) in cell else "-" for f in names]
+        worst = f"{_pct(m['worst_relative'])} ({m['worst_family']})" if m["worst_family"] else "-"
+        lines.append(f"| {method} | {retain:.2f} | " + " | ".join(cells) + f" | **{_pct(m['relative'])}** | {worst} |")
     lines.append("")
+    unanswered = sorted({f for m in result["mean"] for f in m.get("unanswered", [])})
+    if unanswered:
+        lines.append(f"The unpruned model answered no sample of {', '.join(unanswered)}: no relative accuracy there "
+                     "('-'), and the mean leaves them out.")
     lines.append("Methods: accuracy relative to the unpruned model on the same samples. Families: "
                  + "; ".join(f"{k}: {v}" for k, v in result["families"].items()) + ".")
     if result.get("inversions"):
@@ -86,8 +94,17 @@ def plot_accuracy(summary: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+def _binned(values: list[float], bins: int) -> list[float]:
+    """Sum of per-frame values over `bins` equal stretches of the video (videos of different lengths align)."""
+    out = [0.0] * bins
+    for f, v in enumerate(values):
+        out[f * bins // len(values)] += v
+    return out
+
+
 def plot_kept_per_frame(records: list[dict[str, Any]], path: Path) -> Path:
-    """Mean kept tokens per frame index at the lowest retention, per method (shows positional bias)."""
+    """Mean kept tokens per frame index at the lowest retention, per method (shows positional bias). When the
+    samples have different frame counts (probe families), the share of kept tokens per tenth of the video."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,8 +118,16 @@ def plot_kept_per_frame(records: list[dict[str, Any]], path: Path) -> Path:
     for ax, m in zip(axes[:, 0], methods, strict=False):
         rs = [r for r in pruned if r["method"] == m and r["retain"] == low]
         n_frames = len(rs[0]["kept_per_frame"])
-        mean = [sum(r["kept_per_frame"][f] for r in rs) / len(rs) for f in range(n_frames)]
-        needle = [sum(f in r["needle_frames"] for r in rs) / len(rs) for f in range(n_frames)]
+        if any(len(r["kept_per_frame"]) != n_frames for r in rs):
+            n_frames = 10
+            per = [[k / max(1, sum(r["kept_per_frame"])) for k in _binned(r["kept_per_frame"], 10)] for r in rs]
+            hits = [_binned([float(f in r["needle_frames"]) for f in range(len(r["kept_per_frame"]))], 10)
+                    for r in rs]
+            mean = [sum(p[b] for p in per) / len(rs) for b in range(10)]
+            needle = [sum(h[b] > 0 for h in hits) / len(rs) for b in range(10)]
+        else:
+            mean = [sum(r["kept_per_frame"][f] for r in rs) / len(rs) for f in range(n_frames)]
+            needle = [sum(f in r["needle_frames"] for r in rs) / len(rs) for f in range(n_frames)]
         ax.bar(range(n_frames), mean, color="tab:blue")
         ax2 = ax.twinx()
         ax2.plot(range(n_frames), needle, color="tab:red", linewidth=1)

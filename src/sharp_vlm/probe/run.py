@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import time
 from collections.abc import Callable
@@ -227,6 +228,7 @@ def summarise(records: list[dict[str, Any]], by_family: bool = True) -> list[dic
     for (family, method, retain), rs in groups.items():
         base = groups.get((family, "none", 1.0), [])
         base_acc = sum(r["correct"] for r in base) / len(base) if base else float("nan")
+        base_acc = base_acc or float("nan")  # nothing to be relative to when the unpruned model never answers
         n = len(rs)
         acc = sum(r["correct"] for r in rs) / n
         facts = [r["fact_recall"] for r in rs if r["fact_recall"] is not None]
@@ -245,17 +247,21 @@ def summarise(records: list[dict[str, Any]], by_family: bool = True) -> list[dic
 
 def family_mean(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (method, retain): accuracy and relative accuracy averaged over families (each family weighs the
-    same), and the worst family's relative accuracy."""
+    same), and the worst family's relative accuracy. A family the unpruned model never answers has no relative
+    accuracy: it is left out of the relative mean and listed under "unanswered"."""
     groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["method"], r["retain"]), []).append(r)
     out = []
     for (method, retain), rs in groups.items():
-        rel = [r["relative"] for r in rs]
-        worst = min(rs, key=lambda r: r["relative"])
+        scored = [r for r in rs if not math.isnan(r["relative"])]
+        worst = min(scored, key=lambda r: r["relative"]) if scored else None
         out.append({"method": method, "retain": retain, "families": len(rs),
-                    "accuracy": sum(r["accuracy"] for r in rs) / len(rs), "relative": sum(rel) / len(rel),
-                    "worst_relative": worst["relative"], "worst_family": worst["family"]})
+                    "accuracy": sum(r["accuracy"] for r in rs) / len(rs),
+                    "relative": sum(r["relative"] for r in scored) / len(scored) if scored else float("nan"),
+                    "worst_relative": worst["relative"] if worst else float("nan"),
+                    "worst_family": worst["family"] if worst else None,
+                    "unanswered": sorted(r["family"] for r in rs if math.isnan(r["relative"]))})
     return out
 
 
