@@ -28,13 +28,8 @@ from oracle import check_against_oracle, forward_logits
 from oracle import decoder_input as oracle_decoder_input
 from sharp_vlm.core.layout import VisualItem
 from sharp_vlm.models import registry
-from sharp_vlm.models.internvl import (
-    CLIP_MEAN,
-    CLIP_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    InternVLAdapter,
-)
+from sharp_vlm.models.internvl import InternVLAdapter
+from sharp_vlm.models.pixel_norms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from sharp_vlm.models.tiny_internvl import CharTokenizer, image_tiles, tiny_internvl, tiny_internvl_inputs
 
 PER_FRAME = 16  # 16 px tiles, 2 px patches: 8 x 8 patches shuffled to 4 x 4

@@ -58,11 +58,7 @@ from torch import nn
 from ..core.layout import VisualItem, VisualLayout
 from ..errors import InputError, UnsupportedModelError
 from .base import Adapter
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # InternVL-hf checkpoints' image processor (conversion script)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # GotOcr2 / InternVL video processor class defaults
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from .pixel_norms import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass(frozen=True)

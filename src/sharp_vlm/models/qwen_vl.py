@@ -10,13 +10,12 @@ from torch import nn
 from ..core.layout import VisualItem, VisualLayout
 from ..errors import InputError
 from .base import Adapter
+from .pixel_norms import CLIP_MEAN, CLIP_STD
 
 _IMAGE, _VIDEO = 1, 2
 
 
 # The Qwen-VL processors normalise pixels with the OpenAI CLIP statistics; a black pixel becomes -mean/std.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class QwenVLAdapter(Adapter):

@@ -14,6 +14,8 @@ from typing import Any
 
 from torch import nn
 
+from .pixel_norms import CLIP_MEAN, CLIP_STD
+
 VOCAB = 320  # 256 byte tokens + the special tokens, padded with reserved ones
 
 _QWEN_TEMPLATE = (
@@ -122,8 +124,7 @@ def _qwen(family: str, path: Path, layers: int) -> tuple[nn.Module, Any]:
     tok = byte_tokenizer(_QWEN_SPECIALS, placed, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     processor_class = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor"}.get(
         family, "Qwen3VLProcessor")
-    mean, std = ([0.5] * 3, [0.5] * 3) if v3 else (
-        [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711])
+    mean, std = ([0.5] * 3, [0.5] * 3) if v3 else (list(CLIP_MEAN), list(CLIP_STD))
     # patch 2 px, 2x2 merge: a 4 px grid; frames of 64..256 px (Qwen3-VL bounds the clip: up to 16 frames of 256)
     size = {"shortest_edge": 64, "longest_edge": 256 * (16 if v3 else 1)}
     common = dict(size=size, patch_size=2, temporal_patch_size=2, merge_size=2, image_mean=mean, image_std=std,
@@ -160,7 +161,7 @@ def _llava(family: str, path: Path, layers: int) -> tuple[nn.Module, Any]:
         tok = byte_tokenizer(["<unk>", "<s>", "</s>"], placed, bos="<s>", bos_token="<s>", eos_token="</s>",
                              unk_token="<unk>", pad_token="<unk>")
         processor_class = "LlavaNextVideoProcessor"
-        mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+        mean, std = list(CLIP_MEAN), list(CLIP_STD)
         crop = {"height": side, "width": side}
         video = dict(size={"shortest_edge": side}, crop_size=crop, do_center_crop=True,
                      video_processor_type="LlavaNextVideoVideoProcessor")

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from ..models.pixel_norms import CLIP_MEAN, CLIP_STD
 from .decode import Frames
 from .preprocess import (
     PreparedInputs,
@@ -30,9 +31,6 @@ from .preprocess import (
     to_channels_first,
     tokenize,
 )
-
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 ONEVISION_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + ' '}}"
