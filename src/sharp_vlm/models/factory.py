@@ -22,6 +22,27 @@ class TinyVideo:
         return dict(self.__dict__)
 
 
+def tiny_text_config(model_type: str, layers: int, hidden: int, heads: int, kv_heads: int, vocab: int) -> dict:
+    """The decoder config of the tiny multimodal models whose text_config names its model_type (LLaVA, InternVL).
+
+    head_dim is explicit: Qwen3's default (128) does not follow from hidden / heads.
+    """
+    return dict(
+        model_type=model_type,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=hidden // heads,
+        max_position_embeddings=4096,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+
+
 def tiny_qwen_vl(
     family: str = "qwen2_5_vl",
     layers: int = 4,

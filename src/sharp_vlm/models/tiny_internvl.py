@@ -14,24 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from .factory import tiny_text_config
+
 TEXT_MODELS = ("qwen2", "qwen3", "llama", "gpt_oss")  # InternVL3, InternVL3.5, InternVL2.5/3 (some sizes), 3.5-GPT-OSS
 
 
 def _text_config(model_type: str, layers: int, hidden: int, heads: int, kv_heads: int, vocab: int) -> dict:
-    cfg = dict(
-        model_type=model_type,
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        head_dim=hidden // heads,
-        max_position_embeddings=4096,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
+    cfg = tiny_text_config(model_type, layers, hidden, heads, kv_heads, vocab)
     if model_type == "gpt_oss":
         cfg.update(num_local_experts=2, num_experts_per_tok=1, sliding_window=8,
                    layer_types=["sliding_attention", "full_attention"] * (layers // 2) + ["full_attention"] * (layers % 2))

@@ -9,24 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .factory import tiny_text_config
+
 ONEVISION_TEXT = "qwen2"  # LLaVA-OneVision / LLaVA-Video checkpoints use a Qwen2 decoder
 NEXT_VIDEO_TEXT = "llama"  # LLaVA-NeXT-Video checkpoints use a Vicuna (LLaMA) decoder
-
-
-def _text_config(model_type: str, layers: int, hidden: int, heads: int, kv_heads: int, vocab: int) -> dict:
-    return dict(
-        model_type=model_type,
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=4096,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
 
 
 def _pinpoints(tile: int) -> list[list[int]]:
@@ -56,7 +42,7 @@ def tiny_llava_onevision(
     vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                   num_attention_heads=2, image_size=image_size, patch_size=patch_size, vision_use_head=False)
     cfg = LlavaOnevisionConfig(
-        text_config=_text_config(ONEVISION_TEXT, layers, hidden, heads, kv_heads, vocab),
+        text_config=tiny_text_config(ONEVISION_TEXT, layers, hidden, heads, kv_heads, vocab),
         vision_config=vision,
         image_token_index=vocab - 3,
         video_token_index=vocab - 4,
@@ -88,7 +74,7 @@ def tiny_llava_next_video(
     vision = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                   num_attention_heads=2, image_size=image_size, patch_size=patch_size, projection_dim=32)
     cfg = LlavaNextVideoConfig(
-        text_config=_text_config(NEXT_VIDEO_TEXT, layers, hidden, heads, kv_heads, vocab),
+        text_config=tiny_text_config(NEXT_VIDEO_TEXT, layers, hidden, heads, kv_heads, vocab),
         vision_config=vision,
         image_token_index=vocab - 3,
         video_token_index=vocab - 4,
