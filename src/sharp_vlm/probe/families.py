@@ -35,10 +35,6 @@ class Family:
         if not self.kinds or unknown:
             raise ValueError(f"family {self.name}: kinds must be a non-empty subset of {KINDS}")
 
-    @property
-    def n_visual(self) -> int:
-        return self.n_frames * self.tokens_per_frame
-
     def kind(self, seed: int) -> str:
         return random.Random(f"sharp-vlm-family:{self.name}:{seed}").choice(self.kinds)
 
