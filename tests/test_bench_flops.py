@@ -19,6 +19,8 @@ from transformers import (
     SiglipVisionConfig,
     SiglipVisionModel,
 )
+from transformers.models.internvl.configuration_internvl import InternVLVisionConfig
+from transformers.models.internvl.modeling_internvl import InternVLVisionModel
 from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionConfig
@@ -256,6 +258,7 @@ def test_shape_table_vlm_decoders_match_text_models() -> None:
         ("qwen3-vl-8b", Qwen3Config, (36, 4096, 12288, 32, 8, 128, 151936)),
         ("llava-next-video-7b", LlamaConfig, (32, 4096, 11008, 32, 32, 128, 32064)),
         ("smolvlm2-2.2b", LlamaConfig, (24, 2048, 8192, 32, 32, 64, 49280)),
+        ("internvl3-8b", Qwen2Config, (28, 3584, 18944, 28, 4, 128, 151674)),
     ],
 )
 def test_new_shapes_build_their_decoder_configs(name: str, config_class: type, numbers: tuple) -> None:
@@ -268,9 +271,8 @@ def test_new_shapes_build_their_decoder_configs(name: str, config_class: type, n
     assert got == numbers
     assert shape.tie_word_embeddings is False
     # The decoder-only stand-in is the same shape as the checkpoint's own text model.
-    model = (Qwen3ForCausalLM if config_class is Qwen3Config else LlamaForCausalLM)(
-        decoder_config(name, num_hidden_layers=1, vocab_size=300)
-    )
+    causal_lm = {Qwen3Config: Qwen3ForCausalLM, Qwen2Config: Qwen2ForCausalLM, LlamaConfig: LlamaForCausalLM}
+    model = causal_lm[config_class](decoder_config(name, num_hidden_layers=1, vocab_size=300))
     layer = model.model.layers[0]
     assert layer.self_attn.q_proj.weight.shape == (shape.num_heads * shape.head_dim, shape.hidden_size)
     assert layer.self_attn.k_proj.weight.shape == (shape.num_kv_heads * shape.head_dim, shape.hidden_size)
@@ -280,7 +282,7 @@ def test_new_shapes_build_their_decoder_configs(name: str, config_class: type, n
 @pytest.mark.parametrize(
     ("name", "config_class"),
     [("qwen3-vl-8b", Qwen3VLVisionConfig), ("llava-next-video-7b", CLIPVisionConfig),
-     ("smolvlm2-2.2b", SiglipVisionConfig)],
+     ("smolvlm2-2.2b", SiglipVisionConfig), ("internvl3-8b", InternVLVisionConfig)],
 )
 def test_new_vision_dicts_are_transformers_configs(name: str, config_class: type) -> None:
     vision = vision_config(name)
@@ -288,7 +290,10 @@ def test_new_vision_dicts_are_transformers_configs(name: str, config_class: type
     assert cfg.model_type == vision["model_type"]
     for key, value in vision.items():
         got = getattr(cfg, key)
-        assert (list(got) if isinstance(got, tuple) else got) == value, key
+        if isinstance(got, list | tuple) and isinstance(value, int):  # InternVL stores sizes as (h, w)
+            assert list(got) == [value, value], key
+        else:
+            assert (list(got) if isinstance(got, tuple) else got) == value, key
     n = 4 * 24 * 24
     assert vision_encoder_flops(cfg, n) == vision_encoder_flops(vision, n)
 
@@ -413,3 +418,26 @@ def test_real_vision_towers_are_in_a_plausible_range() -> None:
     smol = vision_encoder_flops(vision_config("smolvlm2-2.2b"), 32 * 729)
     assert smol["n_images"] == 32 and smol["n_tokens"] == 32 * 729
     assert 5e12 < smol["total"] < 5e13
+    # InternVL3-8B: InternViT-300M @448 on 32 frames of 32 x 32 patches (+ 1 class token each; 256 tokens each
+    # after the pixel shuffle).
+    intern = vision_encoder_flops(vision_config("internvl3-8b"), 32 * 1024)
+    assert intern["n_images"] == 32 and intern["n_tokens"] == 32 * 1025
+    assert 5e12 < intern["total"] < 5e13
+
+
+@pytest.mark.parametrize("n_images", [1, 3])
+def test_internvit_matches_flop_counter(n_images: int) -> None:
+    # InternViT: a class token per image, attention within each image, qkv bias, layer scale, 2-matrix MLP
+    torch.manual_seed(0)
+    cfg = InternVLVisionConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                               image_size=56, patch_size=14, attention_bias=True)
+    cfg._attn_implementation = "sdpa"
+    model = InternVLVisionModel(cfg).eval()
+    x = torch.randn(n_images, 3, 56, 56)
+    with torch.no_grad():
+        measured = count_flops(lambda: model(pixel_values=x))
+    vision = {"model_type": "internvl_vision", **{k: getattr(cfg, k) for k in (
+        "hidden_size", "num_hidden_layers", "intermediate_size", "image_size", "patch_size", "num_channels")}}
+    predicted = vision_encoder_flops(vision, n_images * 16)
+    assert predicted["n_tokens"] == n_images * 17
+    assert predicted["total"] == pytest.approx(measured, rel=0.02)

@@ -214,6 +214,9 @@ def test_cli_runs_and_redraws_a_bench(tmp_path, tiny_shapes, capsys):
               deepstack_visual_indexes=[0], hidden_act="gelu_pytorch_tanh"), "Qwen3VLVisionModel"),
         (dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
               num_attention_heads=2, num_channels=3, image_size=16, patch_size=4), "CLIPVisionModel"),
+        (dict(model_type="internvl_vision", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+              num_attention_heads=2, num_channels=3, image_size=16, patch_size=4, attention_bias=True,
+              downsample_ratio=0.5), "InternVLVisionModel"),
     ],
 )
 def test_timed_tower_is_the_shapes_own_architecture(vision_cfg, cls):

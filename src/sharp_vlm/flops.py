@@ -397,17 +397,17 @@ def vision_encoder_flops(
       on groups of ``spatial_merge_size**2`` patches).
     * Qwen2-VL (``embed_dim`` present): the same with a 2-matrix MLP of width
       ``embed_dim * mlp_ratio``.
-    * SigLIP and CLIP (``image_size`` present; LLaVA-OneVision, SmolVLM, LLaVA-NeXT-Video):
-      patch embedding and ``num_hidden_layers`` blocks of q/k/v/out projections, attention
-      within each image and a 2-matrix MLP. ``n_patches`` counts patches only: a CLIP tower
-      (``model_type`` ``clip_vision_model``) adds one class token per image, which goes through
-      every block. Each image holds ``(image_size / patch_size)**2`` patches. Every layer is
+    * SigLIP, CLIP and InternViT (``image_size`` present; LLaVA-OneVision, SmolVLM,
+      LLaVA-NeXT-Video, InternVL): patch embedding and ``num_hidden_layers`` blocks of q/k/v/out
+      projections, attention within each image and a 2-matrix MLP. ``n_patches`` counts patches
+      only: a CLIP or InternViT tower (``model_type`` ``clip_vision_model`` / ``internvl_vision``)
+      adds one class token per image, which goes through every block. Each image holds ``(image_size / patch_size)**2`` patches. Every layer is
       counted even when the VLM reads an earlier one (LLaVA's ``vision_feature_layer=-2``):
       transformers runs them all.
 
     Connectors: the Qwen mergers are part of the Qwen vision model and are counted. Connectors
     that live outside the vision model class (the LLaVA projector MLP, the SmolVLM pixel-shuffle
-    connector) are not; they are small next to the tower (a few percent).
+    connector, InternVL's pixel shuffle + MLP) are not; they are small next to the tower (a few percent).
 
     For Qwen towers, a patch is ``temporal_patch_size`` frames of ``patch_size**2`` pixels.
     Attention spans: with ``grid_thw`` (one ``(t, h, w)`` in patches, or a list of them, as the
@@ -491,7 +491,7 @@ def vision_encoder_flops(
 
 
 # Vision models whose embeddings prepend a class token to each image's patches.
-_CLS_TOKEN_MODEL_TYPES = frozenset({"clip_vision_model"})
+_CLS_TOKEN_MODEL_TYPES = frozenset({"clip_vision_model", "internvl_vision"})
 
 
 def _vit_flops(cfg: Any, n: int) -> dict[str, Any]:

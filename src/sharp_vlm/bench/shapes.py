@@ -8,8 +8,8 @@ can be built.
 
 For the VLMs only the language decoder goes into :func:`decoder_config`; the ``vision``
 dict is the vision tower's config, in the same key names as the transformers config class
-(``Qwen2_5_VLVisionConfig``, ``Qwen3VLVisionConfig``, ``SiglipVisionConfig`` or
-``CLIPVisionConfig``), usable by :func:`sharp_vlm.flops.vision_encoder_flops`.
+(``Qwen2_5_VLVisionConfig``, ``Qwen3VLVisionConfig``, ``SiglipVisionConfig``,
+``CLIPVisionConfig`` or ``InternVLVisionConfig``), usable by :func:`sharp_vlm.flops.vision_encoder_flops`.
 """
 
 from __future__ import annotations
@@ -315,6 +315,50 @@ SHAPES: dict[str, dict[str, Any]] = {
             "rope_theta": 100000.0,
             "max_position_embeddings": 8192,
         },
+    },
+}
+
+# OpenGVLab/InternVL3-8B(-hf): its config.json could not be read here, so every number is taken from at least
+# two public sources that state it: the InternVL README's model table (OpenGVLab/InternVL, "InternVL3-8B |
+# InternViT-300M-448px-V2_5 | Qwen2.5-7B"); a public training framework's InternVL3-8B preset (the Qwen2.5-7B
+# decoder with vocab_size 151674; a 300M tower of 24 layers, 1024 wide, 16 heads, MLP 4096, 448 px in 14 px
+# patches, LayerNorm, qkv bias, no qk norm); the printed InternVL3-8B-hf config in vllm-project/vllm issue
+# #17634 (vocab_size 151674, rope_theta 1e6, downsample_ratio 0.5, image_seq_length 256); the InternVL3-1B
+# config.json, which embeds the same InternViT-300M-448px-V2_5 tower config; and Qwen/Qwen2.5-7B config.json
+# for the decoder (3584 wide, 28 layers, 28 query / 4 KV heads, MLP 18944). Not seen in an 8B config and
+# irrelevant to FLOPs: max_position_embeddings (32768 in the 1B sibling) and rope scaling. The tower has a
+# class token (1025 positions); the connector (pixel shuffle 2x2: 32 x 32 patches -> 16 x 16 = 256 tokens per
+# 448 px frame, one tile per frame for video, then LayerNorm + two linears) is outside the tower.
+SHAPES["internvl3-8b"] = {
+    "hf_id": "OpenGVLab/InternVL3-8B-hf",
+    "family": "qwen2",
+    "decoder": {
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "vocab_size": 151674,
+        "tie_word_embeddings": False,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "max_position_embeddings": 32768,
+    },
+    "vision": {
+        "model_type": "internvl_vision",
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "num_channels": 3,
+        "image_size": 448,
+        "patch_size": 14,
+        "attention_bias": True,
+        "use_qk_norm": False,
+        "norm_type": "layer_norm",
+        "layer_norm_eps": 1e-6,
+        "hidden_act": "gelu",
+        "downsample_ratio": 0.5,
     },
 }
 

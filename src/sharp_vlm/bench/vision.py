@@ -5,8 +5,8 @@ the end-to-end time to first token (encode + prefill), which is what a user wait
 random weights from a built-in config (``bench.shapes``) and fed input of the size that yields the benchmark's
 visual tokens:
 
-* SigLIP towers (LLaVA-OneVision, SmolVLM2) encode each frame at the tower's ``image_size``; the connector
-  (pooling, pixel shuffle, projector) is not timed.
+* SigLIP and InternViT towers (LLaVA-OneVision, SmolVLM2, InternVL3) encode each frame at the tower's
+  ``image_size``; the connector (pooling, pixel shuffle, projector) is not timed.
 * Qwen2.5-VL towers encode ``frames`` temporal patches (2 input frames each) on a square grid whose merged
   tokens number ``tokens_per_frame`` (rounded to a square), merger included.
 
@@ -52,6 +52,14 @@ def build_tower(vision_cfg: dict[str, Any], dtype: torch.dtype, device: str) -> 
         conf = Qwen3VLVisionConfig(**cfg)
         conf._attn_implementation = "sdpa"
         tower = Qwen3VLVisionModel._from_config(conf, dtype=dtype)
+    elif kind == "internvl_vision":
+        from transformers.models.internvl.configuration_internvl import InternVLVisionConfig
+        from transformers.models.internvl.modeling_internvl import InternVLVisionModel
+
+        cfg.pop("downsample_ratio", None)  # the connector's setting, not the tower's
+        conf = InternVLVisionConfig(**cfg)
+        conf._attn_implementation = "sdpa"
+        tower = InternVLVisionModel._from_config(conf, dtype=dtype)
     elif kind == "clip_vision_model":
         from transformers import CLIPVisionConfig, CLIPVisionModel
 
