@@ -204,8 +204,34 @@ def test_flash_attention_layers_switch_to_a_masked_kernel(qwen25):
     ({"mask": "causal"}, "mask="), ({"mask_scope": "all"}, "mask_scope="), ({"debias": "black"}, "debias="),
     ({"segment_frames": 0}, "segment_frames"), ({"dedup_tau": 0.0}, "dedup_tau"), ({"max_registers": -1}, "max_registers"),
     ({"lam": -1.0}, "lam"), ({"retain": 0}, "retain"), ({"layer": 0}, "layer"), ({"combine": "max"}, "combine"),
-    ({"dedup_window": 0}, "dedup_window"),
+    ({"dedup_window": 0}, "dedup_window"), ({"fill": "nearest"}, "fill="), ({"context_radius": 0}, "context_radius"),
+    ({"context_share": 0.95, "fill": "context"}, "context_share"), ({"context_share": 0.5, "fill": "score"}, "fill='context'"),
 ])
 def test_invalid_options(kwargs, match):
     with pytest.raises(sv.ConfigError, match=match):
         sv.ShaRP(**kwargs)
+
+
+def test_context_fill_keeps_the_grid_neighbours_of_the_walked_tokens(qwen):
+    # No deduplication (tau = 1) and no register cap: the walk keeps the top half of the budget by score, and the
+    # context share goes to their neighbours on each frame's 2-D grid (Qwen2-VL: 4 x 4 merged tokens per frame).
+    from sharp_vlm.models.qwen_vl import QwenVLAdapter
+
+    model, inputs = qwen
+    (lay,) = QwenVLAdapter(model).find_layouts(inputs, inputs["input_ids"].shape[1], 1)
+    cfg = sv.ShaRP(retain=0.2, layer=2, dedup_tau=1.0, max_registers=10_000, fill="context", context_share=0.5)
+    with sv.apply(model, cfg) as h, torch.no_grad():
+        model(**inputs)
+    stage = h.last_stats.stages[0]
+    kept, scores = stage.kept[0].tolist(), stage.samples[0].scores
+    budget = len(kept)
+    anchors = torch.sort(scores.float(), descending=True, stable=True).indices[: budget - budget // 2].tolist()
+    assert set(anchors) <= set(kept)
+    f, r, c = lay.frame_ids.tolist(), lay.rows.tolist(), lay.cols.tolist()
+    near = {i for i in range(lay.n_visual) for a in anchors
+            if f[i] == f[a] and max(abs(r[i] - r[a]), abs(c[i] - c[a])) == 1}
+    assert len(near - set(anchors)) >= budget // 2  # enough context to fill the share
+    assert set(kept) - set(anchors) <= near
+    with sv.apply(model, sv.ShaRP(retain=0.2, layer=2, dedup_tau=1.0, max_registers=10_000)) as h, torch.no_grad():
+        model(**inputs)
+    assert set(h.last_stats.stages[0].kept[0].tolist()) != set(kept)  # without context: the top scores alone

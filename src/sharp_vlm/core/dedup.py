@@ -31,7 +31,7 @@ least one more rank per iteration and converges within ``chunk`` iterations (usu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -160,6 +160,8 @@ def dedup_select(
     candidates: int | None = None,
     *,
     chunk: int = 256,
+    fill_key: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    fill_share: float = 0.0,
 ) -> DedupResult:
     """Keep ``min(budget, N)`` high-scoring, mutually dissimilar tokens (see module docstring).
 
@@ -174,6 +176,11 @@ def dedup_select(
         candidates: size of the walked window of top-scored tokens; default
             ``min(N, max(4 * budget, 256))``.
         chunk: ranks walked per vectorised step (speed only; the result does not depend on it).
+        fill_key: called with the walked indices, returns an (N,) float key: the fill step takes non-registers
+            by descending key, ties by score rank (default: score rank alone). See
+            :func:`sharp_vlm.core.context.context_key`.
+        fill_share: fraction of the budget left to the fill step: the walk stops after
+            ``budget - floor(fill_share * budget)`` tokens (0: the walk may fill the whole budget).
     """
     if scores.dim() != 1:
         raise ValueError(f"scores must be 1-D (N,), got shape {tuple(scores.shape)}")
@@ -188,6 +195,8 @@ def dedup_select(
         raise ValueError(f"candidates must be >= 1, got {candidates}")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if not 0.0 <= fill_share < 1.0:
+        raise ValueError(f"fill_share must be in [0, 1), got {fill_share}")
 
     device = scores.device
     is_reg = register_mask(feats, register_sigma).to(device)
@@ -205,7 +214,8 @@ def dedup_select(
     m = min(n, candidates if candidates is not None else max(4 * budget, 256))
     cand = order[:m]
     f = F.normalize(feats[cand.to(feats.device)].float(), dim=-1).to(device)
-    kept_pos, n_skipped_similar = _walk(f, is_reg[cand], n_keep, tau, max_registers, chunk)
+    n_walk = max(1, n_keep - int(fill_share * n_keep))
+    kept_pos, n_skipped_similar = _walk(f, is_reg[cand], n_walk, tau, max_registers, chunk)
     kept = cand[kept_pos]
 
     n_filled = n_keep - kept.numel()
@@ -215,7 +225,12 @@ def dedup_select(
         rank[order] = torch.arange(n, device=device)
         # Non-registers by rank first, then registers by rank; kept tokens last of all.
         priority = rank + n * is_reg.long()
-        priority[kept] = 3 * n
+        if fill_key is not None:
+            # the key's order first, then the rank inside each key value
+            key = fill_key(kept).to(device).float()
+            key_rank = torch.unique(key, sorted=True, return_inverse=True)[1]
+            priority = (key_rank.max() - key_rank) * n + rank + (int(key_rank.max()) + 1) * n * is_reg.long()
+        priority[kept] = priority.max() + n + 1
         fill = torch.topk(priority, n_filled, largest=False, sorted=True).indices
         kept = torch.cat([kept, fill])
 

@@ -21,6 +21,7 @@ from ..config import (
     check_number,
     register,
 )
+from ..core.context import context_key
 from ..core.dedup import center, dedup_select
 from ..core.scoring import renormalize
 from ..core.selection import DedupCounts, Selection
@@ -31,6 +32,7 @@ SCOPES = ("forward", "score")
 DEBIAS = ("reference", "cached", "pre_rope", "rope_only", "off")
 COMBINE = ("subtract", "ratio")
 DEDUP_FEATURES = ("hidden", "centered")
+FILLS = ("score", "context")
 
 
 @register("sharp")
@@ -51,6 +53,11 @@ class ShaRP(StageMethod):
         reachable only by the fill step, which takes the best remaining scores. `dedup_features="centered"`
         compares the states minus their mean over the sample's visual tokens: the states share a large common
         component (massive-activation dimensions), under which unrelated tokens reach cosine > 0.9.
+    fill / context_radius / context_share: when the walk runs out of distinct tokens, the rest of the budget goes
+        to the grid neighbours (same frame, Chebyshev distance <= `context_radius`) of the walked tokens, the best
+        walked tokens' neighbours first, and then by score ("context"), or by score alone ("score"). A kept token
+        keeps what it depends on (a caption's key beside its value; the patches around an object's peak).
+        `context_share` > 0 stops the walk early to reserve that share of the budget for context.
     """
 
     retain: float = 0.1
@@ -66,6 +73,9 @@ class ShaRP(StageMethod):
     max_registers: int = 1
     dedup_window: int | None = None
     dedup_features: str = "centered"
+    fill: str = "context"
+    context_radius: int = 1
+    context_share: float = 0.0
     query: str = "last"
     cache_size: int = 64
     cache_dir: str | None = None
@@ -86,6 +96,11 @@ class ShaRP(StageMethod):
         check_choice(self.query, ("last", "text"), "query")
         check_choice(self.combine, COMBINE, "combine")
         check_choice(self.dedup_features, DEDUP_FEATURES, "dedup_features")
+        check_choice(self.fill, FILLS, "fill")
+        check_int(self.context_radius, "context_radius", 1)
+        check_number(self.context_share, "context_share", 0.0, 0.9)
+        if self.context_share > 0 and self.fill != "context":
+            raise ConfigError(f"context_share={self.context_share} reserves budget for context: set fill='context'")
         check_int(self.segment_frames, "segment_frames", 1)
         check_number(self.dedup_tau, "dedup_tau", 0.0, 1.0, low_open=True)
         check_int(self.max_registers, "max_registers", 0)
@@ -123,8 +138,14 @@ class ShaRP(StageMethod):
         if not self.dedup:
             return Selection(view.top(scores), scores=scores)
         feats = center(view.hidden) if self.dedup_features == "centered" else view.hidden
+        lay = view.layout
+        fill_key = None
+        if self.fill == "context":
+            def fill_key(anchors: torch.Tensor) -> torch.Tensor:
+                return context_key(anchors, lay.frame_ids, lay.rows, lay.cols, self.context_radius)
         res = dedup_select(scores, feats, view.budget, self.dedup_tau, self.max_registers,
-                           candidates=self.dedup_window or view.n_visual)
+                           candidates=self.dedup_window or view.n_visual, fill_key=fill_key,
+                           fill_share=self.context_share)
         counts = DedupCounts(res.n_skipped_similar, res.n_filled, int(res.registers.numel()))
         return Selection(res.keep.to(view.device), scores=scores, dedup=counts)
 
