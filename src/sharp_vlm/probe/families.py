@@ -59,8 +59,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("busy", 32, 64, ("attribute", "object"), change_rate=1.0,
            about="a scene that changes every frame: little redundancy"),
     Family("many-frames", 96, 16, ("attribute", "object"), about="many small frames"),
-    Family("large-frames", 16, 196, ("attribute", "action"), change_rate=0.5,
-           about="few frames of many tokens (a 14x14 grid)"),
+    Family("large-frames", 16, 144, ("attribute", "action"), change_rate=0.5,
+           about="few frames of many tokens (a 12x12 grid)"),
     Family("repeated", 32, 32, ("attribute", "object"), n_needles=3,
            about="the same needle in three frames"),
 )}

@@ -67,8 +67,21 @@ ORDER_QUESTION, ORDER_PRIMER = "Which animal appeared last in the video?", "The 
 COUNT_EVENT, COUNT_FACT = "A {obj} {action}.", "{Obj} count: {k}."
 # What an animal did, as a one-word verb in the same key-value form.
 ACTION_EVENT, ACTION_FACT = "A {animal} appears.", "{Animal} action: {verb}."
-ACTION_QUESTION, ACTION_PRIMER = "What did the {animal} do?", "The {animal} action was"
-VERBS: tuple[str, ...] = ("jumps", "sleeps", "swims", "eats", "climbs", "digs", "hides", "naps")
+# The primer repeats the key itself ("Goat action:"): with "The goat action was" the model answers from the
+# filler's verbs twice as often. It often answers in another form of the verb ("jumped", "jumping"), which
+# names the same action and counts.
+ACTION_QUESTION, ACTION_PRIMER = "What did the {animal} do?", "{Animal} action:"
+VERB_FORMS: dict[str, tuple[str, ...]] = {
+    "jumps": ("jump", "jumped", "jumping"),
+    "sleeps": ("sleep", "slept", "sleeping"),
+    "swims": ("swim", "swam", "swimming"),
+    "eats": ("eat", "ate", "eating"),
+    "climbs": ("climb", "climbed", "climbing"),
+    "digs": ("dig", "dug", "digging"),
+    "hides": ("hide", "hid", "hiding"),
+    "naps": ("nap", "napped", "napping"),
+}
+VERBS: tuple[str, ...] = tuple(VERB_FORMS)
 COUNT_QUESTION, COUNT_PRIMER = "In how many frames did a {obj} appear?", "The {obj} count was"
 
 # object -> action, for the attribute kind
@@ -425,8 +438,8 @@ def make_sample(
         fields = {"animal": animal, "Animal": animal.capitalize(), "verb": verb}
         events = [(ACTION_EVENT.format(**fields), ACTION_FACT.format(**fields))] * len(needles)
         question, primer = ACTION_QUESTION.format(**fields), ACTION_PRIMER.format(**fields)
-        answer, aliases = verb, [verb.removesuffix("s")]
-        candidates = list(VERBS) + [v.removesuffix("s") for v in VERBS]
+        answer, aliases = verb, list(VERB_FORMS[verb])
+        candidates = list(VERBS) + [f for v in VERBS for f in VERB_FORMS[v]]
         meta["animal"] = animal
     elif kind == "order":
         earlier, later = rng.sample(sorted(ANIMALS), 2)
