@@ -12,7 +12,9 @@ Given importance scores and features for ``N`` visual tokens, :func:`dedup_selec
    stops as soon as ``budget`` tokens are kept.
 3. If fewer than ``budget`` tokens survive the walk, the best remaining non-register tokens
    by score are added (``n_filled``), then the best remaining registers if still short.
-   Tokens added by the fill step are not checked for similarity.
+   Tokens added by the fill step are not checked for similarity. A ``fill_key`` reorders the fill step (e.g. the
+   grid neighbours of the walked tokens first, :mod:`sharp_vlm.core.context`), and ``fill_share`` stops the walk
+   early to leave that share of the budget to it.
 
 Candidate window: the walk only visits the top ``M`` tokens by score, where ``M`` is
 ``candidates`` or ``min(N, max(4 * budget, 256))``. Tokens ranked below ``M`` are never
