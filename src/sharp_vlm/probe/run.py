@@ -207,13 +207,13 @@ def run_probe(cfg: ProbeConfig, model: Any, tok: Any, progress: bool = True) -> 
             })
             bar.update(1)
     bar.close()
-    summary = summarise(records)
     out = {"config": asdict(cfg), "records": records, "summary": summarise(records, by_family=False)}
     if cfg.families is not None:
+        by_family = summarise(records)
         out["families"] = {f.name: f.describe() for f in families(cfg.families)}
-        out["by_family"] = summary
-        out["mean"] = family_mean(summary)
-        out["inversions"] = inversions(summary)
+        out["by_family"] = by_family
+        out["mean"] = family_mean(by_family)
+        out["inversions"] = inversions(by_family)
     return out
 
 
