@@ -49,6 +49,13 @@ def test_bench_reports_every_variant_against_unpruned(tmp_path, tiny_shapes):
     # the floor selects without scoring: no scoring FLOPs, so its bound is above FastV's
     assert rows["floor"]["flops"]["scoring"] == 0 < rows["fastv"]["flops"]["scoring"]
     assert rows["floor"]["flops_bound"] > rows["fastv"]["flops_bound"]
+    # FastV scores from the last token, ShaRP (query="text") from the 6 question tokens after the video
+    import sharp_vlm.bench.shapes as shapes
+    from sharp_vlm.flops import DecoderShape, scoring_flops
+
+    shape = DecoderShape.from_config(shapes.decoder_config("tiny-vlm"))  # the fixture's tiny Llama
+    assert rows["fastv"]["flops"]["scoring"] == scoring_flops(shape, 74, 1)["total"]
+    assert rows["sharp-cached"]["flops"]["scoring"] == scoring_flops(shape, 74, 6)["total"]
     # the per-request reference pass costs FLOPs and time; the cached one does not (after the warm-up)
     assert rows["sharp-reference"]["flops"]["reference"] > 0 and rows["sharp-cached"]["flops"]["reference"] == 0
     assert rows["sharp-reference"]["reference_s"]["median"] > 0

@@ -27,7 +27,7 @@ def test_retain_one_equals_unpatched_in_score_scope(qwen):
 
 def test_all_components_off_equals_fastv(qwen):
     model, inputs = qwen
-    plain = sv.ShaRP(retain=0.15, layer=2, mask="off", debias="off", dedup=False)
+    plain = sv.ShaRP(retain=0.15, layer=2, mask="off", debias="off", dedup=False, query="last")
     with sv.apply(model, sv.FastV(retain=0.15, layer=2)) as h, torch.no_grad():
         fast = forward_logits(model, inputs)
         fast_kept = h.last_stats.stages[0].kept[0]
@@ -36,9 +36,14 @@ def test_all_components_off_equals_fastv(qwen):
         assert torch.equal(h.last_stats.stages[0].kept[0], fast_kept)
     assert torch.equal(out, fast)
     # in score scope a text query row is causal anyway: the mask alone does not change FastV's choice
-    with sv.apply(model, sv.ShaRP(retain=0.15, mask_scope="score", debias="off", dedup=False)) as h, torch.no_grad():
+    score_scope = sv.ShaRP(retain=0.15, mask_scope="score", debias="off", dedup=False, query="last")
+    with sv.apply(model, score_scope) as h, torch.no_grad():
         model(**inputs)
         assert torch.equal(h.last_stats.stages[0].kept[0], fast_kept)
+    # the default query rows (the text after the video) choose differently from FastV's last token
+    with sv.apply(model, sv.ShaRP(retain=0.15, mask="off", debias="off", dedup=False)) as h, torch.no_grad():
+        model(**inputs)
+        assert not torch.equal(h.last_stats.stages[0].kept[0], fast_kept)
 
 
 def test_sharp_in_score_scope_matches_oracle_and_cache_layout(qwen):
@@ -64,9 +69,13 @@ def test_forward_scope_changes_the_shallow_layers(qwen):
     model, inputs = qwen
     fwd, score = {}, {}
     for scope, box in (("forward", fwd), ("score", score)):
-        with sv.apply(model, sv.ShaRP(retain=0.2, mask_scope=scope, debias="off", dedup=False)) as h:
+        cfg = sv.ShaRP(retain=0.2, mask_scope=scope, debias="off", dedup=False, query="last")
+        with sv.apply(model, cfg) as h:
             forward_logits(model, inputs)
             box["kept"] = h.last_stats.stages[0].kept[0]
+            box["scores"] = h.last_stats.stages[0].samples[0].scores
+    # the random tiny model attends almost uniformly: the scores move by ~1e-5 of ~1e-2, enough to reorder a few
+    assert (fwd["scores"] - score["scores"]).abs().max() > 1e-6
     assert not torch.equal(fwd["kept"], score["kept"])
 
 
@@ -241,3 +250,22 @@ def test_context_fill_keeps_the_grid_neighbours_of_the_walked_tokens(qwen):
     with sv.apply(model, sv.ShaRP(retain=0.2, layer=2, dedup_tau=1.0, max_registers=10_000)) as h, torch.no_grad():
         model(**inputs)
     assert set(h.last_stats.stages[0].kept[0].tolist()) != set(kept)  # without context: the top scores alone
+
+
+def test_frame_debias_subtracts_each_frames_median_without_a_reference_pass(qwen):
+    from sharp_vlm.core.debias import frame_medians
+    from sharp_vlm.models.qwen_vl import QwenVLAdapter
+
+    model, inputs = qwen
+    (lay,) = QwenVLAdapter(model).find_layouts(inputs, inputs["input_ids"].shape[1], 1)
+    with sv.apply(model, sv.ShaRP(retain=0.15, debias="frame", dedup=False)) as h, torch.no_grad():
+        model(**inputs)
+    stage = h.last_stats.stages[0]
+    rec = stage.samples[0]
+    raw = rec.raw_scores.float() / rec.raw_scores.float().sum()
+    assert torch.allclose(rec.scores, raw - frame_medians(raw, lay.frame_ids), atol=1e-7)
+    assert torch.allclose(frame_medians(rec.scores, lay.frame_ids), torch.zeros(lay.n_visual), atol=1e-7)
+    top = torch.sort(torch.topk(rec.scores, 19).indices).values
+    assert torch.equal(stage.kept[0].cpu(), top.cpu())
+    assert stage.costs.reference_flops == 0 and stage.costs.bias_cache is None
+    assert not sv.ShaRP(debias="frame").reference_pass

@@ -22,6 +22,7 @@ from ..config import (
     register,
 )
 from ..core.context import context_key
+from ..core.debias import subtract_frame_median
 from ..core.dedup import center, dedup_select
 from ..core.scoring import renormalize
 from ..core.selection import DedupCounts, Selection
@@ -29,7 +30,7 @@ from ..engine.view import SampleView
 
 MASKS = ("bidirectional", "local", "off")
 SCOPES = ("forward", "score")
-DEBIAS = ("reference", "cached", "pre_rope", "rope_only", "off")
+DEBIAS = ("reference", "cached", "frame", "pre_rope", "rope_only", "off")
 COMBINE = ("subtract", "ratio")
 DEDUP_FEATURES = ("hidden", "centered")
 FILLS = ("score", "context")
@@ -44,9 +45,11 @@ class ShaRP(StageMethod):
         Qwen's temporal patch; `segment_frames` groups k of them), in layers 0..K-1 and the scoring step
         ("forward") or only in scoring ("score").
     C2 debias / lam / combine: subtract lam x the scores of a content-free reference ("reference": per request;
-        "cached": reused per layout and prompt length), score without RoPE ("pre_rope"), or divide by a
-        RoPE-only prior ("rope_only"). combine="ratio" uses log s - lam x log b instead of s - lam x b
-        (both renormalised over the visual tokens): attention relative to what the position alone would get.
+        "cached": reused per layout and prompt length), subtract lam x each frame's median score ("frame": no
+        reference pass; every frame's typical token scores 0, so neither end of the video is over-corrected),
+        score without RoPE ("pre_rope"), or divide by a RoPE-only prior ("rope_only"). combine="ratio" uses
+        log s - lam x log b instead of s - lam x b (both renormalised over the visual tokens): attention relative
+        to what the position alone would get.
     C3 dedup / dedup_tau / max_registers: greedy walk by score that skips tokens with cosine > tau to a kept one
         and keeps at most `max_registers` norm-outlier (register) tokens. The walk covers all visual tokens
         (`dedup_window=None`) or only the top `dedup_window` by score: a needle ranked below the window is then
@@ -58,6 +61,9 @@ class ShaRP(StageMethod):
         walked tokens' neighbours first, and then by score ("context"), or by score alone ("score"). A kept token
         keeps what it depends on (a caption's key beside its value; the patches around an object's peak).
         `context_share` > 0 stops the walk early to reserve that share of the budget for context.
+    query: the rows that score, "text" (default: the mean over the text after the video, the question and the
+        answer prompt) or "last" (the last prompt token only, as FastV). One token's attention at a shallow layer
+        follows the words it happens to be; the whole question names what to look for.
     """
 
     retain: float = 0.1
@@ -76,7 +82,7 @@ class ShaRP(StageMethod):
     fill: str = "context"
     context_radius: int = 1
     context_share: float = 0.0
-    query: str = "last"
+    query: str = "text"
     cache_size: int = 64
     cache_dir: str | None = None
 
@@ -132,6 +138,8 @@ class ShaRP(StageMethod):
             cache = (self.cache_size, self.cache_dir) if self.debias == "cached" else None
             bias = view.reference_scores(query=self.query, mask=mask, rope=rope, cache=cache)
             scores = _combine(scores, bias, self.lam, self.combine)
+        elif self.debias == "frame":
+            scores = subtract_frame_median(scores, view.layout.frame_ids, self.lam)
         elif self.debias == "rope_only":
             prior = view.positional_prior(query=self.query, mask=mask)
             scores = _combine(scores, prior, 1.0, "ratio")
