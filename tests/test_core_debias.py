@@ -44,7 +44,17 @@ def test_lam_scales_the_subtracted_baseline():
     assert torch.allclose(subtract_frame_median(s, f, 0.0), n)
 
 
-def test_shapes_are_checked():
+def test_frame_ids_need_not_start_at_zero():
+    s = torch.rand(40, generator=torch.Generator().manual_seed(1))
+    f = torch.arange(40) // 8
+    assert torch.equal(frame_medians(s, f + 100), frame_medians(s, f))
+
+
+def test_shapes_and_ids_are_checked():
     with pytest.raises(ValueError, match="both be"):
         frame_medians(torch.rand(4), torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="both be"):
+        frame_medians(torch.rand(2, 4), torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=">= 0"):
+        frame_medians(torch.rand(3), torch.tensor([0, -1, 1]))
     assert frame_medians(torch.zeros(0), torch.zeros(0, dtype=torch.long)).numel() == 0

@@ -275,8 +275,9 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     rows = []
     for (name, trim), method, (runs, parts) in zip(plan, methods, results, strict=True):
         stages = [(s.layer, s.retain) for s in method.stages()]
-        # query="text" scores from every token after the video (the question), "last" from the final one
-        n_query = max((cfg.question if getattr(s.method, "query", "last") == "text" else 1
+        # query="text" scores from every token after the video (the question; the last token when there is none),
+        # "last" from the final one; a schedule mixing both is charged the larger count at every stage
+        n_query = max((max(cfg.question, 1) if getattr(s.method, "query", "last") == "text" else 1
                        for s in method.stages()), default=1)
         count = {"reference_pass": [s.method.reference_pass for s in method.stages()],
                  "scoring": [s.method.scores_attention for s in method.stages()], "n_query": n_query}

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from .scoring import renormalize
+
 
 def frame_medians(scores: torch.Tensor, frame_ids: torch.Tensor) -> torch.Tensor:
     """(N,) float32: the median score of each token's frame (the lower median for an even count, as torch)."""
@@ -22,6 +24,8 @@ def frame_medians(scores: torch.Tensor, frame_ids: torch.Tensor) -> torch.Tensor
     if n == 0:
         return scores.float()
     s, f = scores.float(), frame_ids.long().to(scores.device)
+    if int(f.min()) < 0:
+        raise ValueError(f"frame_ids must be >= 0, got {int(f.min())}")
     # sort by frame, then by score inside the frame: each frame is one contiguous run
     by_score = torch.argsort(s, stable=True)
     order = by_score[torch.argsort(f[by_score], stable=True)]
@@ -35,5 +39,5 @@ def frame_medians(scores: torch.Tensor, frame_ids: torch.Tensor) -> torch.Tensor
 
 def subtract_frame_median(scores: torch.Tensor, frame_ids: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
     """``scores - lam * frame_medians(scores)``, with the scores first renormalised to sum to one."""
-    s = scores.float() / scores.float().sum().clamp_min(torch.finfo(torch.float32).tiny)
+    s = renormalize(scores.float())
     return s - lam * frame_medians(s, frame_ids)

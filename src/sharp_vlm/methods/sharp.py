@@ -46,10 +46,11 @@ class ShaRP(StageMethod):
         ("forward") or only in scoring ("score").
     C2 debias / lam / combine: subtract lam x the scores of a content-free reference ("reference": per request;
         "cached": reused per layout and prompt length), subtract lam x each frame's median score ("frame": no
-        reference pass; every frame's typical token scores 0, so neither end of the video is over-corrected),
+        reference pass; every frame's typical token scores 0, so neither end of the video is over-corrected; a
+        frame is the layout's frame, Qwen's temporal patch of 2 frames),
         score without RoPE ("pre_rope"), or divide by a RoPE-only prior ("rope_only"). combine="ratio" uses
         log s - lam x log b instead of s - lam x b (both renormalised over the visual tokens): attention relative
-        to what the position alone would get.
+        to what the position alone would get; it applies to "reference" and "cached" only.
     C3 dedup / dedup_tau / max_registers: greedy walk by score that skips tokens with cosine > tau to a kept one
         and keeps at most `max_registers` norm-outlier (register) tokens. The walk covers all visual tokens
         (`dedup_window=None`) or only the top `dedup_window` by score: a needle ranked below the window is then
@@ -101,6 +102,9 @@ class ShaRP(StageMethod):
         check_choice(self.debias, DEBIAS, "debias")
         check_choice(self.query, ("last", "text"), "query")
         check_choice(self.combine, COMBINE, "combine")
+        if self.combine != "subtract" and self.debias not in ("reference", "cached"):
+            raise ConfigError(f"combine={self.combine!r} combines with a reference bias: use debias='reference' or "
+                              f"'cached' (debias={self.debias!r} has its own rule)")
         check_choice(self.dedup_features, DEDUP_FEATURES, "dedup_features")
         check_choice(self.fill, FILLS, "fill")
         check_int(self.context_radius, "context_radius", 1)
