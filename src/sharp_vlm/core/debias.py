@@ -1,6 +1,6 @@
 """Positional debiasing from the sample itself: each frame's typical score is its positional share.
 
-Attention from the last query rows falls off with distance (RoPE's long-term decay and the recency of causal
+Attention from the query rows falls off with distance (RoPE's long-term decay and the recency of causal
 attention), so a frame's tokens share a baseline that depends on where the frame sits, not on what it shows.
 The median score of a frame estimates that baseline from the frame's own tokens (most of a frame is not what the
 question asks about); subtracting it leaves what a token draws beyond its frame's baseline. Unlike a content-free
