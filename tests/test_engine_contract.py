@@ -213,6 +213,13 @@ def test_flops_count_scoring_and_reference_per_stage():
     assert both["scoring"] == scoring_flops(shape, 200, 1)["total"] + scoring_flops(shape, 150, 1)["total"]
     assert per["scoring"] == scoring_flops(shape, 150, 1)["total"]
     assert per["reference"] == reference_pass_flops(shape, 200, 2, 1)["total"]
+    # each stage scores with its own query rows (e.g. a last-token stage, then a question-rows stage)
+    rows = method_flops_for(shape, stages, scoring=True, reference_pass=[True, True], n_query=[1, 6])
+    assert rows["scoring"] == scoring_flops(shape, 200, 1)["total"] + scoring_flops(shape, 150, 6)["total"]
+    assert rows["reference"] == (reference_pass_flops(shape, 200, 2, 6)["total"]
+                                 + scoring_flops(shape, 200, 1)["total"])
+    with pytest.raises(ValueError, match="one per stage"):
+        method_flops_for(shape, stages, n_query=[1])
 
 
 def method_flops_for(shape, stages, **kw):

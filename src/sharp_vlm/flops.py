@@ -285,7 +285,7 @@ def method_flops(
     seq_len: int,
     n_visual: int,
     stages: Sequence[tuple[int, int | float]],
-    n_query: int = 1,
+    n_query: int | Sequence[int] = 1,
     reference_pass: bool | Sequence[bool] = False,
     scoring: bool | Sequence[bool] = True,
     lm_head_tokens: int = 1,
@@ -300,9 +300,9 @@ def method_flops(
     scoring side pass per stage, on the sequence entering layer K, with ``n_query`` query rows.
     ``reference_pass`` adds ShaRP's reference pass: the content-free prompt (same length) dense
     through layers ``0..K_max-1`` plus scoring at every stage layer; leave it False when the
-    reference is cached. Both may be given per stage (a schedule whose stages differ): scoring then
-    counts only the stages that score, and the reference pass runs up to the last stage that asks
-    for it, with one scoring step per such stage.
+    reference is cached. All three may be given per stage (a schedule whose stages differ): scoring then
+    counts only the stages that score, each with its own query rows, and the reference pass runs up to
+    the last stage that asks for it, with one scoring step per such stage.
 
     Returns ``dense``, ``pruned_prefill``, ``scoring``, ``reference``, ``pruned`` (the sum of the
     last three), ``reduction`` (``1 - pruned / dense``) and ``speedup_bound`` (``dense / pruned``,
@@ -311,23 +311,26 @@ def method_flops(
     removals = stages_to_removals(stages, n_visual)
     scores = [scoring] * len(removals) if isinstance(scoring, bool) else list(scoring)
     refs = [reference_pass] * len(removals) if isinstance(reference_pass, bool) else list(reference_pass)
-    if len(scores) != len(removals) or len(refs) != len(removals):
-        raise ValueError("give scoring / reference_pass as one bool or one per stage")
+    queries = [n_query] * len(removals) if isinstance(n_query, int) else list(n_query)
+    if len(scores) != len(removals) or len(refs) != len(removals) or len(queries) != len(removals):
+        raise ValueError("give scoring / reference_pass / n_query as one value or one per stage")
     dense = prefill_flops(shape, seq_len, (), lm_head_tokens, causal)["total"]
     pruned = prefill_flops(shape, seq_len, removals, lm_head_tokens, causal)
     score = 0
     # Each stage scores the sequence entering layer K, before its own removal.
     cur = seq_len
     # a stage that keeps everything it gets selects nothing: the engine skips its scoring and reference pass
-    for (_, removed), scores_here in zip(removals, scores, strict=True):
+    for (_, removed), scores_here, nq in zip(removals, scores, queries, strict=True):
         if scores_here and removed:
-            score += scoring_flops(shape, cur, n_query)["total"]
+            score += scoring_flops(shape, cur, nq)["total"]
         cur -= removed
     reference = 0
-    debiased = [k for (k, removed), r in zip(removals, refs, strict=True) if r and removed]
+    # (K, query rows) of every stage that debiases with a reference pass; stage layers are increasing
+    debiased = [(k, nq) for (k, removed), r, nq in zip(removals, refs, queries, strict=True) if r and removed]
     if debiased:
-        reference = reference_pass_flops(shape, seq_len, max(debiased), n_query, causal)["total"]
-        reference += (len(debiased) - 1) * scoring_flops(shape, seq_len, n_query)["total"]
+        k_last, nq_last = debiased[-1]
+        reference = reference_pass_flops(shape, seq_len, k_last, nq_last, causal)["total"]
+        reference += sum(scoring_flops(shape, seq_len, nq)["total"] for _, nq in debiased[:-1])
     total = pruned["total"] + score + reference
     return {
         "seq_len": seq_len,

@@ -276,11 +276,11 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     for (name, trim), method, (runs, parts) in zip(plan, methods, results, strict=True):
         stages = [(s.layer, s.retain) for s in method.stages()]
         # query="text" scores from every token after the video (the question; the last token when there is none),
-        # "last" from the final one; a schedule mixing both is charged the larger count at every stage
-        n_query = max((max(cfg.question, 1) if getattr(s.method, "query", "last") == "text" else 1
-                       for s in method.stages()), default=1)
+        # "last" from the final one
         count = {"reference_pass": [s.method.reference_pass for s in method.stages()],
-                 "scoring": [s.method.scores_attention for s in method.stages()], "n_query": n_query}
+                 "scoring": [s.method.scores_attention for s in method.stages()],
+                 "n_query": [max(cfg.question, 1) if getattr(s.method, "query", "last") == "text" else 1
+                             for s in method.stages()]}
         fl = method_flops(shape, seq, n_visual, stages, causal=True, **count)
         fl_rect = method_flops(shape, seq, n_visual, stages, **count)
         kv_lens = _kv_lens(shape.num_layers, seq, n_visual, method, trim)
