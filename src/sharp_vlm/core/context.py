@@ -45,9 +45,8 @@ def context_key(
     grid = torch.zeros(shape, dtype=torch.float32, device=frame_ids.device)
     ai = anchors.to(frame_ids.device).long()
     grid[f[ai], r[ai], c[ai]] = torch.arange(a, 0, -1, dtype=torch.float32, device=frame_ids.device)
-    is_anchor = torch.zeros(n, dtype=torch.bool, device=frame_ids.device)
-    is_anchor[ai] = True
-    reached = is_anchor.clone()
+    reached = torch.zeros(n, dtype=torch.bool, device=frame_ids.device)
+    reached[ai] = True  # anchors keep key 0
     for d in range(1, radius + 1):
         grid = F.max_pool2d(grid[:, None], kernel_size=3, stride=1, padding=1)[:, 0]
         best = grid[f, r, c]

@@ -226,9 +226,10 @@ def dedup_select(
         rank = torch.empty(n, dtype=torch.long, device=device)
         rank[order] = torch.arange(n, device=device)
         # Non-registers by rank first, then registers by rank; kept tokens last of all.
-        priority = rank + n * is_reg.long()
-        if fill_key is not None:
-            # the key's order first, then the rank inside each key value
+        if fill_key is None:
+            priority = rank + n * is_reg.long()
+        else:
+            # the key's order first, then the rank inside each key value; registers after every key value
             key = fill_key(kept).to(device).float()
             key_rank = torch.unique(key, sorted=True, return_inverse=True)[1]
             priority = (key_rank.max() - key_rank) * n + rank + (int(key_rank.max()) + 1) * n * is_reg.long()

@@ -1,8 +1,8 @@
 """Probe families: the needle probe built at the shapes and question kinds that video QA asks about.
 
-Each family fixes the video's shape (16-96 frames of 16-144 tokens; the generator itself goes to 196), how redundant the scene is, how many needle
-frames there are and which question kinds it asks (drawn per seed); needle frames are placed uniformly over the
-video, so a family's samples sweep the needle position. Seeds are shared with the plain probe (development
+Each family fixes the video's shape (16-96 frames of 16-144 tokens; the generator itself goes to 196), how
+redundant the scene is, how many needle frames there are and which question kinds it asks (drawn per seed); needle
+frames are placed uniformly over the video, so a family's samples sweep the needle position. Seeds are shared with the plain probe (development
 0-999, held-out 10000-10999) and salted with the family name, so families do not share needles.
 """
 
