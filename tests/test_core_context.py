@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sharp_vlm.core.context import context_key
+from sharp_vlm.core.context import context_key, frame_key
 from sharp_vlm.core.dedup import dedup_select
 
 
@@ -87,3 +87,30 @@ def test_fill_share_leaves_part_of_the_budget_to_context() -> None:
     assert res.keep.tolist() == [0, 9, 10, 11] and res.n_filled == 2
     with pytest.raises(ValueError, match="fill_share"):
         dedup_select(scores, feats, budget=4, fill_share=1.0)
+
+
+def test_frame_key_puts_rings_first_then_the_best_anchors_frames_whole() -> None:
+    f, r, c = _grid(3, 1, 6)  # three frames of one row of 6
+    anchors = torch.tensor([14, 2, 3])  # frame 2 holds the best anchor, frame 0 the next two; frame 1 none
+    key = frame_key(anchors, f, r, c, radius=1)
+    ring = context_key(anchors, f, r, c, radius=1)
+    assert torch.equal(key[ring > 0], ring[ring > 0])  # the rings keep their order
+    rest = (ring == 0) & ~torch.isin(torch.arange(18), anchors)
+    assert key[rest].max() < ring[ring > 0].min()  # every ring before any frame
+    assert key[16] == key[17] > key[0] == key[5] > 0  # the best anchor's frame first, each frame whole
+    assert (key[6:12] == 0).all() and (key[anchors] == 0).all()  # no anchor: by score; anchors are kept already
+
+
+def test_frame_fill_adds_whole_frames_in_anchor_order() -> None:
+    # every token is a duplicate, so the walk keeps the best one and the fill takes the rest
+    f, r, c = _grid(3, 1, 4)
+    n = 12
+    scores = torch.arange(n, 0, -1).float()  # rank == index: frame 0 scores best
+    scores[9] = 100.0  # the walk keeps 9 (frame 2)
+    res = dedup_select(scores, torch.ones(n, 4), budget=5, tau=0.9,
+                       fill_key=lambda a: frame_key(a, f, r, c, radius=1))
+    # ring 8, 10; then frame 2's rest (11); then the best score (0)
+    assert res.filled.tolist() == [8, 10, 11, 0]
+    by_ring = dedup_select(scores, torch.ones(n, 4), budget=5, tau=0.9,
+                           fill_key=lambda a: context_key(a, f, r, c, radius=1))
+    assert by_ring.filled.tolist() == [8, 10, 0, 1]  # the context fill goes back to the score after the ring

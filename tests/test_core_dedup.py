@@ -4,7 +4,14 @@ import random
 import pytest
 import torch
 
-from sharp_vlm.core.dedup import DedupResult, center, dedup_select, dedup_select_batch, register_mask
+from sharp_vlm.core.dedup import (
+    DedupResult,
+    center,
+    dedup_select,
+    dedup_select_batch,
+    register_mask,
+    with_neighbours,
+)
 
 # Random cases keep every cosine this far from tau (and every norm this far from the register
 # threshold) so float32 and float64 agree on each comparison.
@@ -344,3 +351,41 @@ def test_centred_dedup_ignores_an_offset_every_token_shares() -> None:
     assert raw.n_filled > 30  # nearly every token looks like every other under the offset
     assert torch.equal(centred.keep, plain.keep) and centred.n_filled == plain.n_filled < 5
     assert torch.allclose(center(shifted).mean(0), torch.zeros(32), atol=1e-4)
+
+
+def _row_grid(frames: int, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    f = torch.arange(frames).repeat_interleave(width)
+    return f, torch.zeros_like(f), torch.arange(width).repeat(frames)
+
+
+def test_neighbour_features_against_a_loop() -> None:
+    torch.manual_seed(0)
+    f, r, c = torch.meshgrid(torch.arange(2), torch.arange(3), torch.arange(4), indexing="ij")
+    f, r, c = f.flatten(), r.flatten(), c.flatten()
+    x = torch.randn(24, 8)
+    got = with_neighbours(x, f, r, c)
+    u = torch.nn.functional.normalize(x, dim=-1)
+    for i in range(24):
+        near = [j for j in range(24) if j != i and f[j] == f[i] and max(abs(r[j] - r[i]), abs(c[j] - c[i])) <= 1]
+        around = torch.nn.functional.normalize(u[near].sum(0), dim=0)
+        assert torch.allclose(got[i], torch.cat([u[i], around]) * x[i].norm(), atol=1e-5)
+    alone = with_neighbours(x[:1], f[:1], r[:1], c[:1])  # no neighbour: the token stands for its surroundings
+    assert torch.allclose(alone[0], torch.cat([u[0], u[0]]) * x[0].norm(), atol=1e-6)
+    assert torch.allclose(register_mask(got), register_mask(x))  # registers are found on the same norms
+
+
+def test_same_token_in_another_place_is_not_a_duplicate() -> None:
+    # three frames of a row of 4; "a" appears in frames 0 and 1 between the same neighbours (a real repeat) and in
+    # frame 2 between other ones (the same token, other content)
+    torch.manual_seed(1)
+    a, left, right, other1, other2 = torch.nn.functional.normalize(torch.randn(5, 16), dim=-1)
+    fill = torch.nn.functional.normalize(torch.randn(6, 16), dim=-1)
+    x = torch.stack([left, a, right, fill[0], left, a, right, fill[1], other1, a, other2, fill[2]])
+    f, r, c = _row_grid(3, 4)
+    scores = torch.zeros(12)
+    scores[[1, 5, 9]] = torch.tensor([3.0, 2.0, 1.0])  # the walk visits the three "a" first
+    plain = dedup_select(scores, x, budget=3, tau=0.9, max_registers=12)
+    assert 1 in plain.keep.tolist() and 5 not in plain.keep.tolist() and 9 not in plain.keep.tolist()
+    res = dedup_select(scores, with_neighbours(x, f, r, c), budget=3, tau=0.9, max_registers=12)
+    assert 1 in res.keep.tolist() and 9 in res.keep.tolist()  # other surroundings: kept
+    assert 5 not in res.keep.tolist()  # same surroundings: still a duplicate

@@ -8,7 +8,7 @@ import torch
 
 import sharp_vlm as sv
 from oracle import forward_logits, pruned_forward
-from sharp_vlm.core.dedup import dedup_select
+from sharp_vlm.core.dedup import dedup_select, with_neighbours
 from sharp_vlm.engine.segment_attention import SEGMENT_ATTENTION
 
 
@@ -167,7 +167,7 @@ def test_combine_rules():
     assert int(_combine(s2, b2, 1.0, "subtract").argmax()) == 1
 
 
-@pytest.mark.parametrize("features", ["hidden", "centered"])
+@pytest.mark.parametrize("features", ["hidden", "centered", "neighbours"])
 def test_dedup_on_the_model_keeps_dissimilar_tokens(qwen25, features):
     model, inputs = qwen25
     grabbed = {}
@@ -185,16 +185,22 @@ def test_dedup_on_the_model_keeps_dissimilar_tokens(qwen25, features):
     stage = h.last_stats.stages[0]
     states = grabbed["h"][0].float()
     visual = torch.nonzero(inputs["input_ids"][0] == model.config.video_token_id).flatten()
-    if features == "centered":  # minus the mean over every visual token of the sample, not only the kept ones
-        states = states - states[visual].mean(0)
+    states = states[visual]
+    if features != "hidden":  # minus the mean over every visual token of the sample, not only the kept ones
+        states = states - states.mean(0)
+    if features == "neighbours":  # beside the mean of each token's neighbours on its frame's grid
+        from sharp_vlm.models.qwen_vl import QwenVLAdapter
+
+        (lay,) = QwenVLAdapter(model).find_layouts(inputs, inputs["input_ids"].shape[1], 1)
+        states = with_neighbours(states, lay.frame_ids, lay.rows, lay.cols)
     # the engine kept what the walk keeps on these states and the recorded scores
-    res = dedup_select(stage.samples[0].scores, states[visual], 26, tau=0.2, candidates=visual.numel())
+    res = dedup_select(stage.samples[0].scores, states, 26, tau=0.2, candidates=visual.numel())
     assert torch.equal(res.keep, stage.kept[0].to(res.keep.device))
     # tau 0.2: the walk runs out on this model (6-15 filled), so both steps are exercised
     assert 0 < stage.samples[0].dedup.filled == res.n_filled < 26
     # and the tokens the walk chose are pairwise below tau (the filled ones are not checked, by definition)
     walked = sorted(set(res.keep.tolist()) - set(res.filled.tolist()))
-    feats = torch.nn.functional.normalize(states[visual[walked]], dim=-1)
+    feats = torch.nn.functional.normalize(states[walked], dim=-1)
     sim = feats @ feats.T - 2 * torch.eye(feats.shape[0])
     assert len(walked) > 1 and not (sim > 0.2).any()
     assert stage.n_kept == [26]
@@ -251,6 +257,33 @@ def test_context_fill_keeps_the_grid_neighbours_of_the_walked_tokens(qwen):
     with sv.apply(model, sv.ShaRP(retain=0.2, layer=2, dedup_tau=1.0, max_registers=10_000)) as h, torch.no_grad():
         model(**inputs)
     assert set(h.last_stats.stages[0].kept[0].tolist()) != set(kept)  # without context: the top scores alone
+
+
+def test_frame_fill_completes_the_anchors_frames(qwen):
+    # No deduplication and no register cap: the walk keeps the top 10% of the budget by score (4 tokens here);
+    # fill="frame" gives the rest to their rings and then to the rest of their frames (4 x 4 tokens each),
+    # where fill="context" goes back to the scores after the rings.
+    from sharp_vlm.models.qwen_vl import QwenVLAdapter
+
+    model, inputs = qwen
+    (lay,) = QwenVLAdapter(model).find_layouts(inputs, inputs["input_ids"].shape[1], 1)
+    f = lay.frame_ids.tolist()
+    kept = {}
+    for fill in ("frame", "context"):
+        cfg = sv.ShaRP(retain=0.25, layer=2, dedup_tau=1.0, max_registers=10_000, fill=fill, context_share=0.9)
+        with sv.apply(model, cfg) as h, torch.no_grad():
+            model(**inputs)
+        stage = h.last_stats.stages[0]
+        kept[fill] = set(stage.kept[0].tolist())
+    budget = len(kept["frame"])
+    anchors = torch.sort(stage.samples[0].scores.float(), descending=True, stable=True).indices
+    anchors = anchors[: budget - int(0.9 * budget)].tolist()
+    frames = {f[a] for a in anchors}
+    assert set(anchors) <= kept["frame"]
+    whole = {i for i in range(lay.n_visual) if f[i] in frames}
+    # the fill leaves the anchors' frames only once they are whole
+    assert whole <= kept["frame"] if len(whole) <= budget else kept["frame"] <= whole
+    assert len(frames) < len({f[i] for i in kept["context"]})  # the context fill spreads over more frames
 
 
 def test_frame_debias_subtracts_each_frames_median_without_a_reference_pass(qwen):

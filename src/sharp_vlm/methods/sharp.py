@@ -21,9 +21,9 @@ from ..config import (
     check_number,
     register,
 )
-from ..core.context import context_key
+from ..core.context import context_key, frame_key
 from ..core.debias import subtract_frame_median
-from ..core.dedup import center, dedup_select
+from ..core.dedup import center, dedup_select, with_neighbours
 from ..core.scoring import renormalize
 from ..core.selection import DedupCounts, Selection
 from ..engine.view import SampleView
@@ -32,8 +32,8 @@ MASKS = ("bidirectional", "local", "off")
 SCOPES = ("forward", "score")
 DEBIAS = ("reference", "cached", "frame", "pre_rope", "rope_only", "off")
 COMBINE = ("subtract", "ratio")
-DEDUP_FEATURES = ("hidden", "centered")
-FILLS = ("score", "context")
+DEDUP_FEATURES = ("hidden", "centered", "neighbours")
+FILLS = ("score", "context", "frame")
 
 
 @register("sharp")
@@ -57,9 +57,14 @@ class ShaRP(StageMethod):
         reachable only by the fill step, which takes the best remaining scores. `dedup_features="centered"`
         compares the states minus their mean over the sample's visual tokens: the states share a large common
         component (massive-activation dimensions), under which unrelated tokens reach cosine > 0.9.
+        `dedup_features="neighbours"` also compares the centred states' grid neighbours (the cosine is the mean
+        of the token's and its surroundings'): at a shallow layer a state is mostly its own token, so the same
+        token in another place (a digit in a frame header and in a tally) is a duplicate otherwise.
     fill / context_radius / context_share: when the walk runs out of distinct tokens, the rest of the budget goes
         to the grid neighbours (same frame, Chebyshev distance <= `context_radius`) of the walked tokens, the best
-        walked tokens' neighbours first, and then by score ("context"), or by score alone ("score"). A kept token
+        walked tokens' neighbours first, and then by score ("context"), or by score alone ("score"); "frame"
+        goes on from the neighbours to the rest of the walked tokens' frames, whole, the best token's frame first,
+        and only then by score, so a larger budget adds whole frames rather than fragments. A kept token
         keeps what it depends on (a caption's key beside its value; the patches around an object's peak).
         `context_share` > 0 stops the walk early to reserve that share of the budget for context.
     query: the rows that score, "text" (default: the mean over the text after the video, the question and the
@@ -109,8 +114,9 @@ class ShaRP(StageMethod):
         check_choice(self.fill, FILLS, "fill")
         check_int(self.context_radius, "context_radius", 1)
         check_number(self.context_share, "context_share", 0.0, 0.9)
-        if self.context_share > 0 and self.fill != "context":
-            raise ConfigError(f"context_share={self.context_share} reserves budget for context: set fill='context'")
+        if self.context_share > 0 and self.fill == "score":
+            raise ConfigError(f"context_share={self.context_share} reserves budget for context: set fill='context' "
+                              f"or 'frame'")
         check_int(self.segment_frames, "segment_frames", 1)
         check_number(self.dedup_tau, "dedup_tau", 0.0, 1.0, low_open=True)
         check_int(self.max_registers, "max_registers", 0)
@@ -149,12 +155,16 @@ class ShaRP(StageMethod):
             scores = _combine(scores, prior, 1.0, "ratio")
         if not self.dedup:
             return Selection(view.top(scores), scores=scores)
-        feats = center(view.hidden) if self.dedup_features == "centered" else view.hidden
         lay = view.layout
+        feats = view.hidden if self.dedup_features == "hidden" else center(view.hidden)
+        if self.dedup_features == "neighbours":
+            feats = with_neighbours(feats, lay.frame_ids, lay.rows, lay.cols)
         fill_key = None
-        if self.fill == "context":
+        if self.fill != "score":
+            key = context_key if self.fill == "context" else frame_key
+
             def fill_key(anchors: torch.Tensor) -> torch.Tensor:
-                return context_key(anchors, lay.frame_ids, lay.rows, lay.cols, self.context_radius)
+                return key(anchors, lay.frame_ids, lay.rows, lay.cols, self.context_radius)
         res = dedup_select(scores, feats, view.budget, self.dedup_tau, self.max_registers,
                            candidates=self.dedup_window or view.n_visual, fill_key=fill_key,
                            fill_share=self.context_share)
