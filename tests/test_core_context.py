@@ -99,6 +99,10 @@ def test_frame_key_puts_rings_first_then_the_best_anchors_frames_whole() -> None
     assert key[rest].max() < ring[ring > 0].min()  # every ring before any frame
     assert key[16] == key[17] > key[0] == key[5] > 0  # the best anchor's frame first, each frame whole
     assert (key[6:12] == 0).all() and (key[anchors] == 0).all()  # no anchor: by score; anchors are kept already
+    # a frame ranks by its best anchor: frame 0 holds ranks 0 and 2, frame 2 rank 1
+    key = frame_key(torch.tensor([2, 14, 3]), f, r, c, radius=1)
+    assert key[0] == key[5] > key[16] == key[17] > 0
+    assert (frame_key(torch.zeros(0, dtype=torch.long), f, r, c) == 0).all()
 
 
 def test_frame_fill_adds_whole_frames_in_anchor_order() -> None:
@@ -111,6 +115,19 @@ def test_frame_fill_adds_whole_frames_in_anchor_order() -> None:
                        fill_key=lambda a: frame_key(a, f, r, c, radius=1))
     # ring 8, 10; then frame 2's rest (11); then the best score (0)
     assert res.filled.tolist() == [8, 10, 11, 0]
+    # two anchor frames beyond the rings: the better anchor's frame is completed first
+    f, r, c = _grid(3, 1, 5)
+    feats = torch.eye(15)
+    feats[[2, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14]] = feats[0].clone()  # duplicates of 0: only 0, 1, 3, 12 walk
+    scores = torch.zeros(15)
+    scores[[12, 1, 3, 0]] = torch.tensor([4.0, 3.0, 2.0, 1.0])  # 12 (frame 2) first, then frame 0's 1 and 3
+    res = dedup_select(scores, feats, budget=10, tau=0.9, fill_key=lambda a: frame_key(a, f, r, c, radius=1))
+    assert res.keep.tolist() == [0, 1, 2, 3, 4, 10, 11, 12, 13, 14] and res.n_filled == 6
+    assert res.filled.tolist()[:4] == [11, 13, 2, 4]  # rings, the best anchor's first
+    assert set(res.filled.tolist()[4:]) == {10, 14}  # then frame 2 whole, before frame 0's 0 (kept) and frame 1
+    f, r, c = _grid(3, 1, 4)
+    scores = torch.arange(n, 0, -1).float()
+    scores[9] = 100.0
     by_ring = dedup_select(scores, torch.ones(n, 4), budget=5, tau=0.9,
                            fill_key=lambda a: context_key(a, f, r, c, radius=1))
     assert by_ring.filled.tolist() == [8, 10, 0, 1]  # the context fill goes back to the score after the ring

@@ -10,7 +10,7 @@ from sharp_vlm.core.dedup import (
     dedup_select,
     dedup_select_batch,
     register_mask,
-    with_neighbours,
+    with_neighbors,
 )
 
 # Random cases keep every cosine this far from tau (and every norm this far from the register
@@ -363,15 +363,35 @@ def test_neighbour_features_against_a_loop() -> None:
     f, r, c = torch.meshgrid(torch.arange(2), torch.arange(3), torch.arange(4), indexing="ij")
     f, r, c = f.flatten(), r.flatten(), c.flatten()
     x = torch.randn(24, 8)
-    got = with_neighbours(x, f, r, c)
+    got = with_neighbors(x, f, r, c)
     u = torch.nn.functional.normalize(x, dim=-1)
     for i in range(24):
         near = [j for j in range(24) if j != i and f[j] == f[i] and max(abs(r[j] - r[i]), abs(c[j] - c[i])) <= 1]
         around = torch.nn.functional.normalize(u[near].sum(0), dim=0)
         assert torch.allclose(got[i], torch.cat([u[i], around]) * x[i].norm(), atol=1e-5)
-    alone = with_neighbours(x[:1], f[:1], r[:1], c[:1])  # no neighbour: the token stands for its surroundings
+    alone = with_neighbors(x[:1], f[:1], r[:1], c[:1])  # no neighbour: the token stands for its surroundings
     assert torch.allclose(alone[0], torch.cat([u[0], u[0]]) * x[0].norm(), atol=1e-6)
-    assert torch.allclose(register_mask(got), register_mask(x))  # registers are found on the same norms
+    # a sparse subset of the grid (tokens pruned earlier) in another order: each token keeps its own neighbours
+    sub = torch.tensor([17, 3, 0, 5, 22, 12])
+    near = with_neighbors(x[sub], f[sub], r[sub], c[sub])
+    assert torch.allclose(near[1, :8], u[3] * x[3].norm()) and torch.allclose(near[2, 8:], u[5] * x[0].norm())
+    # (0's only neighbour left is 5)
+    assert with_neighbors(x[:0], f[:0], r[:0], c[:0]).shape == (0, 16)
+
+
+def test_neighbor_features_keep_registers_and_survive_cancelling_neighbours() -> None:
+    torch.manual_seed(0)
+    f, r, c = _row_grid(2, 6)
+    x = torch.randn(12, 8)
+    x[4] *= 40  # a norm outlier
+    got = with_neighbors(x, f, r, c)
+    assert register_mask(got).tolist() == register_mask(x).tolist() == [i == 4 for i in range(12)]
+    assert torch.allclose(got.norm(dim=-1), 2**0.5 * x.norm(dim=-1), rtol=1e-5)
+    v = torch.randn(8)
+    y = torch.stack([v, torch.randn(8), -v])  # the middle token's two neighbours cancel out
+    mid = with_neighbors(y, torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long), torch.arange(3))[1]
+    unit = torch.nn.functional.normalize(y[1], dim=0)
+    assert torch.allclose(mid, torch.cat([unit, unit]) * y[1].norm(), atol=1e-6)
 
 
 def test_same_token_in_another_place_is_not_a_duplicate() -> None:
@@ -386,6 +406,6 @@ def test_same_token_in_another_place_is_not_a_duplicate() -> None:
     scores[[1, 5, 9]] = torch.tensor([3.0, 2.0, 1.0])  # the walk visits the three "a" first
     plain = dedup_select(scores, x, budget=3, tau=0.9, max_registers=12)
     assert 1 in plain.keep.tolist() and 5 not in plain.keep.tolist() and 9 not in plain.keep.tolist()
-    res = dedup_select(scores, with_neighbours(x, f, r, c), budget=3, tau=0.9, max_registers=12)
+    res = dedup_select(scores, with_neighbors(x, f, r, c), budget=3, tau=0.9, max_registers=12)
     assert 1 in res.keep.tolist() and 9 in res.keep.tolist()  # other surroundings: kept
     assert 5 not in res.keep.tolist()  # same surroundings: still a duplicate

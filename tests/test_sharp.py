@@ -8,7 +8,7 @@ import torch
 
 import sharp_vlm as sv
 from oracle import forward_logits, pruned_forward
-from sharp_vlm.core.dedup import dedup_select, with_neighbours
+from sharp_vlm.core.dedup import dedup_select, with_neighbors
 from sharp_vlm.engine.segment_attention import SEGMENT_ATTENTION
 
 
@@ -167,7 +167,7 @@ def test_combine_rules():
     assert int(_combine(s2, b2, 1.0, "subtract").argmax()) == 1
 
 
-@pytest.mark.parametrize("features", ["hidden", "centered", "neighbours"])
+@pytest.mark.parametrize("features", ["hidden", "centered", "neighbors"])
 def test_dedup_on_the_model_keeps_dissimilar_tokens(qwen25, features):
     model, inputs = qwen25
     grabbed = {}
@@ -188,11 +188,11 @@ def test_dedup_on_the_model_keeps_dissimilar_tokens(qwen25, features):
     states = states[visual]
     if features != "hidden":  # minus the mean over every visual token of the sample, not only the kept ones
         states = states - states.mean(0)
-    if features == "neighbours":  # beside the mean of each token's neighbours on its frame's grid
+    if features == "neighbors":  # beside the mean of each token's neighbours on its frame's grid
         from sharp_vlm.models.qwen_vl import QwenVLAdapter
 
         (lay,) = QwenVLAdapter(model).find_layouts(inputs, inputs["input_ids"].shape[1], 1)
-        states = with_neighbours(states, lay.frame_ids, lay.rows, lay.cols)
+        states = with_neighbors(states, lay.frame_ids, lay.rows, lay.cols)
     # the engine kept what the walk keeps on these states and the recorded scores
     res = dedup_select(stage.samples[0].scores, states, 26, tau=0.2, candidates=visual.numel())
     assert torch.equal(res.keep, stage.kept[0].to(res.keep.device))
@@ -281,8 +281,9 @@ def test_frame_fill_completes_the_anchors_frames(qwen):
     frames = {f[a] for a in anchors}
     assert set(anchors) <= kept["frame"]
     whole = {i for i in range(lay.n_visual) if f[i] in frames}
-    # the fill leaves the anchors' frames only once they are whole
+    # the fill leaves the anchors' frames only once they are whole, and completes the best anchor's frame first
     assert whole <= kept["frame"] if len(whole) <= budget else kept["frame"] <= whole
+    assert {i for i in range(lay.n_visual) if f[i] == f[anchors[0]]} <= kept["frame"]
     assert len(frames) < len({f[i] for i in kept["context"]})  # the context fill spreads over more frames
 
 

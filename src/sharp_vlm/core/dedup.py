@@ -72,7 +72,7 @@ def center(feats: torch.Tensor) -> torch.Tensor:
     return (feats.float() - feats.float().mean(0, keepdim=True)).to(feats.dtype)
 
 
-def with_neighbours(
+def with_neighbors(
     feats: torch.Tensor, frame_ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
 ) -> torch.Tensor:
     """(N, 2D): each token's unit feature beside the unit mean of its grid neighbours (same frame, the 8 cells
@@ -81,22 +81,25 @@ def with_neighbours(
     The cosine of two such rows is the mean of the two cosines, so two tokens are near-duplicates only when they
     and their surroundings are: at a shallow layer a state is mostly its own token (patch), and the same token
     in another place (a digit of a frame header, the same digit in a tally) is not the same content. A token
-    without neighbours stands in for its own surroundings.
+    without neighbours, or whose neighbours cancel out, stands in for its own surroundings. Memory is O(N x D):
+    the neighbours are gathered through a grid of token indices, not a grid of features.
     """
-    n, d = feats.shape
+    n = feats.shape[0]
     u = F.normalize(feats.float(), dim=-1)
-    if n == 0:
-        return torch.cat([u, u], dim=-1)
-    f, r, c = frame_ids.long(), rows.long(), cols.long()
-    shape = (int(f.max()) + 1, int(r.max()) + 1, int(c.max()) + 1)
-    grid = u.new_zeros(shape[0], d, shape[1], shape[2])
-    grid[f, :, r, c] = u
-    ones = u.new_zeros(shape[0], 1, shape[1], shape[2])
-    ones[f, :, r, c] = 1.0
-    # 3 x 3 window sums minus the token itself: the neighbours' sum and count
-    total = F.avg_pool2d(grid, 3, stride=1, padding=1, divisor_override=1)[f, :, r, c] - u
-    count = F.avg_pool2d(ones, 3, stride=1, padding=1, divisor_override=1)[f, 0, r, c] - 1.0
-    around = torch.where(count[:, None] > 0, F.normalize(total, dim=-1), u)
+    around = torch.zeros_like(u)
+    if n:
+        f, r, c = frame_ids.long(), rows.long(), cols.long()
+        h, w = int(r.max()) + 1, int(c.max()) + 1
+        # empty cells (and a border around every frame) point at an extra zero row
+        index = torch.full((int(f.max()) + 1, h + 2, w + 2), n, dtype=torch.long, device=u.device)
+        index[f, r + 1, c + 1] = torch.arange(n, device=u.device)
+        padded = torch.cat([u, u.new_zeros(1, u.shape[1])])
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                if dr or dc:
+                    around += padded[index[f, r + 1 + dr, c + 1 + dc]]
+    norm = around.norm(dim=-1, keepdim=True)
+    around = torch.where(norm > 1e-6, around / norm.clamp_min(1e-6), u)
     return torch.cat([u, around], dim=-1) * feats.float().norm(dim=-1, keepdim=True)
 
 

@@ -23,7 +23,7 @@ from ..config import (
 )
 from ..core.context import context_key, frame_key
 from ..core.debias import subtract_frame_median
-from ..core.dedup import center, dedup_select, with_neighbours
+from ..core.dedup import center, dedup_select, with_neighbors
 from ..core.scoring import renormalize
 from ..core.selection import DedupCounts, Selection
 from ..engine.view import SampleView
@@ -32,7 +32,7 @@ MASKS = ("bidirectional", "local", "off")
 SCOPES = ("forward", "score")
 DEBIAS = ("reference", "cached", "frame", "pre_rope", "rope_only", "off")
 COMBINE = ("subtract", "ratio")
-DEDUP_FEATURES = ("hidden", "centered", "neighbours")
+DEDUP_FEATURES = ("hidden", "centered", "neighbors")
 FILLS = ("score", "context", "frame")
 
 
@@ -57,7 +57,7 @@ class ShaRP(StageMethod):
         reachable only by the fill step, which takes the best remaining scores. `dedup_features="centered"`
         compares the states minus their mean over the sample's visual tokens: the states share a large common
         component (massive-activation dimensions), under which unrelated tokens reach cosine > 0.9.
-        `dedup_features="neighbours"` also compares the centred states' grid neighbours (the cosine is the mean
+        `dedup_features="neighbors"` also compares the centred states' grid neighbours (the cosine is the mean
         of the token's and its surroundings'): at a shallow layer a state is mostly its own token, so the same
         token in another place (a digit in a frame header and in a tally) is a duplicate otherwise.
     fill / context_radius / context_share: when the walk runs out of distinct tokens, the rest of the budget goes
@@ -157,8 +157,8 @@ class ShaRP(StageMethod):
             return Selection(view.top(scores), scores=scores)
         lay = view.layout
         feats = view.hidden if self.dedup_features == "hidden" else center(view.hidden)
-        if self.dedup_features == "neighbours":
-            feats = with_neighbours(feats, lay.frame_ids, lay.rows, lay.cols)
+        if self.dedup_features == "neighbors":
+            feats = with_neighbors(feats, lay.frame_ids, lay.rows, lay.cols)
         fill_key = None
         if self.fill != "score":
             key = context_key if self.fill == "context" else frame_key
