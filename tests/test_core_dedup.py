@@ -9,6 +9,7 @@ from sharp_vlm.core.dedup import (
     center,
     dedup_select,
     dedup_select_batch,
+    distinct_key,
     register_mask,
     with_neighbors,
 )
@@ -409,3 +410,18 @@ def test_same_token_in_another_place_is_not_a_duplicate() -> None:
     res = dedup_select(scores, with_neighbors(x, f, r, c), budget=3, tau=0.9, max_registers=12)
     assert 1 in res.keep.tolist() and 9 in res.keep.tolist()  # other surroundings: kept
     assert 5 not in res.keep.tolist()  # same surroundings: still a duplicate
+
+
+def test_distinct_key_marks_what_a_second_walk_keeps() -> None:
+    # six distinct directions; token 4 repeats 0 and token 5 repeats 2
+    feats = torch.eye(6)
+    feats[4], feats[5] = feats[0], feats[2]
+    scores = torch.tensor([1.0, 5.0, 4.0, 3.0, 6.0, 2.0])
+    key = distinct_key(torch.tensor([0]), scores, feats, budget=6, tau=0.9)
+    # the anchor 0 walks first (whatever its score), so its copy 4 is a duplicate; 2 comes before its copy 5
+    assert key.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+    assert distinct_key(torch.tensor([0]), scores, feats, budget=2, tau=0.9).tolist() == [0, 1, 0, 0, 0, 0]
+    assert (distinct_key(torch.zeros(0, dtype=torch.long), scores, feats, 6, 0.9) == 0).all()
+    nan = scores.clone()
+    nan[3] = float("nan")  # ranks last, like the first walk
+    assert distinct_key(torch.tensor([0]), nan, feats, budget=3, tau=0.9).tolist() == [0, 1, 1, 0, 0, 0]

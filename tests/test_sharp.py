@@ -8,7 +8,7 @@ import torch
 
 import sharp_vlm as sv
 from oracle import forward_logits, pruned_forward
-from sharp_vlm.core.dedup import dedup_select, with_neighbors
+from sharp_vlm.core.dedup import dedup_select, distinct_key, with_neighbors
 from sharp_vlm.engine.segment_attention import SEGMENT_ATTENTION
 
 
@@ -204,6 +204,45 @@ def test_dedup_on_the_model_keeps_dissimilar_tokens(qwen25, features):
     sim = feats @ feats.T - 2 * torch.eye(feats.shape[0])
     assert len(walked) > 1 and not (sim > 0.2).any()
     assert stage.n_kept == [26]
+
+
+def test_distinct_fill_follows_the_rings_then_a_second_walk_on_neighbour_features(qwen25):
+    from sharp_vlm.core.context import context_key
+    from sharp_vlm.models.qwen_vl import QwenVLAdapter
+
+    model, inputs = qwen25
+    grabbed = {}
+    def grab(module, args, kwargs):
+        grabbed.setdefault("h", args[0])  # the states entering layer K, before the stage prunes them
+
+    hook = model.model.language_model.layers[2].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        cfg = sv.ShaRP(retain=0.6, dedup_tau=0.1, debias="off", fill="distinct")
+        with sv.apply(model, cfg) as h, torch.no_grad():
+            model(**inputs)
+    finally:
+        hook.remove()
+    stage = h.last_stats.stages[0]
+    visual = torch.nonzero(inputs["input_ids"][0] == model.config.video_token_id).flatten()
+    states = grabbed["h"][0].float()[visual]
+    states = states - states.mean(0)
+    (lay,) = QwenVLAdapter(model).find_layouts(inputs, inputs["input_ids"].shape[1], 1)
+    scores, budget = stage.samples[0].scores, len(stage.kept[0])
+
+    def key(anchors):
+        ring = context_key(anchors, lay.frame_ids, lay.rows, lay.cols, 1)
+        near = with_neighbors(states, lay.frame_ids, lay.rows, lay.cols)
+        second = distinct_key(anchors, scores, near, budget + int((ring > 0).sum()), 0.1)
+        return torch.where(ring > 0, ring, second)
+
+    res = dedup_select(scores, states, budget, tau=0.1, candidates=visual.numel(), fill_key=key)
+    assert torch.equal(res.keep, stage.kept[0].to(res.keep.device))
+    walked = res.keep[~torch.isin(res.keep, res.filled)]
+    ring = context_key(walked, lay.frame_ids, lay.rows, lay.cols, 1)
+    assert res.n_filled > int((ring > 0).sum())  # the fill got past the rings: the second walk was used
+    with sv.apply(model, sv.ShaRP(retain=0.6, dedup_tau=0.1, debias="off")) as h2, torch.no_grad():
+        model(**inputs)
+    assert not torch.equal(h2.last_stats.stages[0].kept[0], stage.kept[0])  # the context fill chooses otherwise
 
 
 def test_flash_attention_layers_switch_to_a_masked_kernel(qwen25):

@@ -274,6 +274,31 @@ def dedup_select(
     )
 
 
+def distinct_key(
+    anchors: torch.Tensor, scores: torch.Tensor, feats: torch.Tensor, budget: int, tau: float
+) -> torch.Tensor:
+    """(N,) float key: 1 for the tokens a second walk keeps, 0 elsewhere (and on the anchors).
+
+    The second walk starts from the ``anchors`` (kept first, in their order) and goes on by score over ``feats``,
+    e.g. :func:`with_neighbors` features, on which fewer tokens are duplicates than in the first walk; it stops
+    after ``budget`` tokens, so it costs about N x budget similarities.
+    """
+    n = scores.numel()
+    key = torch.zeros(n, dtype=torch.float32, device=scores.device)
+    if n == 0 or anchors.numel() == 0:
+        return key
+    s = scores.float().clone()
+    s = torch.where(torch.isnan(s), torch.full_like(s, float("-inf")), s)
+    ai = anchors.to(s.device).long()
+    top = s[torch.isfinite(s)].max() if torch.isfinite(s).any() else s.new_zeros(())
+    s[ai] = top + 1 + torch.arange(ai.numel(), 0, -1, dtype=torch.float32, device=s.device)
+    res = dedup_select(s, feats, budget, tau, max_registers=n, candidates=n)
+    walked = res.keep[~torch.isin(res.keep, res.filled)]
+    key[walked] = 1.0
+    key[ai] = 0.0
+    return key
+
+
 def dedup_select_batch(
     scores: torch.Tensor | Sequence[torch.Tensor],
     feats: torch.Tensor | Sequence[torch.Tensor],

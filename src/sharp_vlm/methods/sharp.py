@@ -23,7 +23,7 @@ from ..config import (
 )
 from ..core.context import context_key, frame_key
 from ..core.debias import subtract_frame_median
-from ..core.dedup import center, dedup_select, with_neighbors
+from ..core.dedup import center, dedup_select, distinct_key, with_neighbors
 from ..core.scoring import renormalize
 from ..core.selection import DedupCounts, Selection
 from ..engine.view import SampleView
@@ -33,7 +33,7 @@ SCOPES = ("forward", "score")
 DEBIAS = ("reference", "cached", "frame", "pre_rope", "rope_only", "off")
 COMBINE = ("subtract", "ratio")
 DEDUP_FEATURES = ("hidden", "centered", "neighbors")
-FILLS = ("score", "context", "frame")
+FILLS = ("score", "context", "frame", "distinct")
 
 
 @register("sharp")
@@ -64,8 +64,10 @@ class ShaRP(StageMethod):
         to the grid neighbours (same frame, Chebyshev distance <= `context_radius`) of the walked tokens, the best
         walked tokens' neighbours first, and then by score ("context"), or by score alone ("score"); "frame"
         goes on from the neighbours to the rest of the walked tokens' frames, whole, the best token's frame first,
-        and only then by score, so a larger budget adds whole frames rather than fragments. A kept token
-        keeps what it depends on (a caption's key beside its value; the patches around an object's peak).
+        and only then by score, so a larger budget adds whole frames rather than fragments; "distinct" goes on
+        from the neighbours to a second walk from the walked tokens by score that compares neighbour features
+        (as `dedup_features="neighbors"`; the same token in another place counts as new), and then by score.
+        A kept token keeps what it depends on (a caption's key beside its value; the patches around an object's peak).
         `context_share` > 0 stops the walk early to reserve that share of the budget for context.
     query: the rows that score, "text" (default: the mean over the text after the video, the question and the
         answer prompt) or "last" (the last prompt token only, as FastV). One token's attention at a shallow layer
@@ -161,10 +163,19 @@ class ShaRP(StageMethod):
             feats = with_neighbors(feats, lay.frame_ids, lay.rows, lay.cols)
         fill_key = None
         if self.fill != "score":
-            key = context_key if self.fill == "context" else frame_key
+            key = frame_key if self.fill == "frame" else context_key
 
             def fill_key(anchors: torch.Tensor) -> torch.Tensor:
-                return key(anchors, lay.frame_ids, lay.rows, lay.cols, self.context_radius)
+                ring = key(anchors, lay.frame_ids, lay.rows, lay.cols, self.context_radius)
+                if self.fill != "distinct":
+                    return ring
+                # ring keys are > number of anchors >= 1, so every ring comes before the second walk's tokens
+                near = feats if self.dedup_features == "neighbors" else with_neighbors(
+                    center(view.hidden), lay.frame_ids, lay.rows, lay.cols)
+                # room for the rings' tokens, which the second walk may also visit, and the whole fill
+                room = view.budget + int((ring > 0).sum())
+                second = distinct_key(anchors, scores, near, room, self.dedup_tau)
+                return torch.where(ring > 0, ring, second.to(ring.device))
         res = dedup_select(scores, feats, view.budget, self.dedup_tau, self.max_registers,
                            candidates=self.dedup_window or view.n_visual, fill_key=fill_key,
                            fill_share=self.context_share)
