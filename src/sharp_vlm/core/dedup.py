@@ -88,7 +88,7 @@ def with_neighbors(
     u = F.normalize(feats.float(), dim=-1)
     around = torch.zeros_like(u)
     if n:
-        f, r, c = frame_ids.long(), rows.long(), cols.long()
+        f, r, c = (t.to(u.device).long() for t in (frame_ids, rows, cols))
         h, w = int(r.max()) + 1, int(c.max()) + 1
         # empty cells (and a border around every frame) point at an extra zero row
         index = torch.full((int(f.max()) + 1, h + 2, w + 2), n, dtype=torch.long, device=u.device)

@@ -117,8 +117,8 @@ class ShaRP(StageMethod):
         check_int(self.context_radius, "context_radius", 1)
         check_number(self.context_share, "context_share", 0.0, 0.9)
         if self.context_share > 0 and self.fill == "score":
-            raise ConfigError(f"context_share={self.context_share} reserves budget for context: set fill='context' "
-                              f"or 'frame'")
+            raise ConfigError(f"context_share={self.context_share} reserves budget for context: set fill='context', "
+                              f"'frame' or 'distinct'")
         check_int(self.segment_frames, "segment_frames", 1)
         check_number(self.dedup_tau, "dedup_tau", 0.0, 1.0, low_open=True)
         check_int(self.max_registers, "max_registers", 0)
