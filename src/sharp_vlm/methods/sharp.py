@@ -158,9 +158,10 @@ class ShaRP(StageMethod):
         if not self.dedup:
             return Selection(view.top(scores), scores=scores)
         lay = view.layout
-        feats = view.hidden if self.dedup_features == "hidden" else center(view.hidden)
+        centred = None if self.dedup_features == "hidden" else center(view.hidden)
+        feats = view.hidden if centred is None else centred
         if self.dedup_features == "neighbors":
-            feats = with_neighbors(feats, lay.frame_ids, lay.rows, lay.cols)
+            feats = with_neighbors(centred, lay.frame_ids, lay.rows, lay.cols)
         fill_key = None
         if self.fill != "score":
             key = frame_key if self.fill == "frame" else context_key
@@ -171,7 +172,7 @@ class ShaRP(StageMethod):
                     return ring
                 # ring keys are > number of anchors >= 1, so every ring comes before the second walk's tokens
                 near = feats if self.dedup_features == "neighbors" else with_neighbors(
-                    center(view.hidden), lay.frame_ids, lay.rows, lay.cols)
+                    center(view.hidden) if centred is None else centred, lay.frame_ids, lay.rows, lay.cols)
                 # room for the rings' tokens, which the second walk may also visit, and the whole fill
                 room = view.budget + int((ring > 0).sum())
                 second = distinct_key(anchors, scores, near, room, self.dedup_tau)
