@@ -8,7 +8,7 @@ from sharp_vlm.errors import ConfigError
 from sharp_vlm.probe.families import FAMILIES, Family, families
 from sharp_vlm.probe.generator import VERB_FORMS, VERBS, check_answer, make_sample
 from sharp_vlm.probe.report import family_table
-from sharp_vlm.probe.run import ProbeConfig, check_probe, family_mean, inversions, summarise
+from sharp_vlm.probe.run import ProbeConfig, check_probe, family_mean, inversions, sign_test, summarise
 
 
 @pytest.fixture(scope="module")
@@ -82,27 +82,72 @@ def test_bad_family_is_refused():
         check_probe(ProbeConfig(families=["nope"]))
 
 
-def _rec(family, method, retain, correct):
-    return {"family": family, "method": method, "retain": retain, "correct": correct, "agree": correct,
-            "needle_recall": 1.0, "fact_recall": None, "kept_ratio": retain, "seconds": 0.1}
+def _rec(family, method, retain, correct, seed=0):
+    return {"family": family, "seed": seed, "method": method, "retain": retain, "correct": correct,
+            "agree": correct, "needle_recall": 1.0, "fact_recall": None, "kept_ratio": retain, "seconds": 0.1}
 
 
 def test_family_summary_mean_worst_and_inversions():
     recs = []
     for fam, base, at10, at25 in (("f1", 4, 2, 4), ("f2", 2, 2, 0)):
-        recs += [_rec(fam, "none", 1.0, i < base) for i in range(4)]
-        recs += [_rec(fam, "sharp", 0.1, i < at10) for i in range(4)]
-        recs += [_rec(fam, "sharp", 0.25, i < at25) for i in range(4)]
+        recs += [_rec(fam, "none", 1.0, i < base, i) for i in range(4)]
+        recs += [_rec(fam, "sharp", 0.1, i < at10, i) for i in range(4)]
+        recs += [_rec(fam, "sharp", 0.25, i < at25, i) for i in range(4)]
     rows = summarise(recs)
     rel = {(r["family"], r["retain"]): r["relative"] for r in rows if r["method"] == "sharp"}
     assert rel == {("f1", 0.1): 0.5, ("f1", 0.25): 1.0, ("f2", 0.1): 1.0, ("f2", 0.25): 0.0}
     mean = {(r["method"], r["retain"]): r for r in family_mean(rows)}
     assert mean[("sharp", 0.1)]["relative"] == 0.75 and mean[("sharp", 0.25)]["worst_family"] == "f2"
-    assert inversions(rows) == [{"family": "f2", "method": "sharp", "from": 0.1, "to": 0.25, "correct_lost": 2}]
+    inv = inversions(recs)
+    assert inv == [{"family": "f2", "method": "sharp", "from": 0.1, "to": 0.25, "correct_lost": 2, "worse": 2,
+                    "better": 0, "p": 0.25}]  # pooled: 4 -> 4 correct (f1 gains what f2 loses), not flagged
     table = family_table({"by_family": rows, "mean": family_mean(rows), "families": {"f1": "", "f2": ""},
-                          "inversions": inversions(rows)})
+                          "inversions": inv})
     assert "| sharp | 0.10 | 50% | 100% | **75%** | 50% (f1) |" in table
-    assert "sharp on f2 0.1->0.25 (-2)" in table
+    assert "sharp on f2 0.1->0.25 (-2: 2 / 0, p 0.25)" in table
+
+
+def test_lost_and_gained_pair_each_sample_with_its_own_unpruned_answer():
+    # unpruned right on seeds 0, 1; the pruned run right on seeds 1, 2: one lost (0), one gained (2), while the
+    # accuracy is the same (a count comparison would see no change)
+    recs = [_rec("f", "none", 1.0, s in (0, 1), s) for s in range(3)]
+    recs += [_rec("f", "sharp", 0.1, s in (1, 2), s) for s in (2, 1, 0)]  # another order than the unpruned run
+    (row,) = [r for r in summarise(recs) if r["method"] == "sharp"]
+    assert (row["lost"], row["gained"], row["relative"]) == (1, 1, 1.0)
+    (pooled,) = [r for r in summarise(recs, by_family=False) if r["method"] == "sharp"]
+    assert (pooled["lost"], pooled["gained"]) == (1, 1)
+    # the same seed in two families is two samples
+    recs += [_rec("g", "none", 1.0, True, 0), _rec("g", "sharp", 0.1, True, 0)]
+    (pooled,) = [r for r in summarise(recs, by_family=False) if r["method"] == "sharp"]
+    assert (pooled["lost"], pooled["gained"]) == (1, 1)
+    # without an unpruned run there is nothing to pair with
+    (alone,) = summarise([_rec("f", "sharp", 0.1, True, 0)])
+    assert alone["lost"] is None and alone["gained"] is None
+
+
+def test_inversions_count_the_samples_that_changed_and_pool_the_families():
+    recs = []
+    # f1: 4 right at 10%; at 25% two of them go wrong and one other goes right (-1, within the tolerance);
+    # f2: the same shape (-1); pooled over both: -2, 4 worse / 2 better
+    for fam in ("f1", "f2"):
+        recs += [_rec(fam, "sharp", 0.1, s < 4, s) for s in range(6)]
+        recs += [_rec(fam, "sharp", 0.25, s in (2, 3, 4), s) for s in range(6)]
+    inv = inversions(recs)
+    assert inv == [{"family": "all", "method": "sharp", "from": 0.1, "to": 0.25, "correct_lost": 2, "worse": 4,
+                    "better": 2, "p": pytest.approx(22 / 64)}]
+    assert inversions(recs, tolerance=2) == []
+    # one family alone: no pooled row beside it
+    assert [i["family"] for i in inversions([r for r in recs if r["family"] == "f1"], tolerance=0)] == ["f1"]
+
+
+def test_sign_test():
+    assert sign_test(0, 0) == 1.0
+    assert sign_test(2, 0) == 0.25
+    assert sign_test(5, 0) == 1 / 32
+    assert sign_test(3, 1) == 5 / 16
+    assert sign_test(0, 4) == 1.0
+    # P(X >= 7) + P(X <= 6) = 1 for n = 10, and P(X <= 6) = P(X >= 4) by symmetry
+    assert sign_test(7, 3) + sign_test(4, 6) == pytest.approx(1.0)
 
 
 def test_a_family_the_unpruned_model_never_answers_is_left_out_of_the_mean(tmp_path):
@@ -119,3 +164,32 @@ def test_a_family_the_unpruned_model_never_answers_is_left_out_of_the_mean(tmp_p
     for r, n in zip(recs, (16, 16, 96, 96), strict=True):
         r["kept_per_frame"], r["needle_frames"] = [1] * n, [n - 1]
     assert plot_kept_per_frame(recs, tmp_path / "k.png").stat().st_size > 0
+
+
+def test_render_recomputes_the_reports_of_an_earlier_run(tmp_path, capsys):
+    import json
+
+    from sharp_vlm.cli import main
+
+    recs = []
+    for fam in ("f1", "f2"):
+        recs += [_rec(fam, "none", 1.0, s < 3, s) for s in range(4)]
+        recs += [_rec(fam, "sharp", 0.1, s < 3, s) for s in range(4)]
+        recs += [_rec(fam, "sharp", 0.25, s < (3 if fam == "f1" else 1), s) for s in range(4)]
+    for r in recs:
+        r.update(kept_per_frame=[1, 1], needle_frames=[0])
+    # an earlier run's file: records and family descriptions, without the newer summaries
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"records": recs, "families": {"f1": "one", "f2": "two"}}))
+    assert main(["probe", "--render", str(path)]) == 0
+    table = (tmp_path / "table.md").read_text()
+    assert "| sharp | 0.25 | 8 | 50.0% | 66.7% | 2 / 0 |" in table
+    assert "sharp on f2 0.1->0.25 (-2: 2 / 0, p 0.25)" in table and "sharp on all 0.1->0.25" in table
+    assert (tmp_path / "lost_gained.png").stat().st_size > 0
+    assert json.loads(path.read_text())["by_family"]
+    capsys.readouterr()
+    assert main(["probe", "--render", str(tmp_path / "missing.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    path.write_text(json.dumps({"summary": []}))
+    assert main(["probe", "--render", str(path)]) == 2
+    assert "no 'records' list" in capsys.readouterr().err

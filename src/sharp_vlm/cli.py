@@ -69,6 +69,8 @@ def _probe_args(p: argparse.ArgumentParser) -> None:
                    help="instead: per-frame scores, bias and needle ranks of ShaRP (with --options) at --retain")
     p.add_argument("--threads", type=_non_negative, default=0, help="torch CPU threads (0: leave as is)")
     p.add_argument("--out", type=Path, default=Path("runs/probe"))
+    p.add_argument("--render", type=Path, default=None, metavar="RESULTS_JSON",
+                   help="only recompute the summaries, table.md and plots beside an earlier run's results.json")
 
 
 def _probe_config(a: argparse.Namespace):
@@ -87,8 +89,22 @@ def _probe_config(a: argparse.Namespace):
 def cmd_probe(a: argparse.Namespace) -> int:
     from .probe.lm import load_smollm2
     from .probe.report import write
-    from .probe.run import run_probe
+    from .probe.run import analyse, run_probe
 
+    if a.render is not None:  # summaries, tables and plots of an earlier run, recomputed from its records
+        if not a.render.is_file():
+            print(f"sharp probe: {a.render} does not exist; give the results.json of an earlier run", file=sys.stderr)
+            return 2
+        result = json.loads(a.render.read_text())
+        if not isinstance(result, dict) or not isinstance(result.get("records"), list):
+            print(f"sharp probe: {a.render} has no 'records' list; give the results.json that sharp probe wrote",
+                  file=sys.stderr)
+            return 2
+        result.update(analyse(result["records"], result.get("families")))
+        paths = write(result, a.render.parent)
+        print(paths["table"].read_text())
+        print("\n" + "\n".join(f"{k}: {v}" for k, v in paths.items()))
+        return 0
     cfg = _probe_config(a)
     if a.diagnose:
         from .methods import ShaRP

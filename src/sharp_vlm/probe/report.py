@@ -9,14 +9,19 @@ from typing import Any
 
 
 def table(summary: list[dict[str, Any]]) -> str:
-    head = "| method | retain | n | accuracy | vs unpruned | agreement | needle recall | fact recall | kept | s/run |"
-    lines = [head, "|" + "---|" * 10]
+    head = ("| method | retain | n | accuracy | vs unpruned | lost / gained | agreement | needle recall | fact recall "
+            "| kept | s/run |")
+    lines = [head, "|" + "---|" * 11]
     for r in sorted(summary, key=lambda r: (r["method"] != "none", r["method"], -r["retain"])):
         fact = "-" if r["fact_recall"] is None else f"{r['fact_recall']:.2f}"
+        flips = "-" if r["method"] == "none" or r.get("lost") is None else f"{r['lost']} / {r['gained']}"
         lines.append(
-            f"| {r['method']} | {r['retain']:.2f} | {r['n']} | {r['accuracy']:.1%} | {r['relative']:.1%} | "
+            f"| {r['method']} | {r['retain']:.2f} | {r['n']} | {r['accuracy']:.1%} | {r['relative']:.1%} | {flips} | "
             f"{r['agreement']:.1%} | {r['needle_recall']:.2f} | {fact} | {r['kept_ratio']:.3f} | {r['seconds']:.2f} |"
         )
+    if any(r.get("lost") is not None and r["method"] != "none" for r in summary):
+        lines += ["", "lost / gained: samples the unpruned model answers right and this run wrong, and the reverse "
+                  "(a pruned run gains where it removes what misled the unpruned model)."]
     return "\n".join(lines)
 
 
@@ -48,14 +53,17 @@ def family_table(result: dict[str, Any]) -> str:
     lines.append("Methods: accuracy relative to the unpruned model on the same samples. Families: "
                  + "; ".join(f"{k}: {v}" for k, v in result["families"].items()) + ".")
     if result.get("inversions"):
-        lines.append("Retention inversions (more tokens, fewer correct by > 1 sample): " + "; ".join(
-            f"{i['method']} on {i['family']} {i['from']:g}->{i['to']:g} (-{i['correct_lost']})"
-            for i in result["inversions"]))
+        lines.append("Retention inversions (more tokens, fewer correct by > 1 sample; samples that went worse / "
+                     "better; p of the one-sided sign test, >= 0.05 is within noise): " + "; ".join(
+                         f"{i['method']} on {i['family']} {i['from']:g}->{i['to']:g} (-{i['correct_lost']}"
+                         + (f": {i['worse']} / {i['better']}, p {i['p']:.2f})" if "p" in i else ")")
+                         for i in result["inversions"]))
     return "\n".join(lines)
 
 
 def write(result: dict[str, Any], out: Path) -> dict[str, Path]:
-    """results.json, table.md (per family too when families ran), accuracy.png, kept_per_frame.png."""
+    """results.json, table.md (per family too when families ran), accuracy.png, lost_gained.png (when the unpruned
+    model ran), kept_per_frame.png."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "table": out / "table.md"}
     paths["json"].write_text(json.dumps(result, indent=1))
@@ -64,6 +72,8 @@ def write(result: dict[str, Any], out: Path) -> dict[str, Path]:
         text = family_table(result) + "\n\nAll samples pooled:\n\n" + text
     paths["table"].write_text(text + "\n")
     paths["accuracy"] = plot_accuracy(result["summary"], out / "accuracy.png")
+    if any(r.get("lost") is not None and r["method"] != "none" for r in result["summary"]):
+        paths["flips"] = plot_flips(result["summary"], out / "lost_gained.png")
     paths["frames"] = plot_kept_per_frame(result["records"], out / "kept_per_frame.png")
     return paths
 
@@ -87,6 +97,34 @@ def plot_accuracy(summary: list[dict[str, Any]], path: Path) -> Path:
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
     ax.set_title("Needle probe: accuracy vs retention")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_flips(summary: list[dict[str, Any]], path: Path) -> Path:
+    """Per method against retention: the share of samples lost against the unpruned model (right there, wrong
+    here; solid) and gained (dashed). Accuracy is the unpruned accuracy minus lost plus gained: this separates
+    what pruning loses from what it wins by removing a distractor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    methods = sorted({r["method"] for r in summary if r.get("lost") is not None} - {"none"})
+    for i, m in enumerate(methods):
+        rs = sorted((r for r in summary if r["method"] == m), key=lambda r: r["retain"])
+        x = [r["retain"] for r in rs]
+        color = f"C{i}"
+        ax.plot(x, [r["lost"] / r["n"] for r in rs], marker="o", color=color, label=f"{m}: lost")
+        ax.plot(x, [r["gained"] / r["n"] for r in rs], marker="s", linestyle="--", color=color, label=f"{m}: gained")
+    ax.set_xscale("log")
+    ax.set_xlabel("retained visual tokens (share)")
+    ax.set_ylabel("share of samples")
+    ax.set_title("Against the unpruned model: samples lost and gained")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

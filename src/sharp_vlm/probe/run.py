@@ -207,13 +207,18 @@ def run_probe(cfg: ProbeConfig, model: Any, tok: Any, progress: bool = True) -> 
             })
             bar.update(1)
     bar.close()
-    out = {"config": asdict(cfg), "records": records, "summary": summarise(records, by_family=False)}
-    if cfg.families is not None:
+    described = None if cfg.families is None else {f.name: f.describe() for f in families(cfg.families)}
+    return {"config": asdict(cfg), "records": records, **analyse(records, described)}
+
+
+def analyse(records: list[dict[str, Any]], described: dict[str, str] | None = None) -> dict[str, Any]:
+    """The summaries of a run's records: pooled ("summary"); with the families' descriptions also per family
+    ("by_family"), their mean ("mean") and the retention inversions (per family and over all families)."""
+    out: dict[str, Any] = {"summary": summarise(records, by_family=False)}
+    if described is not None:
         by_family = summarise(records)
-        out["families"] = {f.name: f.describe() for f in families(cfg.families)}
-        out["by_family"] = by_family
-        out["mean"] = family_mean(by_family)
-        out["inversions"] = inversions(by_family)
+        out.update(families=described, by_family=by_family, mean=family_mean(by_family),
+                   inversions=inversions(records))
     return out
 
 
@@ -224,9 +229,11 @@ def summarise(records: list[dict[str, Any]], by_family: bool = True) -> list[dic
     for r in records:
         family = r.get("family", "") if by_family else ""
         groups.setdefault((family, r["method"], r["retain"]), []).append(r)
+    unpruned = {(r.get("family", ""), r["seed"]): r["correct"] for r in records if r["method"] == "none"}
     rows = []
     for (family, method, retain), rs in groups.items():
         base = groups.get((family, "none", 1.0), [])
+        pairs = [(unpruned[k], r["correct"]) for r in rs if (k := (r.get("family", ""), r["seed"])) in unpruned]
         base_acc = sum(r["correct"] for r in base) / len(base) if base else float("nan")
         base_acc = base_acc or float("nan")  # nothing to be relative to when the unpruned model never answers
         n = len(rs)
@@ -236,6 +243,9 @@ def summarise(records: list[dict[str, Any]], by_family: bool = True) -> list[dic
             **({"family": family} if by_family else {}),
             "method": method, "retain": retain, "n": n, "accuracy": acc,
             "relative": acc / base_acc if base_acc else float("nan"),
+            # against the unpruned model on the same samples: right there and wrong here, and the reverse
+            "lost": sum(b and not c for b, c in pairs) if pairs else None,
+            "gained": sum(c and not b for b, c in pairs) if pairs else None,
             "agreement": sum(r["agree"] for r in rs) / n,
             "needle_recall": sum(r["needle_recall"] for r in rs) / n,
             "fact_recall": sum(facts) / len(facts) if facts else None,
@@ -265,18 +275,36 @@ def family_mean(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def inversions(rows: list[dict[str, Any]], tolerance: int = 1) -> list[dict[str, Any]]:
-    """Where keeping more tokens answered fewer samples correctly, by more than `tolerance` samples."""
-    by: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in rows:
+def inversions(records: list[dict[str, Any]], tolerance: int = 1) -> list[dict[str, Any]]:
+    """Where keeping more tokens answered fewer samples correctly, by more than `tolerance` samples: per family
+    and method, and over all families ("all"). Each comes with the samples right at the lower retention and wrong
+    at the higher ("worse"), the reverse ("better"), and the one-sided exact sign test on them ("p": the chance
+    of at least that many of the changed samples going the worse way if either way were as likely); p >= 0.05 is
+    within what the number of samples can tell apart."""
+    right: dict[tuple[str, str], dict[float, dict[tuple[str, int], bool]]] = {}
+    for r in records:
         if r["method"] != "none":
-            by.setdefault((r["family"], r["method"]), []).append(r)
+            for family in (r["family"], "all"):
+                by = right.setdefault((family, r["method"]), {}).setdefault(r["retain"], {})
+                by[(r["family"], r["seed"])] = r["correct"]
     out = []
-    for (family, method), rs in by.items():
-        rs = sorted(rs, key=lambda r: r["retain"])
-        for lo, hi in zip(rs, rs[1:], strict=False):
-            lost = round(lo["accuracy"] * lo["n"]) - round(hi["accuracy"] * hi["n"])
+    for (family, method), by_retain in right.items():
+        if family == "all" and len({k[0] for v in by_retain.values() for k in v}) < 2:
+            continue  # one family: its own row says it all
+        retains = sorted(by_retain)
+        for lo, hi in zip(retains, retains[1:], strict=False):
+            a, b = by_retain[lo], by_retain[hi]
+            lost = sum(a.values()) - sum(b.values())
             if lost > tolerance:
-                out.append({"family": family, "method": method, "from": lo["retain"], "to": hi["retain"],
-                            "correct_lost": lost})
-    return out
+                both = a.keys() & b.keys()
+                worse = sum(a[k] and not b[k] for k in both)
+                better = sum(b[k] and not a[k] for k in both)
+                out.append({"family": family, "method": method, "from": lo, "to": hi, "correct_lost": lost,
+                            "worse": worse, "better": better, "p": sign_test(worse, better)})
+    return sorted(out, key=lambda i: i["family"] == "all")  # the families first, the pooled rows last
+
+
+def sign_test(worse: int, better: int) -> float:
+    """One-sided exact sign test: P(X >= worse) for X ~ Binomial(worse + better, 1/2)."""
+    n = worse + better
+    return sum(math.comb(n, k) for k in range(worse, n + 1)) / 2**n
