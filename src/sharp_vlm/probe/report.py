@@ -92,8 +92,7 @@ def plot_accuracy(summary: list[dict[str, Any]], path: Path) -> Path:
         ax.plot([r["retain"] for r in rs], [r["accuracy"] for r in rs], marker="o", label=m)
     if base:
         ax.axhline(base[0]["accuracy"], color="black", linestyle="--", label="unpruned")
-    ax.set_xscale("log")
-    ax.set_xlabel("retained visual tokens (share)")
+    _retain_axis(ax, sorted({r["retain"] for r in summary}))
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
     ax.set_title("Needle probe: accuracy vs retention")
@@ -102,6 +101,14 @@ def plot_accuracy(summary: list[dict[str, Any]], path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _retain_axis(ax: Any, retains: list[float]) -> None:
+    """Log-scaled retention axis, ticked at the retentions that ran (as percentages)."""
+    ax.set_xscale("log")
+    ax.set_xticks(retains, [f"{r:.0%}" for r in retains])
+    ax.minorticks_off()
+    ax.set_xlabel("retained visual tokens")
 
 
 def plot_flips(summary: list[dict[str, Any]], path: Path) -> Path:
@@ -121,8 +128,8 @@ def plot_flips(summary: list[dict[str, Any]], path: Path) -> Path:
         color = f"C{i}"
         ax.plot(x, [r["lost"] / r["n"] for r in rs], marker="o", color=color, label=f"{m}: lost")
         ax.plot(x, [r["gained"] / r["n"] for r in rs], marker="s", linestyle="--", color=color, label=f"{m}: gained")
-    ax.set_xscale("log")
-    ax.set_xlabel("retained visual tokens (share)")
+    _retain_axis(ax, sorted({r["retain"] for r in summary}))
+    ax.set_ylim(bottom=0)
     ax.set_ylabel("share of samples")
     ax.set_title("Against the unpruned model: samples lost and gained")
     ax.legend(fontsize=7)
