@@ -193,3 +193,10 @@ def test_render_recomputes_the_reports_of_an_earlier_run(tmp_path, capsys):
     path.write_text(json.dumps({"summary": []}))
     assert main(["probe", "--render", str(path)]) == 2
     assert "no 'records' list" in capsys.readouterr().err
+
+
+def test_diagnose_refuses_several_families_before_loading_the_model(capsys):
+    from sharp_vlm.cli import main
+
+    assert main(["probe", "--diagnose", "--families", "count,attribute", "--n", "1"]) == 2
+    assert "one family" in capsys.readouterr().err

@@ -108,8 +108,10 @@ def cmd_probe(a: argparse.Namespace) -> int:
     cfg = _probe_config(a)
     if a.diagnose:
         from .methods import ShaRP
+        from .probe.diagnose import check_diagnose
 
         ShaRP(retain=cfg.retains[0], layer=cfg.layer, **cfg.options.get("sharp", {}))
+        check_diagnose(cfg)
     model, tok = load_smollm2()
     if a.diagnose:
         from .methods import ShaRP

@@ -9,10 +9,12 @@ from typing import Any
 import torch
 
 from ..core.budget import keep_count
+from ..core.debias import frame_medians
 from ..core.scoring import renormalize
+from ..errors import ConfigError
 from ..methods import ShaRP
-from .generator import make_sample, seeds
-from .run import ProbeConfig, answer, blank_frames
+from .generator import seeds
+from .run import ProbeConfig, answer, blank_frames, sample_sources
 
 
 def _rank(scores: torch.Tensor, targets: torch.Tensor) -> int:
@@ -26,17 +28,40 @@ def _per_frame(x: torch.Tensor, n_frames: int) -> list[float]:
     return x.view(n_frames, -1).sum(-1).tolist()
 
 
+def check_diagnose(cfg: ProbeConfig) -> None:
+    """The per-frame plots average over samples of one video shape: the plain probe or one family."""
+    if cfg.families is not None and len(sample_sources(cfg)) != 1:
+        raise ConfigError("--diagnose averages per-frame shares over samples of one video shape: give one family "
+                          "(--families count) or none (the plain probe at --frames x --tokens-per-frame)")
+
+
+def bias_label(method: ShaRP) -> str:
+    if method.debias in ("reference", "cached"):
+        return "bias (reference)"
+    if method.debias == "frame":
+        return f"bias ({method.lam:g} x frame median)"
+    return f"no bias (debias={method.debias})"
+
+
 def diagnose(cfg: ProbeConfig, model: Any, tok: Any, method: ShaRP) -> dict[str, Any]:
     """Per sample: the frame shares of raw scores, bias and final scores, and the ranks of the needle's fact tokens."""
+    check_diagnose(cfg)
+    ((source, make),) = sample_sources(cfg)
     reference = blank_frames(model, tok.encode(" ", add_special_tokens=False)[0])
     rows = []
     for seed in seeds(cfg.split, cfg.n):
-        sample = make_sample(seed, tok, n_frames=cfg.n_frames, tokens_per_frame=cfg.tokens_per_frame)
+        sample = make(seed, tok)
         text, stats, _ = answer(model, tok, sample, method, cfg.max_new_tokens, reference)
         record = stats.stages[-1].samples[0]
         raw = renormalize(record.raw_scores.float())
         final = record.scores.float()
-        bias = renormalize(record.bias.float()) if record.bias is not None else torch.zeros_like(raw)
+        if record.bias is not None:
+            bias = renormalize(record.bias.float())
+        elif method.debias == "frame":  # what subtract_frame_median takes off each token
+            frames = torch.arange(sample.n_frames).repeat_interleave(sample.tokens_per_frame)
+            bias = method.lam * frame_medians(raw, frames)
+        else:
+            bias = torch.zeros_like(raw)
         facts = torch.tensor(sample.needle_fact_positions) - sample.video_start
         rows.append(
             {
@@ -54,8 +79,9 @@ def diagnose(cfg: ProbeConfig, model: Any, tok: Any, method: ShaRP) -> dict[str,
                 ),
             }
         )
-    budget = keep_count(method.retain, cfg.n_frames * cfg.tokens_per_frame)
-    return {"method": method.to_dict(), "budget": budget, "rows": rows}
+    budget = keep_count(method.retain, sample.n_frames * sample.tokens_per_frame)
+    return {"method": method.to_dict(), "source": source, "bias_label": bias_label(method), "budget": budget,
+            "rows": rows}
 
 
 def write(result: dict[str, Any], out: Path) -> dict[str, Path]:
@@ -72,7 +98,8 @@ def write(result: dict[str, Any], out: Path) -> dict[str, Path]:
     axes[0].bar(range(n_frames), mean("raw_frame_share"))
     axes[0].set_title("raw attention share per frame", fontsize=9)
     axes[0].bar(
-        range(n_frames), mean("bias_frame_share"), alpha=0.5, color="tab:orange", label="bias (reference)"
+        range(n_frames), mean("bias_frame_share"), alpha=0.5, color="tab:orange",
+        label=result.get("bias_label", "bias (reference)"),
     )
     axes[0].legend(fontsize=7)
     axes[1].bar(range(n_frames), mean("final_frame_mean"), color="tab:green")
