@@ -36,7 +36,7 @@ def tally_digits(sample, tok) -> list[int]:
 
 def said(text: str) -> int | None:
     """The first number in a reply (digits or a number word)."""
-    words = {w: k for k, w in enumerate(NUMBER_WORDS)}
+    words = {w: k for k, w in enumerate(NUMBER_WORDS)} | {"once": 1, "twice": 2}
     for w in re.findall(r"[a-z]+|\d+", text.lower()):
         if w.isdigit():
             return int(w)

@@ -193,10 +193,37 @@ def test_render_recomputes_the_reports_of_an_earlier_run(tmp_path, capsys):
     path.write_text(json.dumps({"summary": []}))
     assert main(["probe", "--render", str(path)]) == 2
     assert "no 'records' list" in capsys.readouterr().err
+    path.write_text("{")
+    assert main(["probe", "--render", str(path)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    path.write_text(json.dumps({"records": [{"method": "none"}], "families": {}}))
+    assert main(["probe", "--render", str(path)]) == 2
+    assert "lacks the field" in capsys.readouterr().err
+    # another name in a run's folder: its reports would overwrite that run's results.json
+    other = tmp_path / "copy.json"
+    other.write_text(json.dumps({"records": recs}))
+    assert main(["probe", "--render", str(other)]) == 2
+    assert "not named results.json" in capsys.readouterr().err
 
 
-def test_diagnose_refuses_several_families_before_loading_the_model(capsys):
+def test_render_a_plain_probe_run(tmp_path):
+    import json
+
     from sharp_vlm.cli import main
 
+    recs = [_rec("32x32", "none", 1.0, True, s) for s in range(2)] + [_rec("32x32", "sharp", 0.1, s == 0, s)
+                                                                       for s in range(2)]
+    for r in recs:
+        r.update(kept_per_frame=[1, 1], needle_frames=[0])
+    (tmp_path / "results.json").write_text(json.dumps({"records": recs}))
+    assert main(["probe", "--render", str(tmp_path / "results.json")]) == 0
+    table = (tmp_path / "table.md").read_text()
+    assert "| sharp | 0.10 | 2 | 50.0% | 50.0% | 1 / 0 |" in table and "Retention inversions" not in table
+
+
+def test_diagnose_refuses_several_families_before_loading_the_model(capsys, monkeypatch):
+    from sharp_vlm.cli import main
+
+    monkeypatch.setattr("sharp_vlm.probe.lm.load_smollm2", lambda *a, **k: pytest.fail("the model was loaded"))
     assert main(["probe", "--diagnose", "--families", "count,attribute", "--n", "1"]) == 2
     assert "one family" in capsys.readouterr().err

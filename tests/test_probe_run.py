@@ -59,7 +59,8 @@ def test_diagnose_shows_the_bias_each_debias_mode_subtracts(tmp_path):
     cfg = ProbeConfig(n=1, split="dev", n_frames=16, tokens_per_frame=16)
     ref = diagnose.diagnose(cfg, model, tok, ShaRP(retain=0.25))
     (row,) = ref["rows"]
-    assert ref["bias_label"] == "bias (reference)" and sum(row["bias_frame_share"]) == pytest.approx(1.0, abs=1e-4)
+    assert ref["bias_label"] == "bias (1 x reference)"
+    assert sum(row["bias_frame_share"]) == pytest.approx(1.0, abs=1e-4)
     # the frame-median debias has no reference pass: the bias is each frame's median score (x lam) on every token
     med = diagnose.diagnose(cfg, model, tok, ShaRP(retain=0.25, debias="frame", lam=0.5))
     (row,) = med["rows"]

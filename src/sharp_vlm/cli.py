@@ -92,15 +92,25 @@ def cmd_probe(a: argparse.Namespace) -> int:
     from .probe.run import analyse, run_probe
 
     if a.render is not None:  # summaries, tables and plots of an earlier run, recomputed from its records
+        if a.diagnose:
+            raise SharpError("--render redraws a probe run's reports; --diagnose runs the model: give one of them")
         if not a.render.is_file():
-            print(f"sharp probe: {a.render} does not exist; give the results.json of an earlier run", file=sys.stderr)
-            return 2
-        result = json.loads(a.render.read_text())
+            raise SharpError(f"{a.render} does not exist; give the results.json of an earlier run")
+        if a.render.name != "results.json":
+            # the reports are written beside it under their own names: another file there would be overwritten
+            raise SharpError(f"{a.render} is not named results.json; give the results.json in a run's folder")
+        try:
+            result = json.loads(a.render.read_text())
+        except json.JSONDecodeError as err:
+            raise SharpError(f"{a.render} is not valid JSON ({err}); give the results.json that sharp probe wrote") \
+                from None
         if not isinstance(result, dict) or not isinstance(result.get("records"), list):
-            print(f"sharp probe: {a.render} has no 'records' list; give the results.json that sharp probe wrote",
-                  file=sys.stderr)
-            return 2
-        result.update(analyse(result["records"], result.get("families")))
+            raise SharpError(f"{a.render} has no 'records' list; give the results.json that sharp probe wrote")
+        try:
+            result.update(analyse(result["records"], result.get("families")))
+        except (KeyError, TypeError) as err:
+            raise SharpError(f"{a.render}: a record lacks the field {err}; give the results.json that sharp probe "
+                             "wrote") from None
         paths = write(result, a.render.parent)
         print(paths["table"].read_text())
         print("\n" + "\n".join(f"{k}: {v}" for k, v in paths.items()))

@@ -36,10 +36,15 @@ def check_diagnose(cfg: ProbeConfig) -> None:
 
 
 def bias_label(method: ShaRP) -> str:
+    """What the bias curve shows: what the debias mode subtracts from (or divides into) the raw scores."""
     if method.debias in ("reference", "cached"):
-        return "bias (reference)"
+        if method.combine == "ratio":
+            return f"reference (log s - {method.lam:g} x log of it)"
+        return f"bias ({method.lam:g} x reference)"
     if method.debias == "frame":
         return f"bias ({method.lam:g} x frame median)"
+    if method.debias == "rope_only":
+        return "RoPE-only prior (divided)"
     return f"no bias (debias={method.debias})"
 
 
@@ -56,7 +61,9 @@ def diagnose(cfg: ProbeConfig, model: Any, tok: Any, method: ShaRP) -> dict[str,
         raw = renormalize(record.raw_scores.float())
         final = record.scores.float()
         if record.bias is not None:
-            bias = renormalize(record.bias.float())
+            # subtraction takes lam x the renormalised reference; the ratio and the RoPE prior divide (drawn as is)
+            lam = method.lam if method.debias in ("reference", "cached") and method.combine == "subtract" else 1.0
+            bias = lam * renormalize(record.bias.float())
         elif method.debias == "frame":  # what subtract_frame_median takes off each token
             frames = torch.arange(sample.n_frames).repeat_interleave(sample.tokens_per_frame)
             bias = method.lam * frame_medians(raw, frames)

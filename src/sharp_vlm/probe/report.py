@@ -54,9 +54,9 @@ def family_table(result: dict[str, Any]) -> str:
                  + "; ".join(f"{k}: {v}" for k, v in result["families"].items()) + ".")
     if result.get("inversions"):
         lines.append("Retention inversions (more tokens, fewer correct by > 1 sample; samples that went worse / "
-                     "better; p of the one-sided sign test, >= 0.05 is within noise): " + "; ".join(
+                     "better; p of the one-sided sign test per comparison, >= 0.05 is within noise): " + "; ".join(
                          f"{i['method']} on {i['family']} {i['from']:g}->{i['to']:g} (-{i['correct_lost']}"
-                         + (f": {i['worse']} / {i['better']}, p {i['p']:.2f})" if "p" in i else ")")
+                         + (f": {i['worse']} / {i['better']}, p {i['p']:.2g})" if "p" in i else ")")
                          for i in result["inversions"]))
     return "\n".join(lines)
 
@@ -106,7 +106,7 @@ def plot_accuracy(summary: list[dict[str, Any]], path: Path) -> Path:
 def _retain_axis(ax: Any, retains: list[float]) -> None:
     """Log-scaled retention axis, ticked at the retentions that ran (as percentages)."""
     ax.set_xscale("log")
-    ax.set_xticks(retains, [f"{r:.0%}" for r in retains])
+    ax.set_xticks(retains, [f"{100 * r:.3g}%" for r in retains])
     ax.minorticks_off()
     ax.set_xlabel("retained visual tokens")
 
@@ -121,13 +121,15 @@ def plot_flips(summary: list[dict[str, Any]], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    methods = sorted({r["method"] for r in summary if r.get("lost") is not None} - {"none"})
-    for i, m in enumerate(methods):
-        rs = sorted((r for r in summary if r["method"] == m), key=lambda r: r["retain"])
+    paired = [r for r in summary if r.get("lost") is not None and r["method"] != "none"]
+    for i, m in enumerate(sorted({r["method"] for r in paired})):
+        rs = sorted((r for r in paired if r["method"] == m), key=lambda r: r["retain"])
         x = [r["retain"] for r in rs]
         color = f"C{i}"
-        ax.plot(x, [r["lost"] / r["n"] for r in rs], marker="o", color=color, label=f"{m}: lost")
-        ax.plot(x, [r["gained"] / r["n"] for r in rs], marker="s", linestyle="--", color=color, label=f"{m}: gained")
+        # shares of the samples that have an unpruned answer to pair with
+        ax.plot(x, [r["lost"] / r.get("paired", r["n"]) for r in rs], marker="o", color=color, label=f"{m}: lost")
+        ax.plot(x, [r["gained"] / r.get("paired", r["n"]) for r in rs], marker="s", linestyle="--", color=color,
+                label=f"{m}: gained")
     _retain_axis(ax, sorted({r["retain"] for r in summary}))
     ax.set_ylim(bottom=0)
     ax.set_ylabel("share of samples")

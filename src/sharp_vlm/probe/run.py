@@ -244,6 +244,7 @@ def summarise(records: list[dict[str, Any]], by_family: bool = True) -> list[dic
             "method": method, "retain": retain, "n": n, "accuracy": acc,
             "relative": acc / base_acc if base_acc else float("nan"),
             # against the unpruned model on the same samples: right there and wrong here, and the reverse
+            "paired": len(pairs),
             "lost": sum(b and not c for b, c in pairs) if pairs else None,
             "gained": sum(c and not b for b, c in pairs) if pairs else None,
             "agreement": sum(r["agree"] for r in rs) / n,
@@ -280,7 +281,8 @@ def inversions(records: list[dict[str, Any]], tolerance: int = 1) -> list[dict[s
     and method, and over all families ("all"). Each comes with the samples right at the lower retention and wrong
     at the higher ("worse"), the reverse ("better"), and the one-sided exact sign test on them ("p": the chance
     of at least that many of the changed samples going the worse way if either way were as likely); p >= 0.05 is
-    within what the number of samples can tell apart."""
+    within what the number of samples can tell apart. p is per comparison, not corrected for how many the run
+    makes (families x methods x retention steps): with many of them a few p < 0.05 come by chance."""
     right: dict[tuple[str, str], dict[float, dict[tuple[str, int], bool]]] = {}
     for r in records:
         if r["method"] != "none":
