@@ -198,7 +198,10 @@ def test_render_recomputes_the_reports_of_an_earlier_run(tmp_path, capsys):
     assert "not valid JSON" in capsys.readouterr().err
     path.write_text(json.dumps({"records": [{"method": "none"}], "families": {}}))
     assert main(["probe", "--render", str(path)]) == 2
-    assert "lacks the field" in capsys.readouterr().err
+    assert "missing or wrong field: 'retain'" in capsys.readouterr().err
+    path.write_text(json.dumps({"records": [1, 2]}))
+    assert main(["probe", "--render", str(path)]) == 2
+    assert "missing or wrong field" in capsys.readouterr().err
     # another name in a run's folder: its reports would overwrite that run's results.json
     other = tmp_path / "copy.json"
     other.write_text(json.dumps({"records": recs}))

@@ -109,8 +109,8 @@ def cmd_probe(a: argparse.Namespace) -> int:
         try:
             result.update(analyse(result["records"], result.get("families")))
         except (KeyError, TypeError) as err:
-            raise SharpError(f"{a.render}: a record lacks the field {err}; give the results.json that sharp probe "
-                             "wrote") from None
+            raise SharpError(f"{a.render}: a record is not as sharp probe writes it (missing or wrong field: {err}); "
+                             "give the results.json that sharp probe wrote") from None
         paths = write(result, a.render.parent)
         print(paths["table"].read_text())
         print("\n" + "\n".join(f"{k}: {v}" for k, v in paths.items()))
