@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sys
 
-import matplotlib
 import torch
+from figures import family_bars, selection_model
 
 from sharp_vlm.core.budget import keep_count
 from sharp_vlm.core.dedup import center, dedup_select
@@ -19,7 +19,6 @@ from sharp_vlm.methods import ShaRP
 from sharp_vlm.methods.sharp import _combine
 from sharp_vlm.probe.families import FAMILIES
 from sharp_vlm.probe.generator import seeds
-from sharp_vlm.probe.lm import _model_from_gguf, load_tokenizer, smollm2_path
 from sharp_vlm.probe.run import answer, blank_frames
 
 SETTINGS = {"raw states, tau 0.9": ("hidden", 0.9), "centred, tau 0.9": ("centered", 0.9),
@@ -40,12 +39,7 @@ class Capture(ShaRP):
 
 
 def main(n: int = 8, layer: int = 2, retain: float = 0.1) -> None:
-    tok = load_tokenizer()
-    model = _model_from_gguf(*smollm2_path(), torch.float32, "sdpa")
-    model.model.layers = model.model.layers[: layer + 1]
-    model.config.num_hidden_layers = layer + 1
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.eval()
+    model, tok = selection_model(layer)
     reference = blank_frames(model, tok.encode(" ", add_special_tokens=False)[0])
     walk = {k: {f: [] for f in FAMILIES} for k in SETTINGS}
     facts = {k: {f: [] for f in FAMILIES} for k in SETTINGS}
@@ -61,27 +55,10 @@ def main(n: int = 8, layer: int = 2, retain: float = 0.1) -> None:
                 walk[label][fam.name].append(1 - r.n_filled / budget)
                 facts[label][fam.name].append(torch.isin(fact, r.keep).float().mean().item())
         print(fam.name, flush=True)
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    family_bars({"share of the budget kept by the walk (rest: fill by score)": walk, "needle-fact tokens kept": facts},
+                f"ShaRP C3 on the probe families (SmolLM2-135M, layer {layer}, {retain:.0%} kept, "
+                f"{n} development samples each)", "docs/img/probe_dedup.png")
     names = list(FAMILIES)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
-    width = 0.27
-    for i, label in enumerate(SETTINGS):
-        xs = [j + (i - 1) * width for j in range(len(names))]
-        axes[0].bar(xs, [sum(walk[label][f]) / n for f in names], width, label=label)
-        axes[1].bar(xs, [sum(facts[label][f]) / n for f in names], width, label=label)
-    for ax, title in zip(axes, ["share of the budget kept by the walk (rest: fill by score)",
-                                "needle-fact tokens kept"], strict=True):
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
-        ax.set_title(title, fontsize=9)
-        ax.set_ylim(0, 1.05)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"ShaRP C3 on the probe families (SmolLM2-135M, layer {layer}, {retain:.0%} kept, "
-                 f"{n} development samples each)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig("docs/img/probe_dedup.png", dpi=110)
     for label in SETTINGS:
         print(label, "walk share", round(sum(map(sum, walk[label].values())) / (n * len(names)), 2),
               "fact recall", round(sum(map(sum, facts[label].values())) / (n * len(names)), 2))

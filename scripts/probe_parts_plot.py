@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import sys
 
-import matplotlib
 import torch
+from figures import family_bars, selection_model
 
 from sharp_vlm.methods import ShaRP
 from sharp_vlm.probe.families import FAMILIES
 from sharp_vlm.probe.generator import seeds
-from sharp_vlm.probe.lm import _model_from_gguf, load_tokenizer, smollm2_path
 from sharp_vlm.probe.run import answer, blank_frames
 
 VARIANTS = {"default (context fill, text query)": {}, "score fill": {"fill": "score"},
@@ -25,12 +24,7 @@ VARIANTS = {"default (context fill, text query)": {}, "score fill": {"fill": "sc
 
 def main(n: int = 6, layer: int = 2, retain: float = 0.1) -> None:
     torch.set_num_threads(2)
-    tok = load_tokenizer()
-    model = _model_from_gguf(*smollm2_path(), torch.float32, "sdpa")
-    model.model.layers = model.model.layers[: layer + 1]
-    model.config.num_hidden_layers = layer + 1
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.eval()
+    model, tok = selection_model(layer)
     reference = blank_frames(model, tok.encode(" ", add_special_tokens=False)[0])
     facts = {k: {f: [] for f in FAMILIES} for k in VARIANTS}
     whole = {k: {f: [] for f in FAMILIES} for k in VARIANTS}
@@ -47,26 +41,10 @@ def main(n: int = 6, layer: int = 2, retain: float = 0.1) -> None:
                 facts[label][fam.name].append(torch.isin(torch.cat(captions), kept).float().mean().item())
                 whole[label][fam.name].append(sum(bool(torch.isin(c, kept).all()) for c in captions) / len(captions))
         print(fam.name, flush=True)
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    family_bars({"needle-fact tokens kept": facts, "needle captions kept whole": whole},
+                f"ShaRP's fill and query on the probe families (SmolLM2-135M, layer {layer}, {retain:.0%} kept, "
+                f"{n} development samples each)", "docs/img/probe_fill_query.png", legend=(1, "upper left"))
     names = list(FAMILIES)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
-    width = 0.27
-    for i, label in enumerate(VARIANTS):
-        xs = [j + (i - 1) * width for j in range(len(names))]
-        axes[0].bar(xs, [sum(facts[label][f]) / n for f in names], width, label=label)
-        axes[1].bar(xs, [sum(whole[label][f]) / n for f in names], width, label=label)
-    for ax, title in zip(axes, ["needle-fact tokens kept", "needle captions kept whole"], strict=True):
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
-        ax.set_title(title, fontsize=9)
-        ax.set_ylim(0, 1.05)
-    axes[1].legend(fontsize=7, loc="upper left")
-    fig.suptitle(f"ShaRP's fill and query on the probe families (SmolLM2-135M, layer {layer}, {retain:.0%} kept, "
-                 f"{n} development samples each)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig("docs/img/probe_fill_query.png", dpi=110)
     for label in VARIANTS:
         total = n * len(names)
         print(label, "fact tokens kept", round(sum(map(sum, facts[label].values())) / total, 2),
