@@ -8,6 +8,11 @@ from pathlib import Path
 from typing import Any
 
 
+def _paired(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pruned rows with lost / gained counts (those whose samples had an unpruned answer to pair with)."""
+    return [r for r in summary if r.get("lost") is not None and r["method"] != "none"]
+
+
 def table(summary: list[dict[str, Any]]) -> str:
     head = ("| method | retain | n | accuracy | vs unpruned | lost / gained | agreement | needle recall | fact recall "
             "| kept | s/run |")
@@ -19,7 +24,7 @@ def table(summary: list[dict[str, Any]]) -> str:
             f"| {r['method']} | {r['retain']:.2f} | {r['n']} | {r['accuracy']:.1%} | {r['relative']:.1%} | {flips} | "
             f"{r['agreement']:.1%} | {r['needle_recall']:.2f} | {fact} | {r['kept_ratio']:.3f} | {r['seconds']:.2f} |"
         )
-    if any(r.get("lost") is not None and r["method"] != "none" for r in summary):
+    if _paired(summary):
         lines += ["", "lost / gained: samples the unpruned model answers right and this run wrong, and the reverse "
                   "(a pruned run gains where it removes what misled the unpruned model)."]
     return "\n".join(lines)
@@ -72,7 +77,7 @@ def write(result: dict[str, Any], out: Path) -> dict[str, Path]:
         text = family_table(result) + "\n\nAll samples pooled:\n\n" + text
     paths["table"].write_text(text + "\n")
     paths["accuracy"] = plot_accuracy(result["summary"], out / "accuracy.png")
-    if any(r.get("lost") is not None and r["method"] != "none" for r in result["summary"]):
+    if _paired(result["summary"]):
         paths["flips"] = plot_flips(result["summary"], out / "lost_gained.png")
     paths["frames"] = plot_kept_per_frame(result["records"], out / "kept_per_frame.png")
     return paths
@@ -121,7 +126,7 @@ def plot_flips(summary: list[dict[str, Any]], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    paired = [r for r in summary if r.get("lost") is not None and r["method"] != "none"]
+    paired = _paired(summary)
     for i, m in enumerate(sorted({r["method"] for r in paired})):
         rs = sorted((r for r in paired if r["method"] == m), key=lambda r: r["retain"])
         x = [r["retain"] for r in rs]
