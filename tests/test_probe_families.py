@@ -82,6 +82,17 @@ def test_bad_family_is_refused():
         check_probe(ProbeConfig(families=["nope"]))
 
 
+def test_a_run_named_twice_is_refused():
+    # each would count its samples twice in every summary
+    with pytest.raises(ConfigError, match="count listed more than once"):
+        check_probe(ProbeConfig(families=["count", "attribute", "count"]))
+    with pytest.raises(ConfigError, match="--methods lists sharp more than once"):
+        check_probe(ProbeConfig(methods=["none", "sharp", "fastv", "sharp"]))
+    with pytest.raises(ConfigError, match="--retain lists 0.1 more than once"):
+        check_probe(ProbeConfig(retains=[0.1, 0.25, 0.1]))
+    check_probe(ProbeConfig(methods=["sharp", "sharp@4"], retains=[0.1, 0.25], families=["count", "attribute"]))
+
+
 def _rec(family, method, retain, correct, seed=0):
     return {"family": family, "seed": seed, "method": method, "retain": retain, "correct": correct,
             "agree": correct, "needle_recall": 1.0, "fact_recall": None, "kept_ratio": retain, "seconds": 0.1}

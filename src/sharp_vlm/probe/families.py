@@ -2,8 +2,9 @@
 
 Each family fixes the video's shape (16-96 frames of 16-144 tokens; the generator itself goes to 196), how
 redundant the scene is, how many needle frames there are and which question kinds it asks (drawn per seed); needle
-frames are placed uniformly over the video, so a family's samples sweep the needle position. Seeds are shared with the plain probe (development
-0-999, held-out 10000-10999) and salted with the family name, so families do not share needles.
+frames are placed uniformly over the video, so a family's samples sweep the needle position. Seeds are shared with
+the plain probe (development 0-999, held-out 10000-10999) and salted with the family name, so families do not share
+needles.
 """
 
 from __future__ import annotations
@@ -75,4 +76,13 @@ def families(names: str | list[str] | None) -> list[Family]:
     if unknown:
         raise ValueError(f"unknown probe famil{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; "
                          f"known: {', '.join(FAMILIES)} (or all)")
+    twice = listed_twice(listed)
+    if twice:  # a family listed twice would count its samples twice in every summary
+        raise ValueError(f"probe famil{'y' if len(twice) == 1 else 'ies'} {', '.join(twice)} listed more than once; "
+                         "name each family once")
     return [FAMILIES[n] for n in listed]
+
+
+def listed_twice(items: list) -> list:
+    """The items listed more than once, in order of first appearance."""
+    return sorted({x for x in items if items.count(x) > 1}, key=items.index)

@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..loading import method_class
 from ..methods import NoPrune, ShaRP
 from ..models.generic import VideoSpan
-from .families import families
+from .families import families, listed_twice
 from .generator import MAX_FRAMES, MAX_TPF, MIN_FRAMES, MIN_TPF, ProbeSample, check_answer, make_sample, seeds
 
 
@@ -109,6 +109,10 @@ def check_probe(cfg: ProbeConfig, n_layers: int | None = None) -> list[Variant]:
             families(cfg.families)
         except ValueError as err:
             raise ConfigError(str(err)) from None
+    for what, items in (("--methods", cfg.methods), ("--retain", cfg.retains)):
+        twice = listed_twice(list(items))
+        if twice:  # a repeated run would count its samples twice in every summary
+            raise ConfigError(f"{what} lists {', '.join(map(str, twice))} more than once; name each once")
     available = len(seeds(cfg.split))
     if cfg.n > available:
         raise ConfigError(f"--n {cfg.n}: the {cfg.split} split has {available} samples")
