@@ -258,7 +258,8 @@ def assert_inputs_embeds_only_is_refused(model: nn.Module, inputs: Inputs) -> No
         model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"])
 
 
-def reference_of(adapter: Any, model: nn.Module, text_model: nn.Module, inputs: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_of(adapter: Any, model: nn.Module, text_model: nn.Module,
+                 inputs: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
     """(the adapter's reference input, the visual rows of its layout) for one prompt; every other row must be the
     decoder input's own."""
     embeds = decoder_input(model, text_model, inputs)

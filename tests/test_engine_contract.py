@@ -79,7 +79,8 @@ class KeepsTooMany(sv.StageMethod):
 def test_engine_enforces_the_budget():
     model = tiny_llama()
     span = sv.VideoSpan(start=2, n_frames=4, tokens_per_frame=8)
-    with sv.apply(model, KeepsTooMany(retain=0.25, layer=1), span=span), pytest.raises(RuntimeError, match="budget is 8"):
+    with (sv.apply(model, KeepsTooMany(retain=0.25, layer=1), span=span),
+          pytest.raises(RuntimeError, match="budget is 8")):
         model(input_ids=torch.randint(3, 100, (1, 40)))
 
 
@@ -159,7 +160,8 @@ def test_decoder_family_without_an_adapter_is_refused_with_the_supported_list():
 
     cfg = Gemma2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2, head_dim=8, pad_token_id=0)
-    with pytest.raises(sv.UnsupportedModelError, match="Gemma2ForCausalLM is not supported; supported: .*LlamaForCausalLM"):
+    with pytest.raises(sv.UnsupportedModelError,
+                       match="Gemma2ForCausalLM is not supported; supported: .*LlamaForCausalLM"):
         sv.apply(Gemma2ForCausalLM(cfg), sv.FastV(), span=sv.VideoSpan(0, 2, 2))
 
 

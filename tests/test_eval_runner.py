@@ -51,8 +51,8 @@ def test_variants_put_none_first_once():
 def test_flags_are_checked_before_any_answer(tmp_path):
     for kw, msg in [({"methods": ["nope"]}, "unknown method"), ({"retains": [1.5]}, "retain"),
                     ({"options": {"sharp": {"x": 1}}}, "not pruning methods in --methods"),
-                    ({"options": {"fastv": {"bogus": 1}}}, "no option"), ({"fps": -1.0}, "--fps"), ({"frames": 0}, "--frames"),
-                    ({"limit": 0}, "--limit")]:
+                    ({"options": {"fastv": {"bogus": 1}}}, "no option"), ({"fps": -1.0}, "--fps"),
+                    ({"frames": 0}, "--frames"), ({"limit": 0}, "--limit")]:
         with pytest.raises(ConfigError, match=msg):
             run_eval(_cfg(tmp_path, **kw), _samples(), Fake(), tmp_path / "out", progress=False)
 

@@ -118,7 +118,8 @@ def test_reference_normalises_each_kind_with_its_processor(mixed):
                                                                           image_std=IMAGENET_STD)))
     ref, vis = reference_of(adapter, model, model.model.language_model, inputs)
     shape = inputs["pixel_values"].shape
-    pix = torch.cat([_black((3, *shape[1:]), CLIP_MEAN, CLIP_STD), _black((8, *shape[1:]), IMAGENET_MEAN, IMAGENET_STD)])
+    pix = torch.cat([_black((3, *shape[1:]), CLIP_MEAN, CLIP_STD),
+                     _black((8, *shape[1:]), IMAGENET_MEAN, IMAGENET_STD)])
     expect = decoder_input(model, dict(inputs, pixel_values=pix))
     assert (ref[0, vis] - expect[0, vis]).abs().max() < 1e-5
     pos = torch.nonzero(vis).flatten()

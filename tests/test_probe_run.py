@@ -18,7 +18,8 @@ def test_variants_and_ablations():
     assert labels[:5] == ["none", "fastv", "fastv", "uniform@0", "uniform@0"]
     assert [v.config.layer for v in vs if v.label == "uniform@0"] == [0, 0]
     assert len([v for v in vs if v.label.startswith("sharp[")]) == 16
-    assert ablation_label(True, False, True) == "sharp[mask+dedup]" and ablation_label(False, False, False) == "sharp[none]"
+    assert (ablation_label(True, False, True) == "sharp[mask+dedup]"
+            and ablation_label(False, False, False) == "sharp[none]")
     full = next(v.config for v in vs if v.label == "sharp[mask+debias+dedup]")
     assert (full.mask, full.debias, full.dedup) == ("bidirectional", "reference", True)
 

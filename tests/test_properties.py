@@ -42,7 +42,8 @@ def methods(draw):
     kind = draw(st.sampled_from(["fastv", "uniform", "random", "sharp", "schedule"]))
     retain, layer = draw(retains()), draw(layers())
     if kind == "fastv":
-        return lambda: sv.FastV(retain=retain, layer=layer, query=draw(st.sampled_from(["last", "text", "last", "mean"])))
+        return lambda: sv.FastV(retain=retain, layer=layer,
+                                query=draw(st.sampled_from(["last", "text", "last", "mean"])))
     if kind == "uniform":
         return lambda: sv.UniformPrune(retain=retain, layer=layer)
     if kind == "random":
@@ -73,7 +74,8 @@ def prompts(draw):
     return kind, model, inputs, None, lambda: qwen_prompt(model, inputs)
 
 
-# derandomize: CI explores the same examples every run (a failure reproduces); raise max_examples locally to explore more
+# derandomize: CI explores the same examples every run (a failure reproduces);
+# raise max_examples locally to explore more
 @settings(max_examples=150, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(make=methods(), prompt=prompts())

@@ -262,11 +262,14 @@ def test_flash_attention_layers_switch_to_a_masked_kernel(qwen25):
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"mask": "causal"}, "mask="), ({"mask_scope": "all"}, "mask_scope="), ({"debias": "black"}, "debias="),
-    ({"segment_frames": 0}, "segment_frames"), ({"dedup_tau": 0.0}, "dedup_tau"), ({"max_registers": -1}, "max_registers"),
+    ({"segment_frames": 0}, "segment_frames"), ({"dedup_tau": 0.0}, "dedup_tau"),
+    ({"max_registers": -1}, "max_registers"),
     ({"lam": -1.0}, "lam"), ({"retain": 0}, "retain"), ({"layer": 0}, "layer"), ({"combine": "max"}, "combine"),
     ({"dedup_window": 0}, "dedup_window"), ({"fill": "nearest"}, "fill="), ({"context_radius": 0}, "context_radius"),
-    ({"context_share": 0.95, "fill": "context"}, "context_share"), ({"context_share": 0.5, "fill": "score"}, "fill='context'"),
-    ({"combine": "ratio", "debias": "frame"}, "reference bias"), ({"combine": "ratio", "debias": "off"}, "reference bias"),
+    ({"context_share": 0.95, "fill": "context"}, "context_share"),
+    ({"context_share": 0.5, "fill": "score"}, "fill='context'"),
+    ({"combine": "ratio", "debias": "frame"}, "reference bias"),
+    ({"combine": "ratio", "debias": "off"}, "reference bias"),
 ])
 def test_invalid_options(kwargs, match):
     with pytest.raises(sv.ConfigError, match=match):

@@ -122,8 +122,8 @@ def test_layout_places_every_feature_where_the_model_puts_it(size, patch, scale,
     assert torch.equal(lay.positions, torch.nonzero(placeholders).flatten())  # every placeholder, nothing else
     expected_items, seen = [], 0
     for rows, cols in images:
-        expected_items += [VisualItem("image", seen, rows * cols, side, side), VisualItem("image", seen + rows * cols * per,
-                                                                                           1, side, side)]
+        expected_items += [VisualItem("image", seen, rows * cols, side, side),
+                           VisualItem("image", seen + rows * cols * per, 1, side, side)]
         seen += (rows * cols + 1) * per
     if frames:
         expected_items.append(VisualItem("video", seen, frames, side, side))

@@ -18,7 +18,8 @@ def image_and_video(qwen25):
     video = tiny_video_inputs(model, frames=16, height=16, width=16, prefix=3, question=5, seed=2)
     gen = torch.Generator().manual_seed(3)
     img_tokens = torch.full((16,), cfg.image_token_id)
-    image_block = torch.cat([torch.tensor([cfg.vision_start_token_id]), img_tokens, torch.tensor([cfg.vision_end_token_id])])
+    image_block = torch.cat([torch.tensor([cfg.vision_start_token_id]), img_tokens,
+                             torch.tensor([cfg.vision_end_token_id])])
     ids = torch.cat([video.input_ids[0, :3], image_block, video.input_ids[0, 3:]])[None]
     types = torch.zeros_like(ids)
     types[ids == cfg.image_token_id] = 1
@@ -70,7 +71,8 @@ def test_image_target_prunes_only_the_image(image_and_video):
 
 def test_a_target_missing_from_the_prompt_is_a_clear_error(qwen25):
     model, inputs = qwen25
-    with sv.apply(model, sv.FastV(targets="image")), torch.no_grad(), pytest.raises(sv.InputError, match="targets='image'"):
+    with (sv.apply(model, sv.FastV(targets="image")), torch.no_grad(),
+          pytest.raises(sv.InputError, match="targets='image'")):
         model(**inputs)
     with pytest.raises(sv.ConfigError, match="targets='frames' is not one of"):
         sv.FastV(targets="frames")

@@ -404,9 +404,9 @@ def vision_encoder_flops(
       LLaVA-NeXT-Video, InternVL): patch embedding and ``num_hidden_layers`` blocks of q/k/v/out
       projections, attention within each image and a 2-matrix MLP. ``n_patches`` counts patches
       only: a CLIP or InternViT tower (``model_type`` ``clip_vision_model`` / ``internvl_vision``)
-      adds one class token per image, which goes through every block. Each image holds ``(image_size / patch_size)**2`` patches. Every layer is
-      counted even when the VLM reads an earlier one (LLaVA's ``vision_feature_layer=-2``):
-      transformers runs them all.
+      adds one class token per image, which goes through every block. Each image holds
+      ``(image_size / patch_size)**2`` patches. Every layer is counted even when the VLM reads an
+      earlier one (LLaVA's ``vision_feature_layer=-2``): transformers runs them all.
 
     Connectors: the Qwen mergers are part of the Qwen vision model and are counted. Connectors
     that live outside the vision model class (the LLaVA projector MLP, the SmolVLM pixel-shuffle

@@ -25,8 +25,8 @@ def table(result: dict[str, Any]) -> str:
         f"{m['attn']}, {m['device']} ({m.get('gpu') or m['processor']}, {m['threads']} threads), torch {m['torch']}",
         "",
         "| variant | prefill s (min-max) | speedup | FLOPs bound | of bound | bound, rect. | FLOPs cut | "
-        "overhead s (of dense) | scoring s | select s | mask s | reference s | above floor s | decode ms/tok | KV MiB | "
-        "peak MiB (+run) |",
+        "overhead s (of dense) | scoring s | select s | mask s | reference s | above floor s | decode ms/tok | "
+        "KV MiB | peak MiB (+run) |",
         "|" + "---|" * 16,
     ]
     for r in rows:
@@ -48,8 +48,8 @@ def table(result: dict[str, Any]) -> str:
         "speedup: unpruned prefill / this prefill (medians). FLOPs bound: the speedup if time followed FLOPs "
         "(scoring and a per-request reference pass included), counting the attention pairs a causal kernel "
         "computes; rect.: counting the full attention rectangle (torch's flop-counter convention). overhead: "
-        "scoring + selection (dedup) + the segment mask's extra time in the layers before the stage; the reference pass is "
-        "apart. above floor: prefill minus "
+        "scoring + selection (dedup) + the segment mask's extra time in the layers before the stage; "
+        "the reference pass is apart. above floor: prefill minus "
         f"the 'floor' run (same schedule, free selection). Peak memory: {rows[0].get('memory_source')}.",
     ]
     by_name = {r["variant"]: r for r in rows}

@@ -25,7 +25,8 @@ def fingerprint(model: nn.Module, adapter: Adapter) -> tuple:
     """Identifies the weights for the on-disk bias cache without hashing the whole model: the shape and a slice of
     every parameter of the first decoder layer (norm weights alone can be all ones)."""
     cfg = adapter.text_model().config
-    params = [(tuple(p.shape), float(p.detach().flatten()[:64].float().sum())) for p in adapter.layers()[0].parameters()]
+    params = [(tuple(p.shape), float(p.detach().flatten()[:64].float().sum()))
+              for p in adapter.layers()[0].parameters()]
     return (type(model).__name__, getattr(cfg, "_name_or_path", ""), tuple(params))
 
 

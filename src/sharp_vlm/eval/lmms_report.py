@@ -67,7 +67,8 @@ def _run(folder: Path) -> dict[str, Any] | None:
 
 def collect(root: str | Path) -> dict[str, Any]:
     root = Path(root)
-    runs = [r for r in (_run(p) for p in sorted(root.iterdir()) if p.is_dir()) if r is not None] if root.is_dir() else []
+    runs = ([r for r in (_run(p) for p in sorted(root.iterdir()) if p.is_dir()) if r is not None]
+            if root.is_dir() else [])
     if not runs:
         raise SharpError(f"no lmms-eval results under {root}; give the folder that holds one run folder per method")
     base = next((r for r in runs if r["method"] == "none"), None)

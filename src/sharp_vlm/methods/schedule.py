@@ -43,7 +43,9 @@ class Schedule(Method):
                 f"Schedule retains must not increase, got {retains}: each is a share of the original visual tokens"
             )
         if len({s.targets for s in self.steps}) > 1:
-            raise ConfigError(f"the stages of a Schedule must prune the same targets, got {[s.targets for s in self.steps]}")
+            raise ConfigError(
+                f"the stages of a Schedule must prune the same targets, got {[s.targets for s in self.steps]}"
+            )
         if sum(st.segment_mask is not None for s in self.steps for st in s.stages()) > 1:
             raise ConfigError("at most one stage of a Schedule may use a forward-scope segment mask")
         for i, s in enumerate(self.steps):

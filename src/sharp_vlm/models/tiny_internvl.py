@@ -23,7 +23,8 @@ def _text_config(model_type: str, layers: int, hidden: int, heads: int, kv_heads
     cfg = tiny_text_config(model_type, layers, hidden, heads, kv_heads, vocab)
     if model_type == "gpt_oss":
         cfg.update(num_local_experts=2, num_experts_per_tok=1, sliding_window=8,
-                   layer_types=["sliding_attention", "full_attention"] * (layers // 2) + ["full_attention"] * (layers % 2))
+                   layer_types=["sliding_attention", "full_attention"] * (layers // 2)
+                   + ["full_attention"] * (layers % 2))
     return cfg
 
 

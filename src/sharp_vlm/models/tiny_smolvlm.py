@@ -189,7 +189,8 @@ def video_text(timestamps: list[float], duration: float, image_seq_len: int) -> 
     text = VIDEO_INTRO.format(frame_count=number_words(len(timestamps)),
                               video_duration=str(timedelta(seconds=int(duration))))
     for t in timestamps:
-        text += FRAME_MESSAGE.format(timestamp=f"{int(t // 60):02d}:{int(t % 60):02d}") + single_view_text(image_seq_len)
+        text += (FRAME_MESSAGE.format(timestamp=f"{int(t // 60):02d}:{int(t % 60):02d}")
+                 + single_view_text(image_seq_len))
     return text + MEDIA_OUTTRO
 
 

@@ -158,7 +158,8 @@ def _chat_template(path: Path, processor: dict[str, Any]) -> str | None:
 # ---------------------------------------------------------------------------------------------------------------
 # pixel operations shared by the families (each the op the HF torchvision backend runs, in the same dtype)
 
-_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}  # PIL resample codes in the configs -> interpolate modes
+# PIL resample codes in the configs -> interpolate modes
+_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
 
 
 def resample_mode(code: Any, default: str) -> str:
