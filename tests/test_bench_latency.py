@@ -211,6 +211,8 @@ def test_cli_runs_and_redraws_a_bench(tmp_path, tiny_shapes, capsys):
     assert main(["bench", "--render", str(out / "bench.json")]) == 0
     assert (out / "speedup.png").stat().st_size > 0 and "| floor |" in capsys.readouterr().out
     assert main(["bench", "--render", str(tmp_path / "missing.json")]) == 2
+    assert main(["bench", "--render", str(out / "bench.json"), "--retain", "0.25"]) == 2
+    assert "--retain would be ignored" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

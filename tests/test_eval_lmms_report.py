@@ -35,5 +35,7 @@ def test_table_over_runs(tmp_path, capsys):
     assert cli.main(["eval", "--lmms-runs", str(tmp_path)]) == 0
     assert "| sharp@0.1 | sharp | 0.1 | 0.6 | 0.750 | 0.500 | 0.100 | 0.5 | 0.500 |" in capsys.readouterr().out
     assert (tmp_path / "lmms_report.md").is_file() and (tmp_path / "lmms_report.json").is_file()
+    assert cli.main(["eval", "--lmms-runs", str(tmp_path), "--model", "m", "--limit", "3"]) == 2
+    assert "--model, --limit would be ignored; drop them or drop --lmms-runs" in capsys.readouterr().err
     with pytest.raises(SharpError, match="no lmms-eval results"):
         collect(tmp_path / "not_a_run")

@@ -218,6 +218,10 @@ def test_render_recomputes_the_reports_of_an_earlier_run(tmp_path, capsys):
     other.write_text(json.dumps({"records": recs}))
     assert main(["probe", "--render", str(other)]) == 2
     assert "not named results.json" in capsys.readouterr().err
+    # run flags beside --render would be ignored: refused, naming them (--threads still applies)
+    assert main(["probe", "--render", str(path), "--diagnose", "--n", "3", "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--n, --diagnose would be ignored" in err and "--threads" not in err
 
 
 def test_render_a_plain_probe_run(tmp_path):

@@ -92,8 +92,6 @@ def cmd_probe(a: argparse.Namespace) -> int:
     from .probe.run import analyse, run_probe
 
     if a.render is not None:  # summaries, tables and plots of an earlier run, recomputed from its records
-        if a.diagnose:
-            raise SharpError("--render redraws a probe run's reports; --diagnose runs the model: give one of them")
         if not a.render.is_file():
             raise SharpError(f"{a.render} does not exist; give the results.json of an earlier run")
         if a.render.name != "results.json":
@@ -294,6 +292,24 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+# flags that replace a run by a report over earlier results -> the other flags they still read
+_ALONE = {"render": {"threads"}, "lmms_runs": {"threads"}}
+
+
+def _check_alone(sub: argparse.ArgumentParser | None, a: argparse.Namespace) -> None:
+    """A report-only flag with run flags beside it: refused, rather than ignoring those flags."""
+    for flag, reads in _ALONE.items():
+        if sub is None or getattr(a, flag, None) is None:
+            continue
+        given = [act.option_strings[-1] for act in sub._actions
+                 if act.option_strings and act.dest not in {flag, "help", *reads}
+                 and getattr(a, act.dest, act.default) != act.default]
+        if given:
+            name = "--" + flag.replace("_", "-")
+            raise SharpError(f"{name} only redraws the reports of earlier runs, so {', '.join(given)} would be "
+                             f"ignored; drop {'it' if len(given) == 1 else 'them'} or drop {name}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sharp", description="Visual token pruning for Video LLMs.")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -376,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     try:
+        _check_alone({"probe": p, "bench": b, "eval": e}.get(a.cmd), a)
         return a.fn(a)
     except SharpError as err:  # a usage error: one line that says what to do, no traceback
         print(f"sharp {a.cmd}: {err}", file=sys.stderr)
