@@ -245,3 +245,8 @@ def test_diagnose_refuses_several_families_before_loading_the_model(capsys, monk
     monkeypatch.setattr("sharp_vlm.probe.lm.load_smollm2", lambda *a, **k: pytest.fail("the model was loaded"))
     assert main(["probe", "--diagnose", "--families", "count,attribute", "--n", "1"]) == 2
     assert "one family" in capsys.readouterr().err
+    assert main(["probe", "--diagnose", "--families", "count", "--retain", "0.1,0.25"]) == 2
+    assert "one retention" in capsys.readouterr().err
+    # it runs ShaRP alone: flags it does not read are refused, not ignored
+    assert main(["probe", "--diagnose", "--methods", "fastv", "--ablate"]) == 2
+    assert "--methods, --ablate would be ignored" in capsys.readouterr().err

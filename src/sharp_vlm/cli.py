@@ -292,22 +292,27 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
-# flags that replace a run by a report over earlier results -> the other flags they still read
-_ALONE = {"render": {"threads"}, "lmms_runs": {"threads"}}
+# flags that replace the command's run by another job -> (what that job is, the other flags it still reads)
+_ALONE = {
+    "render": ("only redraws the reports of an earlier run", {"threads"}),
+    "lmms_runs": ("only tabulates earlier lmms-eval runs", {"threads"}),
+    "diagnose": ("runs ShaRP alone on one video shape", {"retain", "layer", "n", "split", "frames",
+                                                         "tokens_per_frame", "families", "options", "threads", "out"}),
+}
 
 
 def _check_alone(sub: argparse.ArgumentParser | None, a: argparse.Namespace) -> None:
-    """A report-only flag with run flags beside it: refused, rather than ignoring those flags."""
-    for flag, reads in _ALONE.items():
-        if sub is None or getattr(a, flag, None) is None:
+    """Flags that the chosen job does not read are refused, rather than ignored."""
+    for flag, (job, reads) in _ALONE.items():
+        if sub is None or getattr(a, flag, None) in (None, False):
             continue
         given = [act.option_strings[-1] for act in sub._actions
                  if act.option_strings and act.dest not in {flag, "help", *reads}
                  and getattr(a, act.dest, act.default) != act.default]
         if given:
             name = "--" + flag.replace("_", "-")
-            raise SharpError(f"{name} only redraws the reports of earlier runs, so {', '.join(given)} would be "
-                             f"ignored; drop {'it' if len(given) == 1 else 'them'} or drop {name}")
+            raise SharpError(f"{name} {job}, so {', '.join(given)} would be ignored; "
+                             f"drop {'it' if len(given) == 1 else 'them'} or drop {name}")
 
 
 def main(argv: list[str] | None = None) -> int:

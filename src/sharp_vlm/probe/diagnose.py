@@ -33,6 +33,8 @@ def check_diagnose(cfg: ProbeConfig) -> None:
     if cfg.families is not None and len(sample_sources(cfg)) != 1:
         raise ConfigError("--diagnose averages per-frame shares over samples of one video shape: give one family "
                           "(--families count) or none (the plain probe at --frames x --tokens-per-frame)")
+    if len(cfg.retains) != 1:
+        raise ConfigError(f"--diagnose plots one retention; got --retain {','.join(map(str, cfg.retains))}")
 
 
 def bias_label(method: ShaRP) -> str:
