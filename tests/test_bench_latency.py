@@ -124,6 +124,7 @@ def test_bench_on_a_local_checkpoint_folder(tmp_path):
     "change, match",
     [
         ({"variants": ["fastv"]}, "must include 'none'"),
+        ({"variants": ["none", "fastv", "none"]}, "--variants lists none more than once"),
         ({"retain": 1.5}, "retain"),
         ({"repeats": 0}, "repeats"),
         ({"vision": "tiny-lm"}, "no vision tower"),

@@ -44,7 +44,7 @@ def _cfg(tmp_path, **kw):
 
 
 def test_variants_put_none_first_once():
-    cfg = EvalConfig(model="m", data="d", methods=["fastv", "none", "fastv"], retains=[0.5, 0.1])
+    cfg = EvalConfig(model="m", data="d", methods=["fastv", "none"], retains=[0.5, 0.1])
     assert [v.key for v in cfg.variants()] == ["none", "fastv@0.5", "fastv@0.1"]
 
 
@@ -52,7 +52,9 @@ def test_flags_are_checked_before_any_answer(tmp_path):
     for kw, msg in [({"methods": ["nope"]}, "unknown method"), ({"retains": [1.5]}, "retain"),
                     ({"options": {"sharp": {"x": 1}}}, "not pruning methods in --methods"),
                     ({"options": {"fastv": {"bogus": 1}}}, "no option"), ({"fps": -1.0}, "--fps"),
-                    ({"frames": 0}, "--frames"), ({"limit": 0}, "--limit")]:
+                    ({"frames": 0}, "--frames"), ({"limit": 0}, "--limit"),
+                    ({"methods": ["none", "fastv", "FastV"]}, "--methods lists fastv more than once"),
+                    ({"retains": [0.1, 0.5, 0.1]}, "--retain lists 0.1 more than once")]:
         with pytest.raises(ConfigError, match=msg):
             run_eval(_cfg(tmp_path, **kw), _samples(), Fake(), tmp_path / "out", progress=False)
 

@@ -84,7 +84,7 @@ def test_bad_family_is_refused():
 
 def test_a_run_named_twice_is_refused():
     # each would count its samples twice in every summary
-    with pytest.raises(ConfigError, match="count listed more than once"):
+    with pytest.raises(ConfigError, match="--families lists count more than once"):
         check_probe(ProbeConfig(families=["count", "attribute", "count"]))
     with pytest.raises(ConfigError, match="--methods lists sharp more than once"):
         check_probe(ProbeConfig(methods=["none", "sharp", "fastv", "sharp"]))

@@ -78,6 +78,13 @@ def check_layer(layer: int, allow_zero: bool = False) -> None:
         raise ConfigError(f"layer={layer!r} must be an integer {where}")
 
 
+def check_unique(items: list, what: str) -> None:
+    """A list of runs names each once: a repeat would be run, and counted in every summary, twice."""
+    twice = sorted({x for x in items if items.count(x) > 1}, key=items.index)
+    if twice:
+        raise ConfigError(f"{what} lists {', '.join(map(str, twice))} more than once; name each once")
+
+
 def check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
     if not isinstance(value, str) or value not in choices:
         raise ConfigError(f"{what}={value!r} is not one of {', '.join(map(repr, choices))}")

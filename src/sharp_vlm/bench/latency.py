@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..config import Method, check_retain
+from ..config import Method, check_retain, check_unique
 from ..core.budget import keep_count
 from ..engine.patch import Handle, apply
 from ..errors import ConfigError
@@ -217,6 +217,7 @@ def _check(cfg: BenchConfig) -> None:
         raise ConfigError("repeats must be >= 1 and warmup >= 0")
     if "none" not in cfg.variants:
         raise ConfigError("the variants must include 'none': every speedup is measured against it in the same run")
+    check_unique(list(cfg.variants), "--variants")
     depth = _depth(cfg)
     if cfg.layer >= depth:
         raise ConfigError(f"--layer {cfg.layer} is beyond the model's depth: {cfg.model} has {depth} decoder layers, "

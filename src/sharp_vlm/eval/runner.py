@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import check_unique
 from ..errors import ConfigError, SharpError
 from ..loading import load_config
 from .data import QARecord, score
@@ -79,7 +80,7 @@ class EvalConfig:
     def variants(self) -> list[Variant]:
         """`none` first (added when missing), then each other method at each retain, in the order given."""
         out = [Variant("none", 1.0)]
-        for name in dict.fromkeys(m.strip().lower() for m in self.methods if m.strip()):
+        for name in (m.strip().lower() for m in self.methods if m.strip()):
             if name != "none":
                 out += [Variant(name, float(r)) for r in self.retains]
         return out
@@ -102,6 +103,8 @@ class EvalConfig:
             raise ConfigError(f"--limit {self.limit} must be >= 1")
         if self.max_new_tokens < 1:
             raise ConfigError(f"--max-new-tokens {self.max_new_tokens} must be >= 1")
+        check_unique([m.strip().lower() for m in self.methods if m.strip()], "--methods")
+        check_unique([float(r) for r in self.retains], "--retain")
         unused = sorted(set(self.options) - {v.method for v in self.variants() if v.method != "none"})
         if unused:
             raise ConfigError(f"--options names method(s) {unused} that are not pruning methods in --methods")

@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import check_unique
 from .generator import KINDS, MAX_FRAMES, MAX_TPF, MIN_FRAMES, MIN_TPF, ProbeSample, make_sample
 
 
@@ -76,13 +77,5 @@ def families(names: str | list[str] | None) -> list[Family]:
     if unknown:
         raise ValueError(f"unknown probe famil{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; "
                          f"known: {', '.join(FAMILIES)} (or all)")
-    twice = listed_twice(listed)
-    if twice:  # a family listed twice would count its samples twice in every summary
-        raise ValueError(f"probe famil{'y' if len(twice) == 1 else 'ies'} {', '.join(twice)} listed more than once; "
-                         "name each family once")
+    check_unique(listed, "--families")
     return [FAMILIES[n] for n in listed]
-
-
-def listed_twice(items: list) -> list:
-    """The items listed more than once, in order of first appearance."""
-    return sorted({x for x in items if items.count(x) > 1}, key=items.index)

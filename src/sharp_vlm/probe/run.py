@@ -12,14 +12,14 @@ from typing import Any
 
 import torch
 
-from ..config import Method
+from ..config import Method, check_unique
 from ..core.layout import VisualLayout
 from ..engine.patch import apply
 from ..errors import ConfigError
 from ..loading import method_class
 from ..methods import NoPrune, ShaRP
 from ..models.generic import VideoSpan
-from .families import families, listed_twice
+from .families import families
 from .generator import MAX_FRAMES, MAX_TPF, MIN_FRAMES, MIN_TPF, ProbeSample, check_answer, make_sample, seeds
 
 
@@ -109,10 +109,8 @@ def check_probe(cfg: ProbeConfig, n_layers: int | None = None) -> list[Variant]:
             families(cfg.families)
         except ValueError as err:
             raise ConfigError(str(err)) from None
-    for what, items in (("--methods", cfg.methods), ("--retain", cfg.retains)):
-        twice = listed_twice(list(items))
-        if twice:  # a repeated run would count its samples twice in every summary
-            raise ConfigError(f"{what} lists {', '.join(map(str, twice))} more than once; name each once")
+    check_unique(list(cfg.methods), "--methods")
+    check_unique(list(cfg.retains), "--retain")
     available = len(seeds(cfg.split))
     if cfg.n > available:
         raise ConfigError(f"--n {cfg.n}: the {cfg.split} split has {available} samples")
