@@ -31,7 +31,7 @@ demo: $(STAMP)
 	$(BIN)/sharp demo
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff check src tests tests_hf tests_lmms scripts
 	$(BIN)/python -m pytest
 
 # torch-only preprocessing against the HF processors of every family (not part of `make test`)
@@ -40,7 +40,7 @@ test-hf: $(HF_STAMP)
 
 # The code is wrapped by hand at 120 columns (checked by E501), so ruff's formatter is not enforced.
 lint: $(STAMP)
-	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff check src tests tests_hf tests_lmms scripts
 
 # lmms-eval 0.7.3 and the sharp_vlm model plugin in their own venv (not part of `make test`; ~7 GB): PyPI's torch
 # 2.13.0 build (torchvision's ops need it; `===` skips the local +cpu wheel), the tested pins of requirements-eval.txt,

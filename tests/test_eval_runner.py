@@ -54,7 +54,7 @@ def test_flags_are_checked_before_any_answer(tmp_path):
                     ({"options": {"fastv": {"bogus": 1}}}, "no option"), ({"fps": -1.0}, "--fps"),
                     ({"frames": 0}, "--frames"), ({"limit": 0}, "--limit"),
                     ({"methods": ["none", "fastv", "FastV"]}, "--methods lists fastv more than once"),
-                    ({"retains": [0.1, 0.5, 0.1]}, "--retain lists 0.1 more than once")]:
+                    ({"retains": [0.1, 0.5, 0.1000001]}, "--retain lists 0.1 more than once")]:
         with pytest.raises(ConfigError, match=msg):
             run_eval(_cfg(tmp_path, **kw), _samples(), Fake(), tmp_path / "out", progress=False)
 

@@ -86,8 +86,10 @@ def test_a_run_named_twice_is_refused():
     # each would count its samples twice in every summary
     with pytest.raises(ConfigError, match="--families lists count more than once"):
         check_probe(ProbeConfig(families=["count", "attribute", "count"]))
-    with pytest.raises(ConfigError, match="--methods lists sharp more than once"):
-        check_probe(ProbeConfig(methods=["none", "sharp", "fastv", "sharp"]))
+    with pytest.raises(ConfigError, match=r"--methods \(as name@layer\) lists sharp@2 more than once"):
+        check_probe(ProbeConfig(methods=["none", "sharp", "fastv", "Sharp"]))
+    with pytest.raises(ConfigError, match="lists sharp@2 more than once"):
+        check_probe(ProbeConfig(methods=["sharp", "sharp@2"], layer=2))
     with pytest.raises(ConfigError, match="--retain lists 0.1 more than once"):
         check_probe(ProbeConfig(retains=[0.1, 0.25, 0.1]))
     check_probe(ProbeConfig(methods=["sharp", "sharp@4"], retains=[0.1, 0.25], families=["count", "attribute"]))
@@ -222,6 +224,8 @@ def test_render_recomputes_the_reports_of_an_earlier_run(tmp_path, capsys):
     assert main(["probe", "--render", str(path), "--diagnose", "--n", "3", "--threads", "1"]) == 2
     err = capsys.readouterr().err
     assert "--n, --diagnose would be ignored" in err and "--threads" not in err
+    assert main(["probe", "--render", str(path), "--ret=0.1"]) == 2  # written at its default (abbreviated): refused
+    assert "--retain would be ignored" in capsys.readouterr().err
 
 
 def test_render_a_plain_probe_run(tmp_path):
@@ -250,3 +254,7 @@ def test_diagnose_refuses_several_families_before_loading_the_model(capsys, monk
     # it runs ShaRP alone: flags it does not read are refused, not ignored
     assert main(["probe", "--diagnose", "--methods", "fastv", "--ablate"]) == 2
     assert "--methods, --ablate would be ignored" in capsys.readouterr().err
+    assert main(["probe", "--diagnose", "--families", "count", "--options", '{"uniform": {}}']) == 2
+    assert "the --options of uniform would be ignored" in capsys.readouterr().err
+    assert main(["probe", "--diagnose", "--families", "nope"]) == 2
+    assert "unknown probe family nope" in capsys.readouterr().err

@@ -82,6 +82,10 @@ def _probe_config(a: argparse.Namespace):
         options=a.options, trim_kv=a.trim_kv,
         families=None if a.families is None else [f for f in a.families.split(",") if f],
     )
+    if a.diagnose:  # first: it runs ShaRP alone, so its flags are checked before those of a probe run
+        from .probe.diagnose import check_diagnose
+
+        check_diagnose(cfg)
     check_probe(cfg)  # every variant's config is built (and checked) before the model loads
     return cfg
 
@@ -116,10 +120,8 @@ def cmd_probe(a: argparse.Namespace) -> int:
     cfg = _probe_config(a)
     if a.diagnose:
         from .methods import ShaRP
-        from .probe.diagnose import check_diagnose
 
         ShaRP(retain=cfg.retains[0], layer=cfg.layer, **cfg.options.get("sharp", {}))
-        check_diagnose(cfg)
     model, tok = load_smollm2()
     if a.diagnose:
         from .methods import ShaRP
@@ -301,18 +303,33 @@ _ALONE = {
 }
 
 
-def _check_alone(sub: argparse.ArgumentParser | None, a: argparse.Namespace) -> None:
+def _given(sub: argparse.ArgumentParser, args: list[str]) -> set[str]:
+    """The destinations of the flags written on the command line (a flag written at its default value too)."""
+    saved = [(act, act.default) for act in sub._actions]
+    try:
+        for act, _ in saved:
+            act.default = argparse.SUPPRESS
+        given, _ = sub.parse_known_args(args)
+    finally:
+        for act, default in saved:
+            act.default = default
+    return set(vars(given))
+
+
+def _check_alone(sub: argparse.ArgumentParser | None, a: argparse.Namespace, args: list[str]) -> None:
     """Flags that the chosen job does not read are refused, rather than ignored."""
+    if sub is None:
+        return
+    given = _given(sub, args)
     for flag, (job, reads) in _ALONE.items():
-        if sub is None or getattr(a, flag, None) in (None, False):
+        if flag not in given:
             continue
-        given = [act.option_strings[-1] for act in sub._actions
-                 if act.option_strings and act.dest not in {flag, "help", *reads}
-                 and getattr(a, act.dest, act.default) != act.default]
-        if given:
+        extra = [act.option_strings[-1] for act in sub._actions
+                 if act.option_strings and act.dest in given and act.dest not in {flag, *reads}]
+        if extra:
             name = "--" + flag.replace("_", "-")
-            raise SharpError(f"{name} {job}, so {', '.join(given)} would be ignored; "
-                             f"drop {'it' if len(given) == 1 else 'them'} or drop {name}")
+            raise SharpError(f"{name} {job}, so {', '.join(extra)} would be ignored; "
+                             f"drop {'it' if len(extra) == 1 else 'them'} or drop {name}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -393,11 +410,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="instead: one table (lmms_report.md/.json in DIR) over lmms-eval runs of the sharp_vlm "
                    "model, one subfolder per method x retain, the unpruned one included")
     e.set_defaults(fn=cmd_eval)
+    argv = sys.argv[1:] if argv is None else list(argv)
     a = parser.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     try:
-        _check_alone({"probe": p, "bench": b, "eval": e}.get(a.cmd), a)
+        _check_alone({"probe": p, "bench": b, "eval": e}.get(a.cmd), a, argv[argv.index(a.cmd) + 1:])
         return a.fn(a)
     except SharpError as err:  # a usage error: one line that says what to do, no traceback
         print(f"sharp {a.cmd}: {err}", file=sys.stderr)

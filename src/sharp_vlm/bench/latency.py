@@ -217,7 +217,7 @@ def _check(cfg: BenchConfig) -> None:
         raise ConfigError("repeats must be >= 1 and warmup >= 0")
     if "none" not in cfg.variants:
         raise ConfigError("the variants must include 'none': every speedup is measured against it in the same run")
-    check_unique(list(cfg.variants), "--variants")
+    check_unique([v.lower() for v in cfg.variants], "--variants")
     depth = _depth(cfg)
     if cfg.layer >= depth:
         raise ConfigError(f"--layer {cfg.layer} is beyond the model's depth: {cfg.model} has {depth} decoder layers, "

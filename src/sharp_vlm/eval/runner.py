@@ -104,7 +104,7 @@ class EvalConfig:
         if self.max_new_tokens < 1:
             raise ConfigError(f"--max-new-tokens {self.max_new_tokens} must be >= 1")
         check_unique([m.strip().lower() for m in self.methods if m.strip()], "--methods")
-        check_unique([float(r) for r in self.retains], "--retain")
+        check_unique([f"{float(r):g}" for r in self.retains], "--retain")  # as the records' keys write them
         unused = sorted(set(self.options) - {v.method for v in self.variants() if v.method != "none"})
         if unused:
             raise ConfigError(f"--options names method(s) {unused} that are not pruning methods in --methods")

@@ -30,11 +30,20 @@ def _per_frame(x: torch.Tensor, n_frames: int) -> list[float]:
 
 def check_diagnose(cfg: ProbeConfig) -> None:
     """The per-frame plots average over samples of one video shape: the plain probe or one family."""
-    if cfg.families is not None and len(sample_sources(cfg)) != 1:
+    if len(cfg.retains) != 1:
+        raise ConfigError(f"--diagnose plots one retention; got --retain {','.join(map(str, cfg.retains))}: "
+                          "give one, e.g. --retain 0.1")
+    other = sorted(set(cfg.options) - {"sharp"})
+    if other:
+        raise ConfigError(f"--diagnose runs ShaRP alone, so the --options of {', '.join(other)} would be ignored; "
+                          'give options for sharp only, e.g. \'{"sharp": {"lam": 0.5}}\'')
+    try:
+        shapes = len(sample_sources(cfg))
+    except ValueError as err:  # an unknown family
+        raise ConfigError(str(err)) from None
+    if shapes != 1:
         raise ConfigError("--diagnose averages per-frame shares over samples of one video shape: give one family "
                           "(--families count) or none (the plain probe at --frames x --tokens-per-frame)")
-    if len(cfg.retains) != 1:
-        raise ConfigError(f"--diagnose plots one retention; got --retain {','.join(map(str, cfg.retains))}")
 
 
 def bias_label(method: ShaRP) -> str:

@@ -109,7 +109,9 @@ def check_probe(cfg: ProbeConfig, n_layers: int | None = None) -> list[Variant]:
             families(cfg.families)
         except ValueError as err:
             raise ConfigError(str(err)) from None
-    check_unique(list(cfg.methods), "--methods")
+    # "Sharp" and "sharp@2" at --layer 2 name the run of "sharp"
+    check_unique([f"{name.lower()}@{at or cfg.layer}" for name, _, at in (m.partition("@") for m in cfg.methods)],
+                 "--methods (as name@layer)")
     check_unique(list(cfg.retains), "--retain")
     available = len(seeds(cfg.split))
     if cfg.n > available:
