@@ -129,6 +129,33 @@ def test_kv_cache_lengths_and_decode_positions(family, trim):
     assert [layer.keys.shape[-2] for layer in _cache(out).layers] == [shallow + 3] * 2 + [kept + 3] * 2
 
 
+def test_a_later_text_turn_at_once_equals_it_token_by_token(family):
+    """A multi-token call that continues a pruned cache (a follow-up turn) is text: fed at once it gives the logits
+    of feeding it one token at a time. For the declared span the turn is longer than the span's end, which must
+    not read as a new video."""
+    case, model, inputs = family
+    seq = inputs["input_ids"].shape[1]
+    if case.span is not None:
+        end = case.span.start + case.span.n_tokens
+        turn = torch.randint(3, 120, (1, end + 2), generator=torch.Generator().manual_seed(0))
+    else:
+        turn = inputs["input_ids"][:, -6:]  # the prompt's closing text tokens (question, assistant marker)
+
+    def call(ids: torch.Tensor, cache) -> torch.Tensor:
+        extra = {"mm_token_type_ids": torch.zeros_like(ids)} if "mm_token_type_ids" in inputs else {}
+        mask = torch.ones(1, seq + done[0] + ids.shape[1], dtype=torch.long)
+        done[0] += ids.shape[1]
+        return model(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True, **extra).logits
+
+    with case.apply(model, sv.FastV(retain=0.25, layer=2)), torch.no_grad():
+        logits = []
+        for chunks in ([turn], list(turn.split(1, dim=1))):
+            cache = _cache(model(**inputs, use_cache=True))
+            done = [0]
+            logits.append(torch.cat([call(c, cache) for c in chunks], dim=1))
+    assert (logits[0] - logits[1]).abs().max() < 1e-4
+
+
 def test_generate_with_and_without_cache_agree(family):
     case, model, inputs = family
     cfg = sv.Schedule([sv.UniformPrune(retain=0.5, layer=0), sv.FastV(retain=0.25, layer=1)])

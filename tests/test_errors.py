@@ -183,3 +183,15 @@ def test_user_appends_a_new_video_to_a_pruned_cache(qwen25):
         with pytest.raises(sv.InputError, match="cannot be appended to a KV cache filled by a pruned prefill"):
             model(**more, attention_mask=mask, cache=cache, pixel_values_videos=inputs["pixel_values_videos"],
                   video_grid_thw=inputs["video_grid_thw"])
+
+
+def test_a_later_turn_the_adapter_cannot_read_is_an_error_not_text(qwen25):
+    # video placeholders without the token types that place them: refused as in a prompt, not decoded as text
+    model, inputs = qwen25
+    with sv.apply(model, sv.FastV(retain=0.25)), torch.no_grad():
+        cache = model(**inputs, use_cache=True).cache
+        ids = inputs["input_ids"][:, -40:].clone()
+        ids[0, :4] = model.config.video_token_id
+        mask = torch.ones(1, cache.get_seq_length() + ids.shape[1], dtype=torch.long)
+        with pytest.raises(sv.InputError, match="missing `mm_token_type_ids`"):
+            model(input_ids=ids, attention_mask=mask, cache=cache)

@@ -16,7 +16,7 @@ from .core.selection import DedupCounts, Merge, Selection
 from .engine.patch import Handle, apply
 from .engine.stats import CallStats, SampleRecord, StageCosts, StageStats
 from .engine.view import SampleView
-from .errors import ConfigError, InputError, SharpError, UnsupportedModelError
+from .errors import ConfigError, InputError, NoVisualTokensError, SharpError, UnsupportedModelError
 from .models.generic import VideoSpan
 
 __version__ = "0.1.0"
@@ -31,6 +31,7 @@ __all__ = [
     "Merge",
     "Method",
     "NoPrune",
+    "NoVisualTokensError",
     "RandomPrune",
     "SampleRecord",
     "SampleView",

@@ -15,3 +15,7 @@ class UnsupportedModelError(SharpError):
 
 class InputError(SharpError):
     """The model inputs cannot be pruned as given (no visual tokens, missing ids, ...)."""
+
+
+class NoVisualTokensError(InputError):
+    """The input has no visual tokens: an error for a prompt to prune, plain text for a call that continues a cache."""

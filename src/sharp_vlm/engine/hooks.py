@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..config import TARGET_KINDS, Method, SegmentMask, Stage
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, NoVisualTokensError
 from ..flops import DecoderShape
 from ..models.base import Adapter, ReferenceFn
 from .decode import Decode, trim_shallow
@@ -260,10 +260,7 @@ class Engine:
         mask = call.get("attention_mask")
         if isinstance(mask, torch.Tensor) and mask.dim() == 2:
             call["attention_mask"] = mask[:, -ids.shape[1]:]  # the mask also covers the cached tokens
-        try:
-            return any(lay.n_visual for lay in self.adapter.find_layouts(call, ids.shape[1], ids.shape[0]))
-        except InputError:
-            return False
+        return self.adapter.continuation_has_visual(call, ids.shape[1], ids.shape[0])
 
     def _unexpanded(self, batch: int) -> tuple[int, dict[str, Any]]:
         """generate() repeats each prompt for beams or num_return_sequences but hands the forward the grids and
@@ -286,7 +283,7 @@ class Engine:
         # the layouts of the unexpanded prompts, repeated as generate() repeated the prompts
         full = [lay for lay in self.adapter.find_layouts(call, seq_len, batch // factor) for _ in range(factor)]
         if not any(lay.n_visual for lay in full):
-            raise InputError(
+            raise NoVisualTokensError(
                 "no visual tokens in the prompt: nothing to prune. Build the inputs from a message with a video "
                 "(or, for a decoder-only model, declare the video span)"
             )

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..core.layout import VisualLayout
 from ..core.scoring import apply_rotary
-from ..errors import UnsupportedModelError
+from ..errors import NoVisualTokensError, UnsupportedModelError
 
 ReferenceFn = Callable[[torch.Tensor, list[VisualLayout], dict[str, Any]], torch.Tensor]
 Take = Callable[[torch.Tensor, int], torch.Tensor]  # (tensor, dim) -> the tensor gathered to the current rows
@@ -138,6 +138,14 @@ class Adapter:
     def find_layouts(self, call: dict[str, Any], seq_len: int, batch: int) -> list[VisualLayout]:
         """Visual-token layout per sample, from the kwargs of the outer model call."""
         raise NotImplementedError
+
+    def continuation_has_visual(self, call: dict[str, Any], seq_len: int, batch: int) -> bool:
+        """Whether a call that continues a KV cache (a later turn) brings visual tokens. An input the adapter
+        cannot parse is an error here as in a prompt; only "no visual tokens" means text."""
+        try:
+            return any(lay.n_visual for lay in self.find_layouts(call, seq_len, batch))
+        except NoVisualTokensError:
+            return False
 
     def reference_embeds(
         self, embeds: torch.Tensor, layouts: list[VisualLayout], call: dict[str, Any]

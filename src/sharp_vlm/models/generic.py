@@ -77,6 +77,11 @@ class GenericAdapter(Adapter):
         device = next(self.model.parameters()).device
         return [span.layout(device) for _ in range(batch)]
 
+    def continuation_has_visual(self, call: dict[str, Any], seq_len: int, batch: int) -> bool:
+        """Never: the declared span locates the video of a prompt that starts from an empty cache, so the tokens
+        of a later call are text to this adapter."""
+        return False
+
     def reference_embeds(
         self, embeds: torch.Tensor, layouts: list[VisualLayout], call: dict[str, Any]
     ) -> torch.Tensor:

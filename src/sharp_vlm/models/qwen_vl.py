@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..core.layout import VisualItem, VisualLayout
-from ..errors import InputError
+from ..errors import InputError, NoVisualTokensError
 from .base import Adapter
 from .pixel_norms import CLIP_MEAN, CLIP_STD
 
@@ -53,7 +53,7 @@ class QwenVLAdapter(Adapter):
                     f"{self.family} inputs are missing `mm_token_type_ids`; pass every tensor the processor returns "
                     "(e.g. model.generate(**inputs)) so that the video tokens and their 3-D positions are known"
                 )
-            raise InputError(
+            raise NoVisualTokensError(
                 "no visual tokens in the prompt: the input has no image or video placeholder tokens; "
                 "build the inputs with the processor from a message that contains a video"
             )
