@@ -91,7 +91,7 @@ def test_a_run_named_twice_is_refused():
     with pytest.raises(ConfigError, match="lists sharp@2 more than once"):
         check_probe(ProbeConfig(methods=["sharp", "sharp@2"], layer=2))
     with pytest.raises(ConfigError, match="--retain lists 0.1 more than once"):
-        check_probe(ProbeConfig(retains=[0.1, 0.25, 0.1]))
+        check_probe(ProbeConfig(retains=[0.1, 0.25, 0.1000001]))
     check_probe(ProbeConfig(methods=["sharp", "sharp@4"], retains=[0.1, 0.25], families=["count", "attribute"]))
 
 

@@ -112,7 +112,7 @@ def check_probe(cfg: ProbeConfig, n_layers: int | None = None) -> list[Variant]:
     # "Sharp" and "sharp@2" at --layer 2 name the run of "sharp"
     check_unique([f"{name.lower()}@{at or cfg.layer}" for name, _, at in (m.partition("@") for m in cfg.methods)],
                  "--methods (as name@layer)")
-    check_unique(list(cfg.retains), "--retain")
+    check_unique([f"{float(r):g}" for r in cfg.retains], "--retain")  # two that print alike are one run to a reader
     available = len(seeds(cfg.split))
     if cfg.n > available:
         raise ConfigError(f"--n {cfg.n}: the {cfg.split} split has {available} samples")
