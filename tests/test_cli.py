@@ -24,6 +24,7 @@ def no_model(monkeypatch):
         (["probe", "--options", '{"fastv": {}}', "--methods", "sharp"], "not among the methods run"),
         (["probe", "--methods", "fastvv"], "unknown method 'fastvv'"),
         (["probe", "--methods", "uniform@x"], "must be an integer"),
+        (["probe", "--methods", "none,sharp@0"], "sharp@0: layer=0 must be an integer >= 1"),
         (["probe", "--frames", "8"], "16-96 frames"),
         (["probe", "--families", "attribute,nope"], "unknown probe family nope"),
         (["probe", "--n", "100000"], "the heldout split has"),

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from sharp_vlm.errors import ConfigError
 from sharp_vlm.probe.families import FAMILIES, Family, families
 from sharp_vlm.probe.generator import VERB_FORMS, VERBS, check_answer, make_sample
 from sharp_vlm.probe.report import family_table
-from sharp_vlm.probe.run import ProbeConfig, check_probe, family_mean, inversions, sign_test, summarise
+from sharp_vlm.probe.run import ProbeConfig, analyse, check_probe, family_mean, inversions, sign_test, summarise
 
 
 @pytest.fixture(scope="module")
@@ -179,9 +181,22 @@ def test_a_family_the_unpruned_model_never_answers_is_left_out_of_the_mean(tmp_p
     assert plot_kept_per_frame(recs, tmp_path / "k.png").stat().st_size > 0
 
 
-def test_render_recomputes_the_reports_of_an_earlier_run(tmp_path, capsys):
-    import json
+def test_no_relative_accuracy_is_null_in_the_json_and_a_dash_in_the_table(tmp_path):
+    from sharp_vlm.probe.report import table, write
 
+    recs = [_rec("f1", "none", 1.0, False), _rec("f1", "sharp", 0.1, True)]
+    for r in recs:
+        r["kept_per_frame"], r["needle_frames"] = [1] * 8, [3]
+    result = {"records": recs, **analyse(recs, None)}
+    write(result, tmp_path)
+    text = (tmp_path / "results.json").read_text()
+    assert "NaN" not in text  # strict JSON: every reader takes null, not every reader takes NaN
+    (row,) = [r for r in json.loads(text)["summary"] if r["method"] == "sharp"]
+    assert row["relative"] is None and row["accuracy"] == 1.0
+    assert "| sharp | 0.10 | 1 | 100.0% | - |" in table(result["summary"])
+
+
+def test_render_recomputes_the_reports_of_an_earlier_run(tmp_path, capsys):
     from sharp_vlm.cli import main
 
     recs = []
@@ -229,8 +244,6 @@ def test_render_recomputes_the_reports_of_an_earlier_run(tmp_path, capsys):
 
 
 def test_render_a_plain_probe_run(tmp_path):
-    import json
-
     from sharp_vlm.cli import main
 
     recs = [_rec("32x32", "none", 1.0, True, s) for s in range(2)] + [_rec("32x32", "sharp", 0.1, s == 0, s)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from ..core.scoring import renormalize
 from ..errors import ConfigError
 from ..methods import ShaRP
 from .generator import seeds
+from .report import json_text
 from .run import ProbeConfig, answer, blank_frames, sample_sources
 
 
@@ -139,5 +139,5 @@ def write(result: dict[str, Any], out: Path) -> dict[str, Path]:
     paths = {"json": out / "diagnose.json", "plot": out / "diagnose.png"}
     fig.savefig(paths["plot"], dpi=120)
     plt.close(fig)
-    paths["json"].write_text(json.dumps(result, indent=1))
+    paths["json"].write_text(json_text(result))
     return paths

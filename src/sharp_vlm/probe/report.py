@@ -21,8 +21,9 @@ def table(summary: list[dict[str, Any]]) -> str:
         fact = "-" if r["fact_recall"] is None else f"{r['fact_recall']:.2f}"
         flips = "-" if r["method"] == "none" or r.get("lost") is None else f"{r['lost']} / {r['gained']}"
         lines.append(
-            f"| {r['method']} | {r['retain']:.2f} | {r['n']} | {r['accuracy']:.1%} | {r['relative']:.1%} | {flips} | "
-            f"{r['agreement']:.1%} | {r['needle_recall']:.2f} | {fact} | {r['kept_ratio']:.3f} | {r['seconds']:.2f} |"
+            f"| {r['method']} | {r['retain']:.2f} | {r['n']} | {r['accuracy']:.1%} | {_pct(r['relative'], 1)} | "
+            f"{flips} | {r['agreement']:.1%} | {r['needle_recall']:.2f} | {fact} | {r['kept_ratio']:.3f} | "
+            f"{r['seconds']:.2f} |"
         )
     if _paired(summary):
         lines += ["", "lost / gained: samples the unpruned model answers right and this run wrong, and the reverse "
@@ -30,8 +31,23 @@ def table(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _pct(x: float) -> str:
-    return "-" if math.isnan(x) else f"{x:.0%}"
+def _pct(x: float, digits: int = 0) -> str:
+    return "-" if math.isnan(x) else f"{x:.{digits}%}"
+
+
+def json_text(result: Any) -> str:
+    """The result as strict JSON: an undefined value (NaN, e.g. relative accuracy where the unpruned model answered
+    nothing) is written as null, which every JSON reader accepts."""
+    def strict(x: Any) -> Any:
+        if isinstance(x, float) and math.isnan(x):
+            return None
+        if isinstance(x, dict):
+            return {k: strict(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [strict(v) for v in x]
+        return x
+
+    return json.dumps(strict(result), indent=1, allow_nan=False)
 
 
 def family_table(result: dict[str, Any]) -> str:
@@ -71,7 +87,7 @@ def write(result: dict[str, Any], out: Path) -> dict[str, Path]:
     model ran), kept_per_frame.png."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "table": out / "table.md"}
-    paths["json"].write_text(json.dumps(result, indent=1))
+    paths["json"].write_text(json_text(result))
     text = table(result["summary"])
     if "by_family" in result:
         text = family_table(result) + "\n\nAll samples pooled:\n\n" + text

@@ -67,6 +67,8 @@ def _build(cls: type[Method], name: str, options: dict[str, Any], **fixed: Any) 
         raise ConfigError(f"--options sets {', '.join(clash)} for {name}; use the --retain/--layer flags instead")
     try:
         return cls(**fixed, **options)
+    except ConfigError as err:  # say which run of the command line it is
+        raise ConfigError(f"{name}: {err}") from None
     except TypeError:
         fields = sorted(f.name for f in dataclasses.fields(cls) if f.init)
         unknown = sorted(set(options) - set(fields))
@@ -87,7 +89,7 @@ def variants(cfg: ProbeConfig) -> list[Variant]:
         layer = int(at) if at else cfg.layer
         cls = method_class(name)
         for r in cfg.retains:
-            out.append(Variant(spec, name, r, _build(cls, name, cfg.options.get(name, {}), retain=r, layer=layer)))
+            out.append(Variant(spec, name, r, _build(cls, spec, cfg.options.get(name, {}), retain=r, layer=layer)))
     if cfg.ablate:
         base = cfg.options.get("sharp", {})
         for (c1, c2, c3), opts in ABLATIONS.items():
