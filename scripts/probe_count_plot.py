@@ -48,7 +48,7 @@ def said(text: str) -> int | None:
 def main(n: int = 24, layer: int = 2) -> None:
     torch.set_num_threads(2)
     model, tok = load_smollm2()
-    reference = blank_frames(model, tok.encode(" ", add_special_tokens=False)[0])
+    reference = blank_frames(model, tok)
     fam = FAMILIES["count"]
     kept = {r: {"first": 0, "last": 0} for r in RETAINS}
     replies = {r: {"last tally (right)": 0, "an earlier tally": 0, "other": 0} for r in (*RETAINS, 1.0)}

@@ -40,7 +40,7 @@ class Capture(ShaRP):
 
 def main(n: int = 8, layer: int = 2, retain: float = 0.1) -> None:
     model, tok = selection_model(layer)
-    reference = blank_frames(model, tok.encode(" ", add_special_tokens=False)[0])
+    reference = blank_frames(model, tok)
     walk = {k: {f: [] for f in FAMILIES} for k in SETTINGS}
     facts = {k: {f: [] for f in FAMILIES} for k in SETTINGS}
     for fam in FAMILIES.values():

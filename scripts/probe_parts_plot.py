@@ -25,7 +25,7 @@ VARIANTS = {"default (context fill, text query)": {}, "score fill": {"fill": "sc
 def main(n: int = 6, layer: int = 2, retain: float = 0.1) -> None:
     torch.set_num_threads(2)
     model, tok = selection_model(layer)
-    reference = blank_frames(model, tok.encode(" ", add_special_tokens=False)[0])
+    reference = blank_frames(model, tok)
     facts = {k: {f: [] for f in FAMILIES} for k in VARIANTS}
     whole = {k: {f: [] for f in FAMILIES} for k in VARIANTS}
     for fam in FAMILIES.values():

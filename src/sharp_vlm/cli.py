@@ -120,14 +120,11 @@ def cmd_probe(a: argparse.Namespace) -> int:
     cfg = _probe_config(a)
     if a.diagnose:
         from .methods import ShaRP
-
-        ShaRP(retain=cfg.retains[0], layer=cfg.layer, **cfg.options.get("sharp", {}))
-    model, tok = load_smollm2()
-    if a.diagnose:
-        from .methods import ShaRP
         from .probe import diagnose
 
-        method = ShaRP(retain=cfg.retains[0], layer=cfg.layer, **cfg.options.get("sharp", {}))
+        method = ShaRP(retain=cfg.retains[0], layer=cfg.layer, **cfg.options.get("sharp", {}))  # before the load
+    model, tok = load_smollm2()
+    if a.diagnose:
         paths = diagnose.write(diagnose.diagnose(cfg, model, tok, method), a.out)
         print("\n".join(f"{k}: {v}" for k, v in paths.items()))
         return 0
@@ -158,7 +155,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     paths = write(result, a.out)
     print(table(result["summary"]))
     sample = make_sample(seeds("heldout", 1)[0], tok, n_frames=cfg.n_frames, tokens_per_frame=cfg.tokens_per_frame)
-    reference = blank_frames(model, tok.encode(" ", add_special_tokens=False)[0])
+    reference = blank_frames(model, tok)
     kept = {}
     for label, method in (("unpruned", NoPrune()), ("FastV", FastV(retain=a.retain, layer=2)),
                           ("ShaRP", ShaRP(retain=a.retain, layer=2))):

@@ -63,7 +63,7 @@ def diagnose(cfg: ProbeConfig, model: Any, tok: Any, method: ShaRP) -> dict[str,
     """Per sample: the frame shares of raw scores, bias and final scores, and the ranks of the needle's fact tokens."""
     check_diagnose(cfg)
     ((source, make),) = sample_sources(cfg)
-    reference = blank_frames(model, tok.encode(" ", add_special_tokens=False)[0])
+    reference = blank_frames(model, tok)
     rows = []
     for seed in seeds(cfg.split, cfg.n):
         sample = make(seed, tok)

@@ -138,9 +138,10 @@ def normalise(text: str) -> str:
     return " ".join(words[:2])
 
 
-def blank_frames(model: Any, token_id: int) -> Callable[[torch.Tensor, list[VisualLayout], dict], torch.Tensor]:
-    """Reference input for debiasing: every frame token becomes one neutral token (a "black frame" for text)."""
-    emb = model.get_input_embeddings().weight[token_id]
+def blank_frames(model: Any, tok: Any) -> Callable[[torch.Tensor, list[VisualLayout], dict], torch.Tensor]:
+    """Reference input for debiasing: every frame token becomes the tokenizer's space token (a "black frame" for
+    text)."""
+    emb = model.get_input_embeddings().weight[tok.encode(" ", add_special_tokens=False)[0]]
 
     def fill(embeds: torch.Tensor, layouts: list[VisualLayout], call: dict) -> torch.Tensor:
         out = embeds.clone()
@@ -181,8 +182,7 @@ def run_probe(cfg: ProbeConfig, model: Any, tok: Any, progress: bool = True) -> 
 
     plan = check_probe(cfg, len(model.model.layers))
     seed_list = seeds(cfg.split, cfg.n)
-    neutral = tok.encode(" ", add_special_tokens=False)[0]
-    reference = blank_frames(model, neutral)
+    reference = blank_frames(model, tok)
     records = []
     sources = sample_sources(cfg)
     bar = tqdm(total=len(sources) * len(seed_list) * len(plan), desc="probe", unit="run", disable=not progress)
