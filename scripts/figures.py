@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import matplotlib
 import torch
 
 from sharp_vlm.probe.lm import _model_from_gguf, load_tokenizer, smollm2_path
+from sharp_vlm.viz.figure import pyplot, save
 
 
 def selection_model(layer: int) -> tuple[Any, Any]:
@@ -28,10 +28,7 @@ def family_bars(panels: dict[str, dict[str, dict[str, list[float]]]], title: str
                 legend: tuple[int, str] = (0, "best")) -> None:
     """One panel per entry of `panels` ({panel title: {label: {family: values}}}): for each label a bar per
     family at the mean of its values, between 0 and 1. `legend`: (panel index, matplotlib location)."""
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(12, 3.8), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(12, 3.8), squeeze=False)
     for ax, (panel, by_label) in zip(axes[0], panels.items(), strict=True):
         names = list(next(iter(by_label.values())))
         width = 0.81 / len(by_label)
@@ -44,6 +41,4 @@ def family_bars(panels: dict[str, dict[str, dict[str, list[float]]]], title: str
         ax.set_ylim(0, 1.05)
     axes[0][legend[0]].legend(fontsize=7, loc=legend[1])
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path, dpi=110)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import sys
 
-import matplotlib
 import torch
 
 from sharp_vlm.methods import ShaRP
@@ -19,6 +18,7 @@ from sharp_vlm.probe.families import FAMILIES
 from sharp_vlm.probe.generator import NUMBER_WORDS, check_answer, seeds
 from sharp_vlm.probe.lm import load_smollm2
 from sharp_vlm.probe.run import answer, blank_frames
+from sharp_vlm.viz.figure import pyplot, save
 
 RETAINS = (0.1, 0.25, 0.5)
 
@@ -70,10 +70,7 @@ def main(n: int = 24, layer: int = 2) -> None:
                     else "an earlier tally" if k is not None and 1 <= k < len(sample.needle_frames) else "other")
             replies[retain][kind] += 1
         print(seed, sample.answer, flush=True)
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = pyplot().subplots(1, 2, figsize=(11, 3.8))
     width = 0.38
     xs = range(len(RETAINS))
     for i, which in enumerate(("first", "last")):
@@ -96,8 +93,7 @@ def main(n: int = 24, layer: int = 2) -> None:
     axes[1].legend(fontsize=7)
     fig.suptitle(f"ShaRP on `count` (SmolLM2-135M, layer {layer}; {used} development samples with 2-3 needles)",
                  fontsize=9)
-    fig.tight_layout()
-    fig.savefig("docs/img/probe_count.png", dpi=110)
+    save(fig, "docs/img/probe_count.png", dpi=110)
     print("samples", used)
     for r in RETAINS:
         print(f"{r:.0%} kept", kept[r], "replies", replies[r])

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..viz.figure import pyplot, save
+
 
 def _mib(x: int | None) -> str:
     return "-" if x is None else f"{x / 2**20:.0f}"
@@ -88,10 +90,7 @@ def write(result: dict[str, Any], out: Path) -> dict[str, Path]:
 
 
 def plot(result: dict[str, Any], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = [r for r in result["rows"] if not r["trim_kv"]]
     names = [r["variant"] for r in rows]
@@ -112,7 +111,4 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     ax.set_title(f"{c['model']}, {result['seq_len']} tokens ({result['n_visual']} visual), layer {c['layer']}, "
                  f"retain {c['retain']:g}, {m['dtype']}, {m.get('gpu') or m['device']}", fontsize=9)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(series), frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)

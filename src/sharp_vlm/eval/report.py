@@ -14,6 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from ..viz.figure import pyplot, save
 from .runner import EvalRun
 
 
@@ -69,10 +70,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     """Accuracy against the kept ratio (left) and against prefill TFLOPs (right), one line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -94,10 +92,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
         ax.set_ylim(-0.02, 1.02)  # the whole range: a drop of a few points should look like one
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def write(run: EvalRun, out: str | Path) -> dict[str, Path]:

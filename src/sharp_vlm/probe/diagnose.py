@@ -12,6 +12,7 @@ from ..core.debias import frame_medians
 from ..core.scoring import renormalize
 from ..errors import ConfigError
 from ..methods import ShaRP
+from ..viz.figure import pyplot, save
 from .generator import seeds
 from .report import json_text
 from .run import ProbeConfig, answer, blank_frames, sample_sources
@@ -103,10 +104,7 @@ def diagnose(cfg: ProbeConfig, model: Any, tok: Any, method: ShaRP) -> dict[str,
 
 
 def write(result: dict[str, Any], out: Path) -> dict[str, Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out.mkdir(parents=True, exist_ok=True)
     rows = result["rows"]
@@ -135,9 +133,6 @@ def write(result: dict[str, Any], out: Path) -> dict[str, Path]:
     axes[2].set_xlabel("needle rank, raw scores")
     axes[2].set_ylabel("needle rank, final scores")
     axes[2].set_title(f"best needle-fact token rank (budget {budget})", fontsize=9)
-    fig.tight_layout()
-    paths = {"json": out / "diagnose.json", "plot": out / "diagnose.png"}
-    fig.savefig(paths["plot"], dpi=120)
-    plt.close(fig)
+    paths = {"json": out / "diagnose.json", "plot": save(fig, out / "diagnose.png")}
     paths["json"].write_text(json_text(result))
     return paths

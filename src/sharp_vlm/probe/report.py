@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..viz.figure import pyplot, save
+
 
 def _paired(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The pruned rows with lost / gained counts (those whose samples had an unpruned answer to pair with)."""
@@ -100,10 +102,7 @@ def write(result: dict[str, Any], out: Path) -> dict[str, Path]:
 
 
 def plot_accuracy(summary: list[dict[str, Any]], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     base = [r for r in summary if r["method"] == "none"]
@@ -118,10 +117,7 @@ def plot_accuracy(summary: list[dict[str, Any]], path: Path) -> Path:
     ax.set_ylim(0, 1.02)
     ax.set_title("Needle probe: accuracy vs retention")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def _retain_axis(ax: Any, retains: list[float]) -> None:
@@ -136,10 +132,7 @@ def plot_flips(summary: list[dict[str, Any]], path: Path) -> Path:
     """Per method against retention: the share of samples lost against the unpruned model (right there, wrong
     here; solid) and gained (dashed). Accuracy is the unpruned accuracy minus lost plus gained: this separates
     what pruning loses from what it wins by removing a distractor."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     paired = _paired(summary)
@@ -156,10 +149,7 @@ def plot_flips(summary: list[dict[str, Any]], path: Path) -> Path:
     ax.set_ylabel("share of samples")
     ax.set_title("Against the unpruned model: samples lost and gained")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def _binned(values: list[float], bins: int) -> list[float]:
@@ -173,10 +163,7 @@ def _binned(values: list[float], bins: int) -> list[float]:
 def plot_kept_per_frame(records: list[dict[str, Any]], path: Path) -> Path:
     """Mean kept tokens per frame index at the lowest retention, per method (shows positional bias). When the
     samples have different frame counts (probe families), the share of kept tokens per tenth of the video."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     pruned = [r for r in records if r["method"] != "none"]
     low = min((r["retain"] for r in pruned), default=1.0)
@@ -203,7 +190,4 @@ def plot_kept_per_frame(records: list[dict[str, Any]], path: Path) -> Path:
         ax.set_ylabel(m, fontsize=7)
     axes[-1, 0].set_xlabel("frame (bars: mean kept tokens; red: how often the needle is there)")
     fig.suptitle(f"Kept tokens per frame at retain={low:g}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)

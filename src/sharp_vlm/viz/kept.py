@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from .figure import pyplot, save
+
 
 def plot_kept_tokens(
     kept: dict[str, torch.Tensor],
@@ -19,10 +21,7 @@ def plot_kept_tokens(
 
     kept: label -> kept visual indices (0..n_frames*tokens_per_frame-1).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.patches import Rectangle
 
     fig, axes = plt.subplots(len(kept), 1, figsize=(10, 1.1 + 0.9 * len(kept)), squeeze=False)
@@ -41,10 +40,7 @@ def plot_kept_tokens(
     axes[-1, 0].set_xlabel("frame (each column: the frame's tokens; red: needle frame)")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path)
 
 
 def overlay_frames(frames: torch.Tensor, mask: torch.Tensor, dim: float = 0.25) -> torch.Tensor:
@@ -75,10 +71,7 @@ def plot_kept_on_frames(
 
     frames: (T, H, W, 3) uint8; masks: label -> (T, rows, cols) bool of kept cells (`TokenGrid.mask`).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     t = int(frames.shape[0])
     cols = min(per_row, t)
@@ -102,7 +95,4 @@ def plot_kept_on_frames(
                 ax.set_ylabel(f"{label}\n{share:.0%} of cells" if i == 0 else "", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path, dpi=110)
