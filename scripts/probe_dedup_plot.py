@@ -16,7 +16,6 @@ from figures import family_bars, selection_model
 from sharp_vlm.core.budget import keep_count
 from sharp_vlm.core.dedup import center, dedup_select
 from sharp_vlm.methods import ShaRP
-from sharp_vlm.methods.sharp import _combine
 from sharp_vlm.probe.families import FAMILIES
 from sharp_vlm.probe.generator import seeds
 from sharp_vlm.probe.run import answer, blank_frames
@@ -30,12 +29,10 @@ class Capture(ShaRP):
 
     seen: dict = {}
 
-    def select(self, view):
-        mask = self._mask()
-        raw = view.attention_scores(query=self.query, mask=mask)
-        bias = view.reference_scores(query=self.query, mask=mask, rope=True, cache=None)
-        Capture.seen = {"scores": _combine(raw, bias, self.lam, self.combine), "hidden": view.hidden.float()}
-        return super().select(view)
+    def scores(self, view):
+        scores = super().scores(view)
+        Capture.seen = {"scores": scores, "hidden": view.hidden.float()}
+        return scores
 
 
 def main(n: int = 8, layer: int = 2, retain: float = 0.1) -> None:

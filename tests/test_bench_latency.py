@@ -146,9 +146,12 @@ def test_bench_config_errors(tiny_shapes, monkeypatch, change, match):
 
 
 def test_variant_names():
-    assert variant("sharp-cached", 0.1, 2).debias == "cached"
-    assert variant("random", 0.2, 1).retain == 0.2
-    assert variant("floor", 0.1, 3).layer == 3 and not variant("floor", 0.1, 3).scores_attention
+    cached = variant("sharp-cached", 0.1, 2)
+    assert cached.bias_cache and cached.config.debias == "reference" and cached.label == "sharp-cached"
+    assert not variant("sharp-reference", 0.1, 2).bias_cache
+    assert variant("random", 0.2, 1).config.retain == 0.2
+    floor = variant("floor", 0.1, 3).config
+    assert floor.layer == 3 and not floor.scores_attention
     with pytest.raises(ValueError, match="unknown method"):
         variant("nonsense", 0.1, 2)
 

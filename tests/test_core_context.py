@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from sharp_vlm.core.context import context_key, frame_key
+from sharp_vlm.core.context import context_key
 from sharp_vlm.core.dedup import dedup_select
+from sharp_vlm.methods.experimental.rules import frame_key
 
 
 def _grid(frames: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

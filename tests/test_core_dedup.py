@@ -9,10 +9,9 @@ from sharp_vlm.core.dedup import (
     center,
     dedup_select,
     dedup_select_batch,
-    distinct_key,
     register_mask,
-    with_neighbors,
 )
+from sharp_vlm.methods.experimental.rules import distinct_key, with_neighbors
 
 # Random cases keep every cosine this far from tau (and every norm this far from the register
 # threshold) so float32 and float64 agree on each comparison.

@@ -14,6 +14,7 @@ from sharp_vlm.core.layout import VisualItem, VisualLayout
 from sharp_vlm.core.selection import check_selection, merge_rows
 from sharp_vlm.engine.rows import PrefillRows
 from sharp_vlm.flops import stages_to_removals
+from sharp_vlm.methods.experimental import ShaRPLab
 from sharp_vlm.models.factory import tiny_llama
 from sharp_vlm.models.registry import adapter_for
 
@@ -193,7 +194,7 @@ def test_config_edited_after_apply_is_refused_not_half_read():
 
 
 def test_a_score_scope_or_off_mask_leaves_the_shallow_layers_alone():
-    for mask in (sv.ShaRP(retain=0.2, mask_scope="score"), sv.ShaRP(retain=0.2, mask="off")):
+    for mask in (ShaRPLab(retain=0.2, mask_scope="score"), ShaRPLab(retain=0.2, mask="off")):
         assert mask.stages()[0].segment_mask is None
     assert sv.ShaRP(retain=0.2).stages()[0].segment_mask.scope == "forward"
 
@@ -201,7 +202,7 @@ def test_a_score_scope_or_off_mask_leaves_the_shallow_layers_alone():
 def test_a_reference_debiased_stage_cannot_follow_an_in_decoder_stage():
     with pytest.raises(sv.ConfigError, match="cannot follow an in-decoder stage"):
         sv.Schedule([sv.FastV(retain=0.5, layer=1), sv.ShaRP(retain=0.2, layer=3, mask="off")])
-    sv.Schedule([sv.UniformPrune(retain=0.5, layer=0), sv.ShaRP(retain=0.2, layer=2, debias="cached")])
+    sv.Schedule([sv.UniformPrune(retain=0.5, layer=0), sv.ShaRP(retain=0.2, layer=2)])
     sv.Schedule([sv.FastV(retain=0.5, layer=1), sv.ShaRP(retain=0.2, layer=3, mask="off", debias="off")])
 
 

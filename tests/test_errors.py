@@ -117,7 +117,7 @@ def test_user_edits_a_config_after_building_it(field, value):
         ({"retain": True}, "must be a number"),
         ({"lam": "1"}, "lam='1' must be a number"),
         ({"dedup_tau": "0.9"}, "dedup_tau='0.9' must be a number"),
-        ({"cache_size": "64"}, "cache_size='64' must be an integer"),
+        ({"max_registers": "1"}, "max_registers='1' must be an integer"),
         ({"lam": float("nan")}, "lam=nan"),
         ({"dedup": "no"}, "dedup='no' must be True or False"),
         ({"mask": None}, "mask=None is not one of"),
@@ -126,6 +126,33 @@ def test_user_edits_a_config_after_building_it(field, value):
 def test_user_passes_options_of_the_wrong_type(kwargs, message):
     with pytest.raises(sv.ConfigError, match=message):
         sv.ShaRP(**kwargs)
+
+
+def test_user_gives_a_bias_cache_a_bad_size_or_folder():
+    with pytest.raises(sv.ConfigError, match="BiasCache size='64' must be an integer"):
+        sv.BiasCache(size="64")
+    with pytest.raises(sv.ConfigError, match="directory=3 must be a directory path"):
+        sv.BiasCache(directory=3)
+    with pytest.raises(sv.ConfigError, match="must be an sv.BiasCache"):
+        sv.apply(tiny_llama(), sv.ShaRP(), span=sv.VideoSpan(2, 4, 8), bias_cache=64)
+
+
+@pytest.mark.parametrize(
+    "kwargs, where",
+    [
+        ({"fill": "distinct"}, "fill='distinct' is experimental: use sharp_vlm.methods.experimental.ShaRPLab"),
+        ({"debias": "frame"}, "debias='frame' is experimental: use sharp_vlm.methods.experimental.ShaRPLab"),
+        ({"debias": "cached"}, r"debias='cached' is not a method option: .*bias_cache=sv.BiasCache"),
+        ({"dedup_window": 8}, "dedup_window moved to sharp_vlm.methods.experimental.ShaRPLab"),
+        ({"mask_scope": "score"}, "mask_scope moved to sharp_vlm.methods.experimental.ShaRPLab"),
+        ({"cache_dir": "/tmp/x"}, r"cache_dir moved to sv.apply\(model, cfg, bias_cache="),
+    ],
+)
+def test_user_passes_an_option_that_moved_out_of_sharp(kwargs, where):
+    with pytest.raises(sv.ConfigError, match=where):
+        sv.ShaRP(**kwargs)
+    with pytest.raises(sv.ConfigError, match=where):  # the same words from a config file or the CLI
+        sv.load_config({"method": "sharp", **kwargs})
 
 
 def test_user_gives_random_prune_no_seed():

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
+import sharp_vlm as sv
 from sharp_vlm.errors import ConfigError, SharpError
 from sharp_vlm.eval import report
 from sharp_vlm.eval.data import QARecord
-from sharp_vlm.eval.runner import EvalConfig, Reply, Variant, read_records, run_eval
+from sharp_vlm.eval.runner import EvalConfig, Reply, read_records, run_eval
+from sharp_vlm.loading import Variant
 
 
 def _samples(n=4):
@@ -137,4 +139,5 @@ def test_report_numbers_and_files(tmp_path):
 
 
 def test_variant_key():
-    assert Variant("none", 1.0).key == "none" and Variant("sharp", 0.1).key == "sharp@0.1"
+    assert Variant("none", "none", 1.0, sv.NoPrune()).key == "none"
+    assert Variant("sharp", "sharp", 0.1, sv.ShaRP(retain=0.1)).key == "sharp@0.1"

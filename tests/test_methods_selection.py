@@ -8,8 +8,7 @@ import torch
 import sharp_vlm as sv
 from sharp_vlm.core.layout import VisualItem, VisualLayout
 from sharp_vlm.core.select import random_indices, top_indices, uniform_indices
-from sharp_vlm.engine.stats import SampleRecord
-from sharp_vlm.engine.view import SampleView
+from sharp_vlm.methods.base import SampleView
 
 
 class FixedScores:
@@ -21,7 +20,7 @@ class FixedScores:
     def attention(self, query, mask, rope, content_free):
         return self.scores
 
-    def reference(self, query, mask, rope, cache):
+    def reference(self, query, mask, rope):
         return torch.zeros_like(self.scores)
 
 
@@ -32,7 +31,7 @@ def _view(n_frames=8, per_frame=16, seed=0, retain=0.25):
     hidden = torch.randn(1, n + 10, 8, generator=gen)
     scores = torch.rand(1, n, generator=gen)
     budget = sv.keep_count(retain, n)
-    return SampleView(2, 0, budget, layout, hidden, layout.positions, n, FixedScores(scores), SampleRecord()), scores
+    return SampleView(2, 0, budget, layout, hidden, layout.positions, n, FixedScores(scores)), scores
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -53,6 +53,7 @@ def test_probe_end_to_end_on_real_lm(tmp_path):
 def test_diagnose_shows_the_bias_each_debias_mode_subtracts(tmp_path):
     from sharp_vlm.errors import ConfigError
     from sharp_vlm.methods import ShaRP
+    from sharp_vlm.methods.experimental import ShaRPLab
     from sharp_vlm.probe import diagnose
     from sharp_vlm.probe.lm import load_smollm2
 
@@ -63,7 +64,7 @@ def test_diagnose_shows_the_bias_each_debias_mode_subtracts(tmp_path):
     assert ref["bias_label"] == "bias (1 x reference)"
     assert sum(row["bias_frame_share"]) == pytest.approx(1.0, abs=1e-4)
     # the frame-median debias has no reference pass: the bias is each frame's median score (x lam) on every token
-    med = diagnose.diagnose(cfg, model, tok, ShaRP(retain=0.25, debias="frame", lam=0.5))
+    med = diagnose.diagnose(cfg, model, tok, ShaRPLab(retain=0.25, debias="frame", lam=0.5))
     (row,) = med["rows"]
     assert med["bias_label"] == "bias (0.5 x frame median)"
     share = torch.tensor(row["bias_frame_share"])

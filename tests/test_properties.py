@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import sharp_vlm as sv
 from oracle import llama_prompt, qwen_prompt, staged_forward
+from sharp_vlm.methods.experimental import ShaRPLab
 from sharp_vlm.models.factory import tiny_llama, tiny_qwen_vl, tiny_video_inputs
 
 N_LAYERS = 4
@@ -51,9 +52,9 @@ def methods(draw):
     if kind == "sharp":
         # score scope or no mask: the shallow layers stay causal, so the oracle needs no segment mask
         opts = dict(mask=draw(st.sampled_from(["bidirectional", "local", "off"])), mask_scope="score",
-                    debias=draw(st.sampled_from(["off", "reference", "cached", "pre_rope", "rope_only"])),
+                    debias=draw(st.sampled_from(["off", "reference", "pre_rope", "rope_only"])),
                     dedup=draw(st.booleans()), dedup_tau=draw(st.sampled_from([0.5, 0.9, 1.0, 1.2])))
-        return lambda: sv.ShaRP(retain=retain, layer=layer, **opts)
+        return lambda: ShaRPLab(retain=retain, layer=layer, **opts)
     second = draw(retains())
     return lambda: sv.Schedule([sv.UniformPrune(retain=retain, layer=0), sv.FastV(retain=second, layer=max(layer, 1))])
 

@@ -8,8 +8,10 @@ import torch
 
 import sharp_vlm as sv
 from oracle import forward_logits, pruned_forward
-from sharp_vlm.core.dedup import dedup_select, distinct_key, with_neighbors
+from sharp_vlm.core.dedup import dedup_select
 from sharp_vlm.engine.segment_attention import SEGMENT_ATTENTION
+from sharp_vlm.methods.experimental import ShaRPLab
+from sharp_vlm.methods.experimental.rules import distinct_key, with_neighbors
 
 
 def test_retain_one_equals_unpatched_in_score_scope(qwen):
@@ -17,7 +19,7 @@ def test_retain_one_equals_unpatched_in_score_scope(qwen):
     ref = forward_logits(model, inputs)
     with torch.no_grad():
         ref_gen = model.generate(**inputs, max_new_tokens=6, do_sample=False)
-    with sv.apply(model, sv.ShaRP(retain=1.0, mask_scope="score")) as handle, torch.no_grad():
+    with sv.apply(model, ShaRPLab(retain=1.0, mask_scope="score")) as handle, torch.no_grad():
         out = forward_logits(model, inputs)
         gen = model.generate(**inputs, max_new_tokens=6, do_sample=False)
     assert (out - ref).abs().max() <= 1e-5
@@ -36,7 +38,7 @@ def test_all_components_off_equals_fastv(qwen):
         assert torch.equal(h.last_stats.stages[0].kept[0], fast_kept)
     assert torch.equal(out, fast)
     # in score scope a text query row is causal anyway: the mask alone does not change FastV's choice
-    score_scope = sv.ShaRP(retain=0.15, mask_scope="score", debias="off", dedup=False, query="last")
+    score_scope = ShaRPLab(retain=0.15, mask_scope="score", debias="off", dedup=False, query="last")
     with sv.apply(model, score_scope) as h, torch.no_grad():
         model(**inputs)
         assert torch.equal(h.last_stats.stages[0].kept[0], fast_kept)
@@ -50,7 +52,7 @@ def test_sharp_in_score_scope_matches_oracle_and_cache_layout(qwen):
     """The segment mask only in the scoring side pass: the layers run causal, as the plain oracle."""
     model, inputs = qwen
     seq = inputs["input_ids"].shape[1]
-    cfg = sv.ShaRP(retain=0.2, layer=2, mask_scope="score")
+    cfg = ShaRPLab(retain=0.2, layer=2, mask_scope="score")
     with sv.apply(model, cfg) as handle, torch.no_grad():
         prefill = model(**inputs).logits
         kept = handle.last_stats.stages[0].kept_positions[0]
@@ -69,7 +71,7 @@ def test_forward_scope_changes_the_shallow_layers(qwen):
     model, inputs = qwen
     fwd, score = {}, {}
     for scope, box in (("forward", fwd), ("score", score)):
-        cfg = sv.ShaRP(retain=0.2, mask_scope=scope, debias="off", dedup=False, query="last")
+        cfg = ShaRPLab(retain=0.2, mask_scope=scope, debias="off", dedup=False, query="last")
         with sv.apply(model, cfg) as h:
             forward_logits(model, inputs)
             box["kept"] = h.last_stats.stages[0].kept[0]
@@ -80,14 +82,13 @@ def test_forward_scope_changes_the_shallow_layers(qwen):
 
 
 def test_cached_debias_equals_reference(qwen25, tmp_path):
-    from sharp_vlm.engine.bias_cache import BiasCache
-
     model, inputs = qwen25
-    with sv.apply(model, sv.ShaRP(retain=0.15, debias="reference")) as h, torch.no_grad():
+    cfg = sv.ShaRP(retain=0.15, debias="reference")
+    with sv.apply(model, cfg) as h, torch.no_grad():
         model(**inputs)
         ref_kept = h.last_stats.stages[0].kept[0]
-    cfg = sv.ShaRP(retain=0.15, debias="cached", cache_dir=str(tmp_path))
-    with sv.apply(model, cfg) as h, torch.no_grad():
+    cache = sv.BiasCache(directory=tmp_path)
+    with sv.apply(model, cfg, bias_cache=cache) as h, torch.no_grad():
         model(**inputs)
         first = h.last_stats.stages[0]
         model(**inputs)
@@ -96,25 +97,24 @@ def test_cached_debias_equals_reference(qwen25, tmp_path):
     assert first.costs.reference_flops > 0 and second.costs.reference_flops == 0
     assert torch.equal(first.kept[0], ref_kept) and torch.equal(second.kept[0], ref_kept)
     assert len(list(tmp_path.glob("*.pt"))) == 1
-    with sv.apply(model, cfg) as h, torch.no_grad():  # a new handle in this process: the shared memory cache
+    with sv.apply(model, cfg, bias_cache=cache) as h, torch.no_grad():  # a new handle sharing the cache
         model(**inputs)
         assert h.last_stats.stages[0].costs.bias_cache == "hit"
-    BiasCache.forget_all()  # as in a new process: only the file is left
-    with sv.apply(model, cfg) as h, torch.no_grad():
-        model(**inputs)
+    with sv.apply(model, cfg, bias_cache=sv.BiasCache(directory=tmp_path)) as h, torch.no_grad():
+        model(**inputs)  # as in a new process: only the file is left
         assert h.last_stats.stages[0].costs.bias_cache == "hit"
         assert torch.equal(h.last_stats.stages[0].kept[0], ref_kept)
-    BiasCache.forget_all()
-    with sv.apply(model, sv.ShaRP(retain=0.15, debias="cached")) as h, torch.no_grad():
+    with sv.apply(model, cfg, bias_cache=sv.BiasCache()) as h, torch.no_grad():
         model(**inputs)
-        assert h.last_stats.stages[0].costs.bias_cache == "miss"  # no file, memory forgotten
+        assert h.last_stats.stages[0].costs.bias_cache == "miss"  # another cache, no folder
+    with sv.apply(model, cfg) as h, torch.no_grad():
+        model(**inputs)
+        assert h.last_stats.stages[0].costs.bias_cache is None  # no cache: a reference pass per request
 
 
 def test_cached_bias_is_shared_only_by_prompts_with_the_same_template_and_query_token(qwen25):
     """The reference pass reads the text before the video and the query token exactly; only the question text
     between the video and the query token may differ between prompts that share a cached bias."""
-    from sharp_vlm.engine.bias_cache import BiasCache
-
     model, inputs = qwen25
     ids = inputs["input_ids"]
     video = torch.nonzero(ids[0] == model.config.video_token_id).flatten()
@@ -126,16 +126,14 @@ def test_cached_bias_is_shared_only_by_prompts_with_the_same_template_and_query_
         x[0, pos] = 7 if int(x[0, pos]) != 7 else 8
         return {**inputs, "input_ids": x}
 
-    BiasCache.forget_all()
     outcome = {}
     for name, call in (("same", inputs), ("question", variant(last + 2)), ("template", variant(0)),
                        ("query token", variant(ids.shape[1] - 1))):
-        with sv.apply(model, sv.ShaRP(retain=0.15, debias="cached")) as h, torch.no_grad():
+        with sv.apply(model, sv.ShaRP(retain=0.15), bias_cache=sv.BiasCache()) as h, torch.no_grad():
             if name != "same":  # the first prompt's bias is in the cache
                 model(**inputs)
             model(**call)
             outcome[name] = h.last_stats.stages[0].costs.bias_cache
-        BiasCache.forget_all()
     assert outcome == {"same": "miss", "question": "hit", "template": "miss", "query token": "miss"}
 
 
@@ -143,7 +141,7 @@ def test_debias_modes_change_the_selection(qwen25):
     model, inputs = qwen25
     kept = {}
     for mode in ("off", "reference", "pre_rope", "rope_only"):
-        with sv.apply(model, sv.ShaRP(retain=0.15, debias=mode, dedup=False)) as h, torch.no_grad():
+        with sv.apply(model, ShaRPLab(retain=0.15, debias=mode, dedup=False)) as h, torch.no_grad():
             model(**inputs)
             kept[mode] = h.last_stats.stages[0].kept[0]
             assert kept[mode].numel() == 19
@@ -152,19 +150,20 @@ def test_debias_modes_change_the_selection(qwen25):
 
 
 def test_combine_rules():
-    from sharp_vlm.methods.sharp import _combine
+    from sharp_vlm.core.scoring import subtract_bias
+    from sharp_vlm.methods.experimental.sharp_lab import _ratio
 
     s = torch.tensor([[0.1, 0.3, 0.6]])
     b = torch.tensor([[0.2, 0.2, 0.6]])
-    assert torch.allclose(_combine(s, b, 1.0, "subtract"), s - b)
-    assert torch.allclose(_combine(s, b, 0.5, "subtract"), s - 0.5 * b)
-    ratio = _combine(s, b, 1.0, "ratio")
+    assert torch.allclose(subtract_bias(s, b, 1.0), s - b)
+    assert torch.allclose(subtract_bias(s, b, 0.5), s - 0.5 * b)
+    ratio = _ratio(s, b, 1.0)
     assert torch.allclose(ratio, torch.log(s / b))
     # ratio prefers the token that beats its positional expectation by the largest factor,
     # subtraction the one with the largest margin
     s2, b2 = torch.tensor([[0.02, 0.38, 0.6]]), torch.tensor([[0.01, 0.29, 0.7]])
-    assert int(_combine(s2, b2, 1.0, "ratio").argmax()) == 0
-    assert int(_combine(s2, b2, 1.0, "subtract").argmax()) == 1
+    assert int(_ratio(s2, b2, 1.0).argmax()) == 0
+    assert int(subtract_bias(s2, b2, 1.0).argmax()) == 1
 
 
 @pytest.mark.parametrize("features", ["hidden", "centered", "neighbors"])
@@ -177,7 +176,7 @@ def test_dedup_on_the_model_keeps_dissimilar_tokens(qwen25, features):
 
     hook = layer2.register_forward_pre_hook(grab, with_kwargs=True)
     try:
-        cfg = sv.ShaRP(retain=0.2, dedup_tau=0.2, debias="off", dedup_features=features, fill="score")
+        cfg = ShaRPLab(retain=0.2, dedup_tau=0.2, debias="off", dedup_features=features, fill="score")
         with sv.apply(model, cfg) as h, torch.no_grad():
             model(**inputs)
     finally:
@@ -217,7 +216,7 @@ def test_distinct_fill_follows_the_rings_then_a_second_walk_on_neighbour_feature
 
     hook = model.model.language_model.layers[2].register_forward_pre_hook(grab, with_kwargs=True)
     try:
-        cfg = sv.ShaRP(retain=0.6, dedup_tau=0.1, debias="off", fill="distinct")
+        cfg = ShaRPLab(retain=0.6, dedup_tau=0.1, debias="off", fill="distinct")
         with sv.apply(model, cfg) as h, torch.no_grad():
             model(**inputs)
     finally:
@@ -273,7 +272,7 @@ def test_flash_attention_layers_switch_to_a_masked_kernel(qwen25):
 ])
 def test_invalid_options(kwargs, match):
     with pytest.raises(sv.ConfigError, match=match):
-        sv.ShaRP(**kwargs)
+        ShaRPLab(**kwargs)  # the lab checks ShaRP's options and its own
 
 
 def test_context_fill_keeps_the_grid_neighbours_of_the_walked_tokens(qwen):
@@ -283,7 +282,7 @@ def test_context_fill_keeps_the_grid_neighbours_of_the_walked_tokens(qwen):
 
     model, inputs = qwen
     (lay,) = QwenVLAdapter(model).find_layouts(inputs, inputs["input_ids"].shape[1], 1)
-    cfg = sv.ShaRP(retain=0.2, layer=2, dedup_tau=1.0, max_registers=10_000, fill="context", context_share=0.5)
+    cfg = ShaRPLab(retain=0.2, layer=2, dedup_tau=1.0, max_registers=10_000, fill="context", context_share=0.5)
     with sv.apply(model, cfg) as h, torch.no_grad():
         model(**inputs)
     stage = h.last_stats.stages[0]
@@ -312,7 +311,7 @@ def test_frame_fill_completes_the_anchors_frames(qwen):
     f = lay.frame_ids.tolist()
     kept = {}
     for fill in ("frame", "context"):
-        cfg = sv.ShaRP(retain=0.25, layer=2, dedup_tau=1.0, max_registers=10_000, fill=fill, context_share=0.9)
+        cfg = ShaRPLab(retain=0.25, layer=2, dedup_tau=1.0, max_registers=10_000, fill=fill, context_share=0.9)
         with sv.apply(model, cfg) as h, torch.no_grad():
             model(**inputs)
         stage = h.last_stats.stages[0]
@@ -330,12 +329,12 @@ def test_frame_fill_completes_the_anchors_frames(qwen):
 
 
 def test_frame_debias_subtracts_each_frames_median_without_a_reference_pass(qwen):
-    from sharp_vlm.core.debias import frame_medians
+    from sharp_vlm.methods.experimental.rules import frame_medians
     from sharp_vlm.models.qwen_vl import QwenVLAdapter
 
     model, inputs = qwen
     (lay,) = QwenVLAdapter(model).find_layouts(inputs, inputs["input_ids"].shape[1], 1)
-    with sv.apply(model, sv.ShaRP(retain=0.15, debias="frame", dedup=False)) as h, torch.no_grad():
+    with sv.apply(model, ShaRPLab(retain=0.15, debias="frame", dedup=False)) as h, torch.no_grad():
         model(**inputs)
     stage = h.last_stats.stages[0]
     rec = stage.samples[0]
@@ -345,4 +344,4 @@ def test_frame_debias_subtracts_each_frames_median_without_a_reference_pass(qwen
     top = torch.sort(torch.topk(rec.scores, 19).indices).values
     assert torch.equal(stage.kept[0].cpu(), top.cpu())
     assert stage.costs.reference_flops == 0 and stage.costs.bias_cache is None
-    assert not sv.ShaRP(debias="frame").reference_pass
+    assert not ShaRPLab(debias="frame").reference_pass

@@ -9,19 +9,20 @@
 # the subpackage `methods` is imported first so that the function `methods` below takes the name
 from .methods import FastV, NoPrune, RandomPrune, Schedule, ShaRP, UniformPrune  # isort: skip
 from .loading import load_config, methods  # isort: skip
-from .config import Method, SegmentMask, Stage, StageMethod, register
 from .core.budget import keep_count
 from .core.layout import VisualItem, VisualLayout
 from .core.selection import DedupCounts, Merge, Selection
+from .engine.bias_cache import BiasCache
 from .engine.patch import Handle, apply
 from .engine.stats import CallStats, SampleRecord, StageCosts, StageStats
-from .engine.view import SampleView
 from .errors import ConfigError, InputError, NoVisualTokensError, SharpError, UnsupportedModelError
+from .methods.base import Method, SampleView, SegmentMask, Stage, StageMethod, register
 from .models.generic import VideoSpan
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BiasCache",
     "CallStats",
     "ConfigError",
     "DedupCounts",

@@ -61,6 +61,8 @@ def _probe_args(p: argparse.ArgumentParser) -> None:
                    help="probe families (comma list, or all): each family fixes its own video shape and kinds, "
                         "so --frames/--tokens-per-frame are not used")
     p.add_argument("--ablate", action="store_true", help="also run ShaRP's 8 on/off combinations of C1/C2/C3")
+    p.add_argument("--bias-cache", action="store_true",
+                   help="share one bias cache over the run: each sample's reference pass is paid once")
     p.add_argument("--trim-kv", action="store_true",
                    help="decode with the pruned tokens dropped from the KV of the layers before the stage too")
     p.add_argument("--options", type=_json_object, default={},
@@ -79,7 +81,7 @@ def _probe_config(a: argparse.Namespace):
     cfg = ProbeConfig(
         methods=[m for m in a.methods.split(",") if m], retains=a.retain, layer=a.layer, n=a.n,
         split=a.split, n_frames=a.frames, tokens_per_frame=a.tokens_per_frame, ablate=a.ablate,
-        options=a.options, trim_kv=a.trim_kv,
+        options=a.options, trim_kv=a.trim_kv, bias_cache=a.bias_cache,
         families=None if a.families is None else [f for f in a.families.split(",") if f],
     )
     if a.diagnose:  # first: it runs ShaRP alone, so its flags are checked before those of a probe run
@@ -119,10 +121,9 @@ def cmd_probe(a: argparse.Namespace) -> int:
         return 0
     cfg = _probe_config(a)
     if a.diagnose:
-        from .methods import ShaRP
         from .probe import diagnose
 
-        method = ShaRP(retain=cfg.retains[0], layer=cfg.layer, **cfg.options.get("sharp", {}))  # before the load
+        method = diagnose.diagnosed_method(cfg)  # before the load
     model, tok = load_smollm2()
     if a.diagnose:
         paths = diagnose.write(diagnose.diagnose(cfg, model, tok, method), a.out)
@@ -210,10 +211,11 @@ def _run_report(ans) -> str:
 
 def cmd_run(a: argparse.Namespace) -> int:
     """Answer a question about a video with a local checkpoint, pruned (and, with --compare, unpruned too)."""
-    from .pipeline import VideoQA, make_method
+    from .loading import build_method
+    from .pipeline import VideoQA
     from .viz.kept import plot_kept_on_frames
 
-    method = None if a.method == "unpruned" else make_method(a.method, a.retain, a.layer)
+    method = None if a.method == "unpruned" else build_method(a.method, a.retain, a.layer)
     if not a.question.strip():
         raise SharpError("--question is empty; give the text to ask about the video")
     from .video.decode import read_video

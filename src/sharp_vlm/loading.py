@@ -1,4 +1,5 @@
-"""Methods by name, and method configs from a dict, a YAML/JSON file or string."""
+"""Methods by name: the one way to build a method config (from a name with retain, layer and options, a dict, or
+a YAML/JSON file or string), and `Variant`, one run of a comparison (probe, bench, eval)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from . import methods as _builtin  # noqa: F401  (importing registers the built-in methods)
-from .config import Method, registered
 from .errors import ConfigError
+from .methods.base import Method, check_options, registered
 
 
 def methods() -> list[str]:
@@ -34,12 +35,53 @@ def from_dict(data: dict[str, Any]) -> Method:
     from_mapping = getattr(cls, "from_mapping", None)
     if from_mapping is not None:  # a composite config (a schedule) builds its parts with from_dict
         return from_mapping(data, from_dict)
-    fields = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - fields)
-    if unknown:
-        options = ", ".join(sorted(fields)) if fields else "none"
-        raise ConfigError(f"{cls.name} has no option(s) {', '.join(unknown)}; its options: {options}")
+    check_options(cls, data)
     return cls(**data)
+
+
+def build_method(method: str | Method | dict[str, Any], retain: float | None = None, layer: int | None = None,
+                 options: dict[str, Any] | None = None, label: str | None = None) -> Method:
+    """A checked method config: from a registered name with `retain` / `layer` (set where the method has them)
+    and `options`, from a mapping with a 'method' key, or a config as it is. Every caller (VideoQA, the CLI, the
+    probe, the benchmark, eval, the lmms-eval plugin) builds through here, so a bad option reads the same
+    everywhere; the error names the run (`label`, default the method's name)."""
+    if isinstance(method, Method):
+        return method
+    if isinstance(method, dict):
+        return from_dict(method)
+    cls = method_class(method)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    fixed = {k: v for k, v in (("retain", retain), ("layer", layer)) if v is not None and k in fields}
+    options = dict(options or {})
+    name = label or cls.name
+    clash = sorted(set(options) & set(fixed))
+    if clash:
+        raise ConfigError(f"{name}: the options set {', '.join(clash)}, which the run sets itself; "
+                          "give it as the retain / layer of the run (--retain / --layer) instead")
+    try:
+        return from_dict({"method": cls.name, **fixed, **options})
+    except ConfigError as err:
+        raise ConfigError(f"{name}: {err}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One run of a comparison: a method config at one retained share, as the reports name it.
+
+    label: the report's name ("fastv", "uniform@0", "sharp[mask+dedup]", "sharp-cached"); method: the registered
+    name ("none": the unpruned model); bias_cache: run with a bias cache shared by every call of the run.
+    """
+
+    label: str
+    method: str
+    retain: float
+    config: Method
+    bias_cache: bool = False
+
+    @property
+    def key(self) -> str:
+        """How records name the run: "none", or label@retain (retain written with %g)."""
+        return "none" if self.method == "none" else f"{self.label}@{self.retain:g}"
 
 
 def load_config(source: str | Path | dict[str, Any]) -> Method:

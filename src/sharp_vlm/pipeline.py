@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +15,11 @@ from typing import Any
 import torch
 
 from .checkpoint import LoadedModel, load_model
-from .config import Method
 from .engine.stats import CallStats
 from .errors import ConfigError
 from .flops import DecoderShape, prefill_flops
+from .loading import build_method
+from .methods.base import Method
 from .video.decode import Frames, read_video
 from .video.preprocess import PreparedInputs, prepare_inputs
 
@@ -32,22 +32,6 @@ def multiple_choice(question: str, options: list[str]) -> str:
         raise ConfigError(f"{len(options)} options; at most {len(_LETTERS)} are supported")
     lines = [question] + [f"{_LETTERS[i]}. {opt}" for i, opt in enumerate(options)]
     return "\n".join(lines) + "\nAnswer with the option's letter from the given choices directly."
-
-
-def make_method(method: str | Method | dict | None, retain: float | None = None,
-                layer: int | None = None) -> Method | None:
-    """A method config from a name (with `retain`/`layer` where the method has them), a dict, or a config."""
-    if method is None or isinstance(method, Method):
-        return method
-    from .loading import load_config, method_class
-
-    if isinstance(method, dict):
-        return load_config(method)
-    cls = method_class(method)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    given = {"retain": retain, "layer": layer}
-    data = {k: v for k, v in given.items() if v is not None and k in names}
-    return load_config({"method": method, **data})
 
 
 @dataclass
@@ -147,7 +131,7 @@ class VideoQA:
         prompt (e.g. the same input with and without pruning)."""
         from .engine.patch import apply
 
-        cfg = make_method(method, retain, layer)  # checked before any decoding
+        cfg = None if method is None else build_method(method, retain, layer)  # checked before any decoding
         prepared = inputs if inputs is not None else self.prepare(video, question, options, frames, fps)
         device = next(self.model.parameters()).device
         kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in prepared.kwargs.items()}

@@ -3,9 +3,7 @@
 An object in a frame is several neighbouring patches (in the text probe, a caption is several neighbouring
 tokens); a token kept alone loses what it depends on. :func:`context_key` ranks every token by how close it
 lies to a kept "anchor" in its own frame's grid, and among equally close tokens by how early that anchor was
-chosen, so a fill step that follows the key grows regions around the best anchors first. :func:`frame_key`
-continues past the rings: the rest of the frames that hold the best anchors, whole, one frame after another, so a
-larger budget adds whole frames instead of fragments scattered over the video.
+chosen, so a fill step that follows the key grows regions around the best anchors first.
 """
 
 from __future__ import annotations
@@ -56,29 +54,3 @@ def context_key(
         key[new] = (radius + 1 - d) * (a + 1) + best[new]
         reached |= new
     return key
-
-
-def frame_key(
-    anchors: torch.Tensor,
-    frame_ids: torch.Tensor,
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    radius: int = 1,
-) -> torch.Tensor:
-    """(N,) float key: :func:`context_key`'s rings first, then the rest of the anchors' frames, best anchor's first.
-
-    A token outside every ring gets ``A - i``, where ``i`` is the rank of the best anchor in its frame (``A``
-    anchors); the ring keys are all above ``A``, so every ring comes before any frame. Tokens of frames without an
-    anchor, and the anchors themselves, get 0.
-    """
-    key = context_key(anchors, frame_ids, rows, cols, radius)
-    a = anchors.numel()
-    if frame_ids.numel() == 0 or a == 0:
-        return key
-    f = frame_ids.long()
-    ai = anchors.to(f.device).long()
-    best = torch.zeros(int(f.max()) + 1, dtype=torch.float32, device=f.device)
-    best.scatter_reduce_(0, f[ai], torch.arange(a, 0, -1, dtype=torch.float32, device=f.device), reduce="amax")
-    frame = best[f]
-    frame[ai] = 0.0
-    return torch.where(key > 0, key, frame)

@@ -72,37 +72,6 @@ def center(feats: torch.Tensor) -> torch.Tensor:
     return (feats.float() - feats.float().mean(0, keepdim=True)).to(feats.dtype)
 
 
-def with_neighbors(
-    feats: torch.Tensor, frame_ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
-) -> torch.Tensor:
-    """(N, 2D): each token's unit feature beside the unit mean of its grid neighbours (same frame, the 8 cells
-    around it), scaled by the token's own norm (so norm-outlier registers stay outliers), in float32.
-
-    The cosine of two such rows is the mean of the two cosines, so two tokens are near-duplicates only when they
-    and their surroundings are: at a shallow layer a state is mostly its own token (patch), and the same token
-    in another place (a digit of a frame header, the same digit in a tally) is not the same content. A token
-    without neighbours, or whose neighbours cancel out, stands in for its own surroundings. Memory is O(N x D):
-    the neighbours are gathered through a grid of token indices, not a grid of features.
-    """
-    n = feats.shape[0]
-    u = F.normalize(feats.float(), dim=-1)
-    around = torch.zeros_like(u)
-    if n:
-        f, r, c = (t.to(u.device).long() for t in (frame_ids, rows, cols))
-        h, w = int(r.max()) + 1, int(c.max()) + 1
-        # empty cells (and a border around every frame) point at an extra zero row
-        index = torch.full((int(f.max()) + 1, h + 2, w + 2), n, dtype=torch.long, device=u.device)
-        index[f, r + 1, c + 1] = torch.arange(n, device=u.device)
-        padded = torch.cat([u, u.new_zeros(1, u.shape[1])])
-        for dr in (-1, 0, 1):
-            for dc in (-1, 0, 1):
-                if dr or dc:
-                    around += padded[index[f, r + 1 + dr, c + 1 + dc]]
-    norm = around.norm(dim=-1, keepdim=True)
-    around = torch.where(norm > 1e-6, around / norm.clamp_min(1e-6), u)
-    return torch.cat([u, around], dim=-1) * feats.float().norm(dim=-1, keepdim=True)
-
-
 def register_mask(feats: torch.Tensor, register_sigma: float = 3.0) -> torch.Tensor:
     """BoolTensor (N,): True where the feature norm exceeds ``mean + register_sigma * std``.
 
@@ -272,31 +241,6 @@ def dedup_select(
     return DedupResult(
         keep=keep, n_filled=n_filled, registers=registers, n_skipped_similar=n_skipped_similar, filled=fill
     )
-
-
-def distinct_key(
-    anchors: torch.Tensor, scores: torch.Tensor, feats: torch.Tensor, budget: int, tau: float
-) -> torch.Tensor:
-    """(N,) float key: 1 for the tokens a second walk keeps, 0 elsewhere (and on the anchors).
-
-    The second walk starts from the ``anchors`` (kept first, in their order) and goes on by score over ``feats``,
-    e.g. :func:`with_neighbors` features, on which fewer tokens are duplicates than in the first walk; it stops
-    after ``budget`` tokens, so it costs about N x budget similarities.
-    """
-    n = scores.numel()
-    key = torch.zeros(n, dtype=torch.float32, device=scores.device)
-    if n == 0 or anchors.numel() == 0:
-        return key
-    s = scores.float().clone()
-    s = torch.where(torch.isnan(s), torch.full_like(s, float("-inf")), s)
-    ai = anchors.to(s.device).long()
-    top = s[torch.isfinite(s)].max() if torch.isfinite(s).any() else s.new_zeros(())
-    s[ai] = top + 1 + torch.arange(ai.numel(), 0, -1, dtype=torch.float32, device=s.device)
-    res = dedup_select(s, feats, budget, tau, max_registers=n, candidates=n)
-    walked = res.keep[~torch.isin(res.keep, res.filled)]
-    key[walked] = 1.0
-    key[ai] = 0.0
-    return key
 
 
 def dedup_select_batch(

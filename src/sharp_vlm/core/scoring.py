@@ -63,3 +63,8 @@ def attention_probs(
 def renormalize(scores: torch.Tensor) -> torch.Tensor:
     """Rescale non-negative scores over the last dim to sum to one."""
     return scores / scores.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(scores.dtype).tiny)
+
+
+def subtract_bias(scores: torch.Tensor, bias: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
+    """Positional debiasing: both renormalised over the visual tokens, then `scores - lam * bias`."""
+    return renormalize(scores.float()) - lam * renormalize(bias.float())

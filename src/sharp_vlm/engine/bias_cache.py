@@ -1,37 +1,31 @@
-"""Positional-bias scores cached per (model, visual layout, prompt length): the reference pass is paid once.
+"""Positional-bias scores cached per (weights, visual layout, prompt around the video): the reference pass is
+paid once.
 
-The in-memory store is shared by every handle with the same cache settings in the process (`BiasCache.shared`),
-so that the common `with sv.apply(...)` per request still hits it; its keys name the weights, layer and layout.
+A deployment choice, not a method option: `sv.apply(model, cfg, bias_cache=cache)`. Give the same `BiasCache` to
+every `sv.apply` that should share it (the common `with sv.apply(...)` per request); its keys name the weights,
+layer, options and layout, so one cache can serve several models and methods.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 
+from ..checks import check_int
+from ..errors import ConfigError
+
 
 class BiasCache:
     """A bounded in-memory LRU of bias tensors, optionally backed by a directory of .pt files."""
 
-    _instances: dict[tuple[int, Path | None], BiasCache] = {}
-
-    @classmethod
-    def shared(cls, size: int = 64, directory: str | Path | None = None) -> BiasCache:
-        """The process-wide cache for these settings."""
-        key = (size, Path(directory) if directory else None)
-        if key not in cls._instances:
-            cls._instances[key] = cls(size, directory)
-        return cls._instances[key]
-
-    @classmethod
-    def forget_all(cls) -> None:
-        """Drop every shared in-memory cache (files on disk stay)."""
-        cls._instances.clear()
-
     def __init__(self, size: int = 64, directory: str | Path | None = None):
+        check_int(size, "BiasCache size", 1)
+        if directory is not None and not isinstance(directory, (str, os.PathLike)):
+            raise ConfigError(f"BiasCache directory={directory!r} must be a directory path or None")
         self.size = size
         self.directory = Path(directory) if directory else None
         self._mem: OrderedDict[str, torch.Tensor] = OrderedDict()

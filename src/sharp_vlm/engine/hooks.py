@@ -22,10 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import TARGET_KINDS, Method, SegmentMask, Stage
 from ..errors import ConfigError, InputError, NoVisualTokensError
 from ..flops import DecoderShape
+from ..methods.base import TARGET_KINDS, Method, SegmentMask, Stage
 from ..models.base import Adapter, ReferenceFn
+from .bias_cache import BiasCache
 from .decode import Decode, trim_shallow
 from .prefill import Prefill
 from .reference import fingerprint
@@ -51,12 +52,14 @@ class Engine:
         adapter: Adapter,
         trim_kv: bool = False,
         reference_fn: ReferenceFn | None = None,
+        bias_cache: BiasCache | None = None,
     ):
         self.model = model
         self.method = method
         self.adapter = adapter
         self.trim_kv = trim_kv
         self.reference_fn = reference_fn
+        self.bias_cache = bias_cache
         self.stages: list[Stage] = method.stages()
         self._validate()
         self.stage_at = {s.layer: s for s in self.stages}
@@ -335,7 +338,7 @@ class Engine:
         if not pre.stats.stages:
             costs.layers_before_seconds = t0 - pre.started
         scorer = StageScorer(stage, hidden, pre, self.adapter, self.shape(), costs, self.reference_fn, self._bypass,
-                             self._fingerprint)
+                             self._fingerprint, self.bias_cache)
         hidden = run_stage(stage, hidden, pre, scorer, costs, t0)
         if args:
             return (hidden, *args[1:]), kwargs

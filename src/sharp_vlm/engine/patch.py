@@ -8,11 +8,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import Method
 from ..errors import ConfigError
+from ..methods.base import Method
 from ..models.base import ReferenceFn
 from ..models.generic import SpanSource
 from ..models.registry import adapter_for
+from .bias_cache import BiasCache
 from .hooks import Engine
 from .stats import CallStats
 
@@ -29,6 +30,7 @@ class Handle:
         span: SpanSource | None = None,
         trim_kv: bool = False,
         reference: ReferenceFn | None = None,
+        bias_cache: BiasCache | None = None,
     ):
         if not isinstance(method, Method):
             raise ConfigError(f"expected a method config such as sv.FastV(...), got {type(method).__name__}")
@@ -40,8 +42,14 @@ class Handle:
                 f"{type(model).__name__} finds its visual tokens from its inputs; span= is only for decoder-only "
                 "LMs, drop it"
             )
+        if bias_cache is not None and not isinstance(bias_cache, BiasCache):
+            raise ConfigError(
+                f"bias_cache={bias_cache!r} must be an sv.BiasCache(size, directory) (or None for a reference pass "
+                "per request)"
+            )
         self.trim_kv = trim_kv
         self.reference = reference
+        self.bias_cache = bias_cache
         self._attached = False
         self._attach()
 
@@ -65,7 +73,8 @@ class Handle:
         """A fresh engine on the model (also when a removed handle is entered again)."""
         if getattr(self.model, _ATTR, None) is not None:
             raise ConfigError("this model already has a pruning method attached; remove() the other handle first")
-        self.engine = Engine(self.model, self.method, self.adapter, trim_kv=self.trim_kv, reference_fn=self.reference)
+        self.engine = Engine(self.model, self.method, self.adapter, trim_kv=self.trim_kv, reference_fn=self.reference,
+                             bias_cache=self.bias_cache)
         self._orig_generate = self.model.__dict__.get("generate")
         self.engine.attach()
         generate = type(self.model).generate
@@ -119,6 +128,7 @@ def apply(
     span: SpanSource | None = None,
     trim_kv: bool = False,
     reference: ReferenceFn | None = None,
+    bias_cache: BiasCache | None = None,
 ) -> Handle:
     """Attach `method` to this model instance (no class is patched).
 
@@ -127,5 +137,8 @@ def apply(
     reference: for positional debiasing, a function (inputs_embeds, layouts, call_kwargs) -> inputs_embeds with
         the visual tokens replaced by content-free ones; default: black frames through the model's vision
         encoder (Qwen-VL), the pad-token embedding (decoder-only LMs).
+    bias_cache: an `sv.BiasCache` that keeps the reference pass's scores per (weights, layout, prompt around the
+        video), so that the pass is paid once; share one cache between the `apply` calls that should reuse it.
+        None: a reference pass per request.
     """
-    return Handle(model, method, span=span, trim_kv=trim_kv, reference=reference)
+    return Handle(model, method, span=span, trim_kv=trim_kv, reference=reference, bias_cache=bias_cache)

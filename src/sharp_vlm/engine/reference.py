@@ -13,8 +13,8 @@ from contextlib import AbstractContextManager
 import torch
 from torch import nn
 
-from ..config import SegmentMask
 from ..errors import ConfigError
+from ..methods.base import SegmentMask
 from ..models.base import Adapter, ReferenceFn
 from .bias_cache import BiasCache
 from .prefill import Prefill

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import torch
 
-from ..config import SegmentMask
 from ..core.layout import VisualLayout
 from ..core.masks import segment_allowed
 from ..core.scoring import attention_probs
+from ..methods.base import SegmentMask
 from ..models.base import AttentionParts
 from .rows import PrefillRows
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from ..config import SegmentMask
 from ..core.masks import segment_allowed, to_attention_mask
+from ..methods.base import SegmentMask
 from .prefill import Prefill
 from .segment_attention import RUNS_KWARG, segment_runs
 

@@ -12,11 +12,11 @@ from contextlib import AbstractContextManager
 
 import torch
 
-from ..config import SegmentMask, Stage
 from ..core.budget import keep_count
 from ..core.selection import Selection, check_selection
 from ..errors import ConfigError
 from ..flops import DecoderShape, prefill_flops, scoring_flops
+from ..methods.base import SampleView, SegmentMask, Stage
 from ..models.base import Adapter, ReferenceFn
 from .bias_cache import BiasCache
 from .prefill import Prefill
@@ -24,7 +24,6 @@ from .reference import bias_key, reference_hidden
 from .rows import take
 from .scoring import query_probs, visual_scores
 from .stats import SampleRecord, StageCosts, StageStats
-from .view import SampleView
 
 
 def sync(t: torch.Tensor) -> None:
@@ -46,10 +45,12 @@ class StageScorer:
         reference_fn: ReferenceFn | None,
         bypass_hooks: Callable[[], AbstractContextManager],
         fingerprint: Callable[[], tuple],
+        bias_cache: BiasCache | None = None,
     ):
         self.stage, self.hidden, self.pre, self.adapter = stage, hidden, pre, adapter
         self.shape, self.costs = shape, costs
         self.reference_fn, self.bypass_hooks, self.fingerprint = reference_fn, bypass_hooks, fingerprint
+        self.bias_cache = bias_cache
         self.layouts = pre.current_layouts()
         self._memo: dict[tuple, torch.Tensor] = {}
 
@@ -83,16 +84,14 @@ class StageScorer:
             self.costs.scoring_flops += self._flops(query)
         return self._memo[key]
 
-    def reference(self, query: str, mask: SegmentMask | None, rope: bool,
-                  cache: tuple[int, str | None] | None) -> torch.Tensor:
+    def reference(self, query: str, mask: SegmentMask | None, rope: bool) -> torch.Tensor:
         self._check_layer()
-        key = ("reference", query, mask, rope, cache)
+        key = ("reference", query, mask, rope)
         if key in self._memo:
             return self._memo[key]
         t = time.perf_counter()
-        store, ckey = None, None
-        if cache is not None:
-            store = BiasCache.shared(*cache)
+        store, ckey = self.bias_cache, None
+        if store is not None:
             fn = self.reference_fn
             ref = (self.adapter.reference_key(), getattr(fn, "__module__", None), getattr(fn, "__qualname__", None))
             ckey = bias_key(store, self.fingerprint(), self.stage.layer, query, rope, mask, self.pre, ref)
@@ -127,8 +126,9 @@ def select_all(stage: Stage, hidden: torch.Tensor, pre: Prefill, scorer: StageSc
         if budget == n:  # everything stays: nothing to choose (retain=1.0 is exactly the unpatched model)
             sel = Selection(torch.arange(n, device=hidden.device))
         else:
-            view = SampleView(stage.layer, b, budget, layouts[b], hidden, rows.visual_rows[b], n0, scorer, record)
+            view = SampleView(stage.layer, b, budget, layouts[b], hidden, rows.visual_rows[b], n0, scorer)
             answer = stage.method.select(view)
+            record.raw_scores, record.bias = view.raw_scores, view.bias
             sel = answer if isinstance(answer, Selection) else Selection(answer)
             check_selection(sel, n, budget, stage.label, b)
         record.scores, record.dedup = sel.scores, sel.dedup

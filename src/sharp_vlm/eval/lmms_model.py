@@ -33,7 +33,8 @@ from loguru import logger
 from tqdm import tqdm
 
 from ..errors import InputError, SharpError
-from ..pipeline import VideoQA, make_method
+from ..loading import build_method
+from ..pipeline import VideoQA
 from ..video.decode import Frames, read_video
 
 _VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".flv", ".wmv", ".mpg", ".mpeg")
@@ -53,8 +54,7 @@ class SharpVLM(lmms):
                 raise SharpError(f"method=none takes no method options, got {sorted(method_options)}")
             self.method = None
         else:  # checked (unknown method, bad retain, unknown option) before the model loads
-            self.method = make_method({"method": self.method_name, "retain": float(retain), "layer": int(layer),
-                                       **method_options})
+            self.method = build_method(self.method_name, float(retain), int(layer), method_options)
         self.frames, self.fps, self.default_max_new_tokens = int(max_num_frames), fps, int(max_new_tokens)
         if int(batch_size) != 1:
             logger.warning(f"sharp_vlm answers one request at a time; batch_size={batch_size} is ignored")

@@ -18,25 +18,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import check_unique
+from ..checks import check_unique
 from ..errors import ConfigError, SharpError
-from ..loading import load_config
+from ..loading import Variant, build_method
+from ..methods import NoPrune
 from .data import QARecord, score
 
 RECORDS = "records.jsonl"
 SETTINGS = "settings.json"
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One column of the report: a method at one retained share (`none` always at 1.0)."""
-
-    method: str
-    retain: float
-
-    @property
-    def key(self) -> str:
-        return "none" if self.method == "none" else f"{self.method}@{self.retain:g}"
 
 
 @dataclass(frozen=True)
@@ -78,20 +67,15 @@ class EvalConfig:
     limit: int | None = None
 
     def variants(self) -> list[Variant]:
-        """`none` first (added when missing), then each other method at each retain, in the order given."""
-        out = [Variant("none", 1.0)]
+        """`none` first (added when missing), then each other method at each retain, in the order given; every
+        config is built and checked (unknown names and bad options raise `ConfigError`)."""
+        out = [Variant("none", "none", 1.0, NoPrune())]
         for name in (m.strip().lower() for m in self.methods if m.strip()):
             if name != "none":
-                out += [Variant(name, float(r)) for r in self.retains]
+                opts = self.options.get(name)
+                out += [Variant(name, name, float(r), build_method(name, float(r), self.layer, opts))
+                        for r in self.retains]
         return out
-
-    def method_config(self, variant: Variant):
-        """The method's config (checked: unknown names and bad options raise `ConfigError`); None for `none`,
-        which runs the unpatched model."""
-        if variant.method == "none":
-            return None
-        return load_config({"method": variant.method, "retain": variant.retain, "layer": self.layer,
-                            **self.options.get(variant.method, {})})
 
     def check(self) -> None:
         """Every flag and every variant's config, before a model loads."""
@@ -105,11 +89,10 @@ class EvalConfig:
             raise ConfigError(f"--max-new-tokens {self.max_new_tokens} must be >= 1")
         check_unique([m.strip().lower() for m in self.methods if m.strip()], "--methods")
         check_unique([f"{float(r):g}" for r in self.retains], "--retain")  # as the records' keys write them
-        unused = sorted(set(self.options) - {v.method for v in self.variants() if v.method != "none"})
+        unused = sorted(set(self.options) - {m.strip().lower() for m in self.methods} - {"none"})
         if unused:
             raise ConfigError(f"--options names method(s) {unused} that are not pruning methods in --methods")
-        for v in self.variants():
-            self.method_config(v)
+        self.variants()  # builds and checks every config
 
     def settings(self) -> dict[str, Any]:
         """What must match for records of two runs to be mixed (not methods, retains or limit: those only add)."""
@@ -236,7 +219,8 @@ def videoqa_answerer(qa: Any, cfg: EvalConfig) -> AnswerFn:
     def answer(record: QARecord, variant: Variant) -> Reply:
         result = qa.answer(
             record.video, record.question, options=list(record.options) if record.options else None,
-            frames=cfg.frames, fps=cfg.fps, method=cfg.method_config(variant), max_new_tokens=cfg.max_new_tokens,
+            frames=cfg.frames, fps=cfg.fps, method=None if variant.method == "none" else variant.config,
+            max_new_tokens=cfg.max_new_tokens,
         )
         return reply_from_answer(result)
 

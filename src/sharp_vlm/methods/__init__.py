@@ -1,5 +1,6 @@
 """Built-in methods; importing this package registers them."""
 
+from . import experimental  # noqa: F401  (registers sharp_lab)
 from .baselines import NoPrune, RandomPrune, UniformPrune
 from .fastv import FastV
 from .schedule import Schedule

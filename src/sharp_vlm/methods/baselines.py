@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import ConfigError, Method, Stage, StageMethod, register
 from ..core.select import random_indices, uniform_indices
-from ..engine.view import SampleView
+from ..errors import ConfigError
+from .base import Method, SampleView, Stage, StageMethod, register
 
 
 @register("none")

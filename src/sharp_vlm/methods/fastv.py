@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import StageMethod, check_choice, register
-from ..engine.view import SampleView
+from ..checks import check_choice
+from .base import SampleView, StageMethod, register
 
 
 @register("fastv")

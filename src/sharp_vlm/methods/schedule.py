@@ -6,7 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import ConfigError, Method, Stage, StageMethod, register
+from ..errors import ConfigError
+from .base import Method, Stage, StageMethod, register
 
 
 @register("schedule")

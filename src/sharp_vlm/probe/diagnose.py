@@ -8,10 +8,11 @@ from typing import Any
 import torch
 
 from ..core.budget import keep_count
-from ..core.debias import frame_medians
 from ..core.scoring import renormalize
 from ..errors import ConfigError
+from ..loading import build_method
 from ..methods import ShaRP
+from ..methods.experimental.rules import frame_medians
 from ..viz.figure import pyplot, save
 from .generator import seeds
 from .report import json_text
@@ -34,10 +35,12 @@ def check_diagnose(cfg: ProbeConfig) -> None:
     if len(cfg.retains) != 1:
         raise ConfigError(f"--diagnose plots one retention; got --retain {','.join(map(str, cfg.retains))}: "
                           "give one, e.g. --retain 0.1")
-    other = sorted(set(cfg.options) - {"sharp"})
-    if other:
-        raise ConfigError(f"--diagnose runs ShaRP alone, so the --options of {', '.join(other)} would be ignored; "
-                          'give options for sharp only, e.g. \'{"sharp": {"lam": 0.5}}\'')
+    other = sorted(set(cfg.options) - {"sharp", "sharp_lab"})
+    if other or len(cfg.options) > 1:
+        raise ConfigError(f"--diagnose runs ShaRP alone, so the --options of {', '.join(other or cfg.options)} "
+                          'would be ignored; give options for sharp (or sharp_lab) only, e.g. \'{"sharp": {"lam": '
+                          "0.5}}'")
+
     try:
         shapes = len(sample_sources(cfg))
     except ValueError as err:  # an unknown family
@@ -47,10 +50,15 @@ def check_diagnose(cfg: ProbeConfig) -> None:
                           "(--families count) or none (the plain probe at --frames x --tokens-per-frame)")
 
 
+def diagnosed_method(cfg: ProbeConfig) -> ShaRP:
+    """The ShaRP that --diagnose runs: `sharp`, or `sharp_lab` when its options are given."""
+    name = next(iter(cfg.options), "sharp")
+    return build_method(name, cfg.retains[0], cfg.layer, cfg.options.get(name))
+
 def bias_label(method: ShaRP) -> str:
     """What the bias curve shows: what the debias mode subtracts from (or divides into) the raw scores."""
-    if method.debias in ("reference", "cached"):
-        if method.combine == "ratio":
+    if method.debias == "reference":
+        if getattr(method, "combine", "subtract") == "ratio":
             return f"reference (log s - {method.lam:g} x log of it)"
         return f"bias ({method.lam:g} x reference)"
     if method.debias == "frame":
@@ -74,7 +82,8 @@ def diagnose(cfg: ProbeConfig, model: Any, tok: Any, method: ShaRP) -> dict[str,
         final = record.scores.float()
         if record.bias is not None:
             # subtraction takes lam x the renormalised reference; the ratio and the RoPE prior divide (drawn as is)
-            lam = method.lam if method.debias in ("reference", "cached") and method.combine == "subtract" else 1.0
+            ratio = getattr(method, "combine", "subtract") == "ratio" or method.debias == "rope_only"
+            lam = 1.0 if ratio else method.lam
             bias = lam * renormalize(record.bias.float())
         elif method.debias == "frame":  # what subtract_frame_median takes off each token
             frames = torch.arange(sample.n_frames).repeat_interleave(sample.tokens_per_frame)

@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import check_unique
+from ..checks import check_unique
 from .generator import KINDS, MAX_FRAMES, MAX_TPF, MIN_FRAMES, MIN_TPF, ProbeSample, make_sample
 
 

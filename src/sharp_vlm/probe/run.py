@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 import time
@@ -12,12 +11,14 @@ from typing import Any
 
 import torch
 
-from ..config import Method, check_unique
+from ..checks import check_unique
 from ..core.layout import VisualLayout
+from ..engine.bias_cache import BiasCache
 from ..engine.patch import apply
 from ..errors import ConfigError
-from ..loading import method_class
-from ..methods import NoPrune, ShaRP
+from ..loading import Variant, build_method
+from ..methods import NoPrune
+from ..methods.base import Method
 from ..models.generic import VideoSpan
 from .families import families
 from .generator import MAX_FRAMES, MAX_TPF, MIN_FRAMES, MIN_TPF, ProbeSample, check_answer, make_sample, seeds
@@ -37,17 +38,10 @@ class ProbeConfig:
     max_new_tokens: int = 6
     ablate: bool = False
     trim_kv: bool = False  # decode with the pruned tokens dropped from the shallow layers' KV too
+    bias_cache: bool = False  # one sv.BiasCache for the whole run: a sample's reference pass is paid once
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per method name: extra config fields
     # probe families (probe/families.py) instead of one video shape; "all" for every family
     families: list[str] | None = None
-
-
-@dataclass(frozen=True)
-class Variant:
-    label: str
-    method: str
-    retain: float
-    config: Method
 
 
 ABLATIONS = {  # C1 mask, C2 debias, C3 dedup
@@ -59,20 +53,6 @@ ABLATIONS = {  # C1 mask, C2 debias, C3 dedup
 def ablation_label(c1: bool, c2: bool, c3: bool) -> str:
     on = [name for name, flag in (("mask", c1), ("debias", c2), ("dedup", c3)) if flag]
     return "sharp[" + ("+".join(on) if on else "none") + "]"
-
-
-def _build(cls: type[Method], name: str, options: dict[str, Any], **fixed: Any) -> Method:
-    clash = sorted(set(options) & set(fixed))
-    if clash:
-        raise ConfigError(f"--options sets {', '.join(clash)} for {name}; use the --retain/--layer flags instead")
-    try:
-        return cls(**fixed, **options)
-    except ConfigError as err:  # say which run of the command line it is
-        raise ConfigError(f"{name}: {err}") from None
-    except TypeError:
-        fields = sorted(f.name for f in dataclasses.fields(cls) if f.init)
-        unknown = sorted(set(options) - set(fields))
-        raise ConfigError(f"{name} has no option(s) {', '.join(unknown)}; its options: {', '.join(fields)}") from None
 
 
 def variants(cfg: ProbeConfig) -> list[Variant]:
@@ -87,15 +67,15 @@ def variants(cfg: ProbeConfig) -> list[Variant]:
         if at and not at.isdigit():
             raise ConfigError(f"{spec!r}: the layer after '@' must be an integer, e.g. uniform@0")
         layer = int(at) if at else cfg.layer
-        cls = method_class(name)
         for r in cfg.retains:
-            out.append(Variant(spec, name, r, _build(cls, spec, cfg.options.get(name, {}), retain=r, layer=layer)))
+            method = build_method(name, r, layer, cfg.options.get(name), label=spec)
+            out.append(Variant(spec, method.name, r, method))
     if cfg.ablate:
         base = cfg.options.get("sharp", {})
         for (c1, c2, c3), opts in ABLATIONS.items():
             for r in cfg.retains:
-                out.append(Variant(ablation_label(c1, c2, c3), "sharp", r,
-                                   _build(ShaRP, "sharp", {**base, **opts}, retain=r, layer=cfg.layer)))
+                label = ablation_label(c1, c2, c3)
+                out.append(Variant(label, "sharp", r, build_method("sharp", r, cfg.layer, {**base, **opts}, label)))
     return out
 
 
@@ -154,10 +134,11 @@ def blank_frames(model: Any, tok: Any) -> Callable[[torch.Tensor, list[VisualLay
 
 @torch.inference_mode()
 def answer(model: Any, tok: Any, sample: ProbeSample, method: Method, max_new_tokens: int,
-           reference: Callable | None, trim_kv: bool = False) -> tuple[str, Any, float]:
+           reference: Callable | None, trim_kv: bool = False, bias_cache: BiasCache | None = None,
+           ) -> tuple[str, Any, float]:
     ids = torch.tensor([sample.input_ids])
     span = VideoSpan(sample.video_start, sample.n_frames, sample.tokens_per_frame)
-    with apply(model, method, span=span, reference=reference, trim_kv=trim_kv) as handle:
+    with apply(model, method, span=span, reference=reference, trim_kv=trim_kv, bias_cache=bias_cache) as handle:
         t0 = time.perf_counter()
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                              do_sample=False)
@@ -183,6 +164,7 @@ def run_probe(cfg: ProbeConfig, model: Any, tok: Any, progress: bool = True) -> 
     plan = check_probe(cfg, len(model.model.layers))
     seed_list = seeds(cfg.split, cfg.n)
     reference = blank_frames(model, tok)
+    cache = BiasCache() if cfg.bias_cache else None
     records = []
     sources = sample_sources(cfg)
     bar = tqdm(total=len(sources) * len(seed_list) * len(plan), desc="probe", unit="run", disable=not progress)
@@ -192,7 +174,8 @@ def run_probe(cfg: ProbeConfig, model: Any, tok: Any, progress: bool = True) -> 
         fact = torch.tensor(sample.needle_fact_positions)
         unpruned = None
         for v in plan:
-            text, stats, seconds = answer(model, tok, sample, v.config, cfg.max_new_tokens, reference, cfg.trim_kv)
+            text, stats, seconds = answer(model, tok, sample, v.config, cfg.max_new_tokens, reference, cfg.trim_kv,
+                                           cache)
             if v.label == "none":
                 unpruned = text
             kept = (stats.stages[-1].kept_positions[0] if stats.stages

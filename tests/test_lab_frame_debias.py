@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sharp_vlm.core.debias import frame_medians, subtract_frame_median
+from sharp_vlm.methods.experimental.rules import frame_medians, subtract_frame_median
 
 
 def _loop_medians(s: torch.Tensor, f: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,243 @@
+"""The method contract: what a method is, what it returns and what it reads. Start reading here.
+
+A `Method` is a schedule of `Stage`s; most are a `StageMethod` with one stage that answers `select(view)` for one
+sample: given a `SampleView` of the sample at its stage (budget, layout, hidden states, scores), which visual tokens
+to keep (a sorted index tensor or a `core.selection.Selection`, which may also merge dropped tokens into kept ones).
+The engine (`engine/`) does everything else, the same way for every method. `register` makes a method available by
+name (`sv.methods()`, configs, the CLI). Nothing here imports the engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import torch
+
+from ..checks import check_choice, check_layer, check_retain
+from ..core.layout import VisualLayout
+from ..core.select import top_indices
+from ..core.selection import Selection
+from ..errors import ConfigError
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: make a method available by name (`sv.methods()`, configs, CLI).
+
+    An option the class does not have is refused with a `ConfigError` that lists its options (and, for an option
+    listed in `moved_options`, says where it went), whether the config comes from code, a file or the CLI.
+    """
+
+    def deco(cls: type[Method]) -> type[Method]:
+        cls.name = name
+        init = cls.__dict__.get("__init__")
+        if init is not None and dataclasses.is_dataclass(cls):
+            @functools.wraps(init)
+            def checked_init(self: Method, *args: Any, **kwargs: Any) -> None:
+                check_options(type(self), kwargs)
+                init(self, *args, **kwargs)
+
+            cls.__init__ = checked_init
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def check_options(cls: type[Method], given: Any) -> None:
+    """Refuse option names that `cls` does not take, naming its options and where a moved one went."""
+    fields = {f.name for f in dataclasses.fields(cls) if f.init} if dataclasses.is_dataclass(cls) else set()
+    unknown = sorted(set(given) - fields)
+    if not unknown:
+        return
+    moved = [f"{k} moved to {cls.moved_options[k]}" for k in unknown if k in cls.moved_options]
+    options = ", ".join(sorted(fields)) if fields else "none"
+    raise ConfigError(f"{cls.name} has no option(s) {', '.join(unknown)}"
+                      + (f" ({'; '.join(moved)})" if moved else "") + f"; its options: {options}")
+
+
+def registered() -> dict[str, type[Method]]:
+    """The registry as it stands (built-in methods register when `sharp_vlm.methods` is imported)."""
+    return dict(_REGISTRY)
+
+
+TARGETS = ("video", "image", "all")
+TARGET_KINDS = {"video": ("video",), "image": ("image",), "all": ("video", "image")}
+
+
+@dataclass(frozen=True)
+class SegmentMask:
+    """Segment-aware attention for the shallow layers (see core/masks.py)."""
+
+    mode: str  # "bidirectional" | "local" | "off"
+    scope: str  # "forward" | "score"
+    frames_per_segment: int = 1
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pruning step as the engine runs it.
+
+    At decoder layer `layer` (0 = before the first layer) keep `retain` of the prompt's *original* visual tokens
+    (a cumulative share: a later stage of a schedule keeps a smaller share of the same original count); `method`
+    chooses which, one sample at a time.
+    """
+
+    layer: int
+    retain: float
+    method: StageMethod
+    label: str
+    segment_mask: SegmentMask | None = None  # forward-scope mask of the layers before this stage
+    targets: str = "video"  # which visual tokens the stage prunes: "video", "image" or "all"
+
+
+@dataclass
+class Method:
+    """A pruning method: a schedule of stages run by the engine."""
+
+    name: ClassVar[str] = "method"
+    moved_options: ClassVar[dict[str, str]] = {}  # former option -> where it went (named in the error)
+
+    def stages(self) -> list[Stage]:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.name, **dataclasses.asdict(self)}
+
+
+@dataclass
+class StageMethod(Method):
+    """A method with one stage at `layer`, keeping `retain` of the visual tokens.
+
+    Subclasses implement `select(view)` for one sample: the engine computes the budget (`view.budget`), runs the
+    loop over the batch, checks the answer, applies it (drop, or merge then drop) and records timing and stats.
+    """
+
+    retain: float = 0.25
+    layer: int = 2
+    # which of the prompt's visual tokens the stage prunes and budgets: "video" (images beside the video are kept
+    # whole), "image", or "all" (one budget over every image and video, frames and images alike)
+    targets: str = "video"
+    allow_layer_zero: ClassVar[bool] = False
+    scores_attention: ClassVar[bool] = True  # runs the scoring side pass (counted in its FLOPs)
+    reference_pass: ClassVar[bool] = False  # runs a per-request reference pass (counted in its FLOPs)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every option; the engine calls it again at apply() time, so later edits are checked too."""
+        check_retain(self.retain)
+        check_layer(self.layer, allow_zero=self.allow_layer_zero)
+        check_choice(self.targets, TARGETS, "targets")
+
+    def select(self, view: SampleView) -> Selection | torch.Tensor:
+        """Which of the sample's visual tokens to keep: a `Selection`, or a sorted index tensor."""
+        raise NotImplementedError
+
+    def segment_mask(self) -> SegmentMask | None:
+        """The forward-scope mask of the layers before this stage (None: the model's causal mask)."""
+        return None
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether the stage scores against a reference pass (run per request, or found in a bias cache)."""
+        return False
+
+    def stages(self) -> list[Stage]:
+        self.validate()
+        mask = self.segment_mask()
+        # only a forward-scope mask that masks something changes the shallow layers
+        forward = mask if mask is not None and mask.scope == "forward" and mask.mode != "off" else None
+        return [Stage(self.layer, float(self.retain), self, self.name, forward, self.targets)]
+
+
+class ScoreSource(Protocol):
+    """Batch-level scores of one stage, computed once per option set (the engine's `StageScorer`)."""
+
+    def attention(self, query: str, mask: SegmentMask | None, rope: bool, content_free: bool) -> torch.Tensor: ...
+
+    def reference(self, query: str, mask: SegmentMask | None, rope: bool) -> torch.Tensor: ...
+
+
+class SampleView:
+    """What a stage method sees of sample `index`.
+
+    layer: the stage's decoder layer (0 = before the decoder).
+    budget: how many visual tokens to keep (the engine's rule, `core.budget.keep_count`).
+    layout: the sample's surviving visual tokens (original positions, frame ids, grid coordinates).
+    hidden: (N, D) their hidden states entering the layer (input embeddings at layer 0), gathered on first use.
+    n_original: how many visual tokens the prompt had.
+    raw_scores / bias: the last attention scores and reference scores (or positional prior) the method asked for,
+        which the engine records in the call's stats.
+    """
+
+    def __init__(
+        self,
+        layer: int,
+        index: int,
+        budget: int,
+        layout: VisualLayout,
+        batch_hidden: torch.Tensor,
+        visual_rows: torch.Tensor,
+        n_original: int,
+        scores: ScoreSource,
+    ):
+        self.layer = layer
+        self.index = index
+        self.budget = budget
+        self.layout = layout
+        self.n_original = n_original
+        self.raw_scores: torch.Tensor | None = None
+        self.bias: torch.Tensor | None = None
+        self._batch_hidden = batch_hidden
+        self._visual_rows = visual_rows
+        self._hidden: torch.Tensor | None = None
+        self._scores = scores
+
+    @property
+    def hidden(self) -> torch.Tensor:
+        if self._hidden is None:
+            self._hidden = self._batch_hidden[self.index, self._visual_rows]
+        return self._hidden
+
+    @property
+    def device(self) -> torch.device:
+        return self._batch_hidden.device
+
+    @property
+    def n_visual(self) -> int:
+        return int(self._visual_rows.numel())
+
+    def attention_scores(self, query: str = "last", mask: SegmentMask | None = None, rope: bool = True) -> torch.Tensor:
+        """(N,) attention from the query rows to each visual token at this layer (mean over heads).
+
+        query="last": the last prompt token; "text": mean over the text after the video. mask: score under a
+        segment-aware mask. rope=False: q.k without the rotary embedding. Computed beside the attention kernel from
+        the layer's own norm, q/k projections and rotary embedding.
+        """
+        self.raw_scores = self._scores.attention(query, mask, rope, False)[self.index]
+        return self.raw_scores
+
+    def reference_scores(self, query: str = "last", mask: SegmentMask | None = None, rope: bool = True) -> torch.Tensor:
+        """(N,) the same scores for the prompt with content-free (black) frames: the positional bias.
+
+        Runs layers 0..K-1 once more on the reference input (~K/L of a dense prefill), unless the handle was
+        applied with a `bias_cache` that already holds it for these weights, layout and prompt.
+        """
+        self.bias = self._scores.reference(query, mask, rope)[self.index]
+        return self.bias
+
+    def positional_prior(self, query: str = "last", mask: SegmentMask | None = None) -> torch.Tensor:
+        """(N,) scores from content-free queries and keys at the real positions (RoPE only)."""
+        self.bias = self._scores.attention(query, mask, True, True)[self.index]
+        return self.bias
+
+    def top(self, scores: torch.Tensor, budget: int | None = None) -> torch.Tensor:
+        """Indices of the `budget` (default: the stage's) highest scores, sorted."""
+        return top_indices(scores, self.budget if budget is None else budget).to(self.device)
