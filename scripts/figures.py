@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from sharp_vlm.probe.lm import _model_from_gguf, load_tokenizer, smollm2_path
+from sharp_vlm.testing.smollm2 import load_tokenizer, model_from_gguf, smollm2_path
 from sharp_vlm.viz.figure import pyplot, save
 
 
@@ -16,7 +16,7 @@ def selection_model(layer: int) -> tuple[Any, Any]:
     A fresh model: the one `load_smollm2` returns is shared within the process and must not be cut.
     """
     tok = load_tokenizer()
-    model = _model_from_gguf(*smollm2_path(), torch.float32, "sdpa")
+    model = model_from_gguf(*smollm2_path(), torch.float32, "sdpa")
     model.model.layers = model.model.layers[: layer + 1]
     model.config.num_hidden_layers = layer + 1
     model.generation_config.pad_token_id = tok.pad_token_id

@@ -19,11 +19,20 @@ from torch.nn.functional import pad
 
 import sharp_vlm as sv
 from oracle import Prompt, decoder_input, decoder_prompt
-from sharp_vlm.models.factory import tiny_llama, tiny_qwen_vl, tiny_video_inputs
-from sharp_vlm.models.tiny_internvl import tiny_internvl, tiny_internvl_inputs
-from sharp_vlm.models.tiny_llava import tiny_llava_inputs, tiny_llava_next_video, tiny_llava_onevision
-from sharp_vlm.models.tiny_qwen3_vl import tiny_qwen3_video_inputs, tiny_qwen3_vl
-from sharp_vlm.models.tiny_smolvlm import tiny_smolvlm, tiny_smolvlm_inputs
+from sharp_vlm.testing import (
+    tiny_internvl,
+    tiny_internvl_inputs,
+    tiny_llama,
+    tiny_llava_inputs,
+    tiny_llava_next_video,
+    tiny_llava_onevision,
+    tiny_qwen3_video_inputs,
+    tiny_qwen3_vl,
+    tiny_qwen_vl,
+    tiny_smolvlm,
+    tiny_smolvlm_inputs,
+    tiny_video_inputs,
+)
 
 Inputs = dict[str, Any]
 SPAN = sv.VideoSpan(start=6, n_frames=16, tokens_per_frame=8)
@@ -237,17 +246,21 @@ def assert_batch_equals_one_by_one(case: Case, model: nn.Module, samples: list[I
 
 def assert_fastv_matches_eager(case: Case, sdpa: nn.Module, eager: nn.Module, inputs: Inputs, layer: int) -> None:
     """FastV's kept set, under SDPA and under eager attention, equals the top tokens of the eager model's own
-    attention weights (the last prompt row, averaged over heads)."""
+    attention weights (the last prompt row, averaged over heads): those of layer K-1 by default (the authors'
+    rule), those of layer K with attention_layer="stage"."""
     for a, b in zip(sdpa.state_dict().values(), eager.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     with torch.no_grad():
-        att = eager(**inputs, output_attentions=True).attentions[layer]  # (1, H, S, S)
+        att = eager(**inputs, output_attentions=True).attentions  # per layer (1, H, S, S)
     vis = torch.nonzero(case.visual(sdpa, inputs)).flatten()
-    ref = torch.sort(torch.topk(att[0, :, -1, vis].mean(0), sv.keep_count(0.3, vis.numel())).indices).values
-    for model in (sdpa, eager):
-        with case.apply(model, sv.FastV(retain=0.3, layer=layer)) as handle, torch.no_grad():
-            model(**inputs)
-        assert torch.equal(handle.last_stats.stages[0].kept[0], ref)
+    for rule, source in (("previous", layer - 1), ("stage", layer)):
+        scores = att[source][0, :, -1, vis].mean(0)
+        ref = torch.sort(torch.topk(scores, sv.keep_count(0.3, vis.numel())).indices).values
+        for model in (sdpa, eager):
+            with case.apply(model, sv.FastV(retain=0.3, layer=layer, attention_layer=rule)) as handle, \
+                    torch.no_grad():
+                model(**inputs)
+            assert torch.equal(handle.last_stats.stages[0].kept[0], ref), (rule, model.config._attn_implementation)
 
 
 def assert_inputs_embeds_only_is_refused(model: nn.Module, inputs: Inputs) -> None:

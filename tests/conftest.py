@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sharp_vlm.models.factory import tiny_qwen_vl, tiny_video_inputs
+from sharp_vlm.testing import tiny_qwen_vl, tiny_video_inputs
 
 torch.set_num_threads(2)
 

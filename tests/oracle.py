@@ -140,8 +140,9 @@ def run_pruned(model, inputs, method, n_decode, **apply_kwargs):
     with sv.apply(model, method, **apply_kwargs) as handle, torch.no_grad():
         prefill = model(**inputs).logits
         stats = handle.last_stats
+        # no end-of-sequence stop: the oracle decodes exactly n_decode tokens whatever they are
         out = model.generate(**inputs, max_new_tokens=n_decode, do_sample=False, output_logits=True,
-                             return_dict_in_generate=True)
+                             return_dict_in_generate=True, eos_token_id=None, pad_token_id=0)
     return prefill, stats, out
 
 

@@ -8,10 +8,12 @@ import pytest
 import torch
 
 import sharp_vlm.bench.latency as latency
-from sharp_vlm.bench.latency import BenchConfig, resolve_dtype, run_bench, variant
+from sharp_vlm import checkpoint
+from sharp_vlm.bench.latency import BenchConfig, run_bench, variant
 from sharp_vlm.bench.memory import PeakMemory
 from sharp_vlm.bench.report import table, write
 from sharp_vlm.bench.vision import time_vision, vision_input
+from sharp_vlm.checkpoint import dtype_choice as resolve_dtype
 from sharp_vlm.errors import ConfigError
 
 TINY_SIGLIP = {"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
@@ -120,6 +122,28 @@ def test_bench_on_a_local_checkpoint_folder(tmp_path):
         latency.build_model(BenchConfig(model=str(tmp_path / "empty")), "float32")
 
 
+@pytest.mark.parametrize("model_type, width, depth, nearest", [
+    ("qwen2_5_vl", 2048, 36, "qwen2.5-vl-3b"),  # Qwen2.5-VL-3B's own decoder
+    ("qwen2_5_vl", 64, 4, "qwen2.5-vl-7b"),  # a size of no built-in shape: the family's common one
+    ("smolvlm", 576, 30, "smolvlm2-256m"),
+    ("some_new_vlm", 896, 24, "llava-onevision-0.5b"),  # an unknown family: the closest decoder with a tower
+])
+def test_nearest_shape_of_a_video_llm_config(model_type, width, depth, nearest):
+    from sharp_vlm.bench.shapes import nearest_shape
+
+    config = {"model_type": model_type, "vision_config": {},
+              "text_config": {"hidden_size": width, "num_hidden_layers": depth}}
+    assert nearest_shape(config) == nearest
+
+
+def test_video_llm_folder_is_refused_before_building(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "qwen2_5_vl", "vision_config": {}, "text_config": {"hidden_size": 3584, "num_hidden_layers": 28},
+    }))
+    with pytest.raises(ConfigError, match="Video LLM checkpoint .*--model qwen2.5-vl-7b"):
+        latency.build_model(BenchConfig(model=str(tmp_path)), "float32")
+
+
 @pytest.mark.parametrize(
     "change, match",
     [
@@ -159,9 +183,9 @@ def test_variant_names():
 def test_auto_dtype(monkeypatch):
     assert resolve_dtype("float16", "cpu") == ("float16", "asked for")
     assert resolve_dtype("auto", "cuda:0")[0] == "bfloat16"
-    monkeypatch.setattr(latency, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(checkpoint, "cpu_has_native_bf16", lambda: True)
     assert resolve_dtype("auto", "cpu")[0] == "bfloat16"
-    monkeypatch.setattr(latency, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(checkpoint, "cpu_has_native_bf16", lambda: False)
     dtype, why = resolve_dtype("auto", "cpu")
     assert dtype == "float32" and "no bf16 instructions" in why
 

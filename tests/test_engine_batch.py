@@ -8,7 +8,7 @@ import torch
 
 import sharp_vlm as sv
 from cases import BY_NAME, assert_batch_equals_one_by_one, left_pad, model_and_inputs
-from sharp_vlm.models.factory import tiny_qwen_vl, tiny_video_inputs
+from sharp_vlm.testing import tiny_qwen_vl, tiny_video_inputs
 
 
 @pytest.fixture(scope="module")

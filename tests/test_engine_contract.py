@@ -15,8 +15,8 @@ from sharp_vlm.core.selection import check_selection, merge_rows
 from sharp_vlm.engine.rows import PrefillRows
 from sharp_vlm.flops import stages_to_removals
 from sharp_vlm.methods.experimental import ShaRPLab
-from sharp_vlm.models.factory import tiny_llama
 from sharp_vlm.models.registry import adapter_for
+from sharp_vlm.testing import tiny_llama
 
 
 def _rows(batch=2, prefix=3, n=12, suffix=4):

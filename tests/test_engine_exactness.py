@@ -40,7 +40,7 @@ def _hook_count(model):
 
 
 def test_two_models_do_not_interfere():
-    from sharp_vlm.models.factory import tiny_qwen_vl, tiny_video_inputs
+    from sharp_vlm.testing import tiny_qwen_vl, tiny_video_inputs
 
     a, b = tiny_qwen_vl("qwen2_5_vl", seed=1), tiny_qwen_vl("qwen2_5_vl", seed=2)
     xa, xb = tiny_video_inputs(a, seed=3).as_kwargs(), tiny_video_inputs(b, seed=4).as_kwargs()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import sharp_vlm as sv
-from sharp_vlm.models.factory import tiny_llama
+from sharp_vlm.testing import tiny_llama
 
 
 @pytest.mark.parametrize("retain", [0.0, -0.1, 1.5, 2])
@@ -191,6 +191,18 @@ def test_user_loads_broken_or_missing_config_files(tmp_path):
         sv.load_config("mine")
     with pytest.raises(sv.ConfigError, match="none has no option.s. retain; its options: none"):
         sv.load_config({"method": "none", "retain": 0.1})
+
+
+def test_user_writes_off_in_a_yaml_config():
+    cfg = sv.load_config("method: sharp\nmask: off\ndebias: off\ndedup: false\n")
+    assert (cfg.mask, cfg.debias, cfg.dedup) == ("off", "off", False)
+
+
+def test_user_loads_a_config_file_without_an_extension(tmp_path, monkeypatch):
+    (tmp_path / "fastv-config").write_text("method: fastv\nretain: 0.3\n")
+    assert sv.load_config(str(tmp_path / "fastv-config")).retain == 0.3
+    monkeypatch.chdir(tmp_path)
+    assert sv.load_config("fastv-config").retain == 0.3
 
 
 def test_user_asks_for_a_training_loss():

@@ -94,3 +94,48 @@ def test_scoring_multiple_choice_and_open():
     assert score(open_q, "a red truck") == ("red truck", False)
     assert score(open_q, "...") == ("", False)
     assert normalize_text("  An   Apple, the PIE. ") == "apple pie"
+
+
+@pytest.mark.parametrize("answer", ["A", "The", "?", " an ... "])
+def test_user_gives_an_open_answer_that_normalises_to_nothing(tmp_path, answer):
+    path = _write(tmp_path, [{"video": "a.mp4", "question": "q", "answer": "red"},
+                             {"video": "a.mp4", "question": "what?", "answer": answer}])
+    with pytest.raises(DataError) as err:
+        load_records(path)
+    text = str(err.value)
+    assert f"{path}:2:" in text and repr(answer) in text and "no word" in text and "\n" not in text
+    # the same text is a fine multiple-choice answer: a letter
+    load_records(_write(tmp_path, [{"video": "a.mp4", "question": "q", "options": ["x", "y"], "answer": "A"}]))
+
+
+def test_user_saves_the_data_file_with_a_byte_order_mark_or_as_utf16_without_one(tmp_path):
+    path = tmp_path / "qa.jsonl"
+    line = json.dumps({"video": "a.mp4", "question": "q", "answer": "red"}) + "\n"
+    path.write_bytes(b"\xef\xbb\xbf" + line.encode())  # UTF-8 as Windows editors save it: accepted
+    assert load_records(path)[0].answer == "red"
+    path.write_bytes(line.encode("utf-16-le"))
+    with pytest.raises(DataError) as err:
+        load_records(path)
+    assert f"{path}:1:" in str(err.value) and "UTF-16" in str(err.value) and "save the file as UTF-8" in str(err.value)
+
+
+def test_user_asks_for_more_frames_than_some_clips_have_in_any_container(tmp_path):
+    import torch
+
+    from sharp_vlm.eval.clips import check_clips, frame_count
+    from sharp_vlm.video.decode import write_video
+
+    pixels = torch.zeros(5, 40, 56, 3, dtype=torch.uint8)
+    mp4, mkv = write_video(tmp_path / "a.mp4", pixels), write_video(tmp_path / "b.mkv", pixels)
+    assert frame_count(mp4) == frame_count(mkv) == 5  # mkv keeps no count in its header: its packets are counted
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    recs = [QARecord(id=f"r{i}", video=video, question="q", answer="a", line=i + 1)
+            for i, video in enumerate([mp4, mkv, tmp_path / "bad.mp4"])]
+    check_clips(recs[:2], frames=5, fps=None)
+    check_clips(recs[:2], frames=64, fps=2.0)  # by rate, --frames is a cap
+    with pytest.raises(DataError) as err:
+        check_clips(recs, frames=6, fps=None, source="qa.jsonl")
+    text = str(err.value)
+    assert "3 of the 3 samples still to answer in qa.jsonl" in text and "\n" not in text
+    assert "line 1 (id r0)" in text and "a.mp4 has 5 frames" in text and "line 2 (id r1)" in text
+    assert "line 3 (id r2)" in text and "bad.mp4 cannot be read as a video" in text and "--frames 5" in text

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from sharp_vlm import cli
 from sharp_vlm.eval.sample_data import write_sample_set
-from sharp_vlm.models.tiny_saved import save_tiny_checkpoint
 from sharp_vlm.pipeline import VideoQA
+from sharp_vlm.testing import save_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +44,11 @@ def test_eval_interrupted_and_resumed(setup, tmp_path, monkeypatch, capsys):
     assert cli.main(_args(model, data, out, "--limit", "1")) == 0  # 1 sample x 4 variants
     assert len(calls) == 4
     fail["after"] = 4 + 5
-    with pytest.raises(KeyboardInterrupt):
-        cli.main(_args(model, data, out))
+    capsys.readouterr()
+    assert cli.main(_args(model, data, out)) == 2  # Ctrl-C: one line that says how to resume, no traceback
+    err = capsys.readouterr().err.split("\r")[-1].strip()  # after the erased progress bar
+    assert err.startswith("sharp eval: interrupted") and "\n" not in err, err
+    assert str(out / "records.jsonl") in err and "rerun the same command to resume" in err
     assert len(calls) == 9
     fail["after"] = None
     assert cli.main(_args(model, data, out)) == 0
@@ -89,3 +93,129 @@ def test_eval_refuses_other_settings_and_missing_videos_before_loading(setup, tm
     assert f"{bad}:2: missing field 'answer'" in capsys.readouterr().err
     assert cli.main(_args(model, data, tmp_path / "o4", "--methods", "fastv,nope")) == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
+
+
+def _fake_model(monkeypatch, answer=None):
+    """`sharp eval` with an answer function in place of the model: the loop, the folder and the messages only."""
+    from sharp_vlm.eval import runner
+
+    def reply(rec, v):
+        return runner.Reply(text="A", prefill_s=0.01, n_visual=10, n_kept=10 if v.method == "none" else 3)
+
+    monkeypatch.setattr(VideoQA, "from_pretrained", lambda *a, **k: object())
+    monkeypatch.setattr(runner, "videoqa_answerer", lambda qa, cfg: answer or reply)
+
+
+def _one_line_exit_2(capsys, argv, *parts):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sharp eval: ") and "\n" not in err, err
+    for part in parts:
+        assert part in err, err
+    return err
+
+
+def test_user_asks_for_more_frames_than_a_clip_has(setup, tmp_path, monkeypatch, capsys):
+    from sharp_vlm.video.decode import write_video
+
+    model, data = setup
+    short = write_video(tmp_path / "short.mp4", torch.zeros(5, 40, 56, 3, dtype=torch.uint8), fps=8)
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(json.dumps({"id": "long", "video": str(data.parent / "videos" / "v0.mp4"), "question": "q?",
+                                 "answer": "red"}) + "\n"
+                     + json.dumps({"id": "short", "video": str(short), "question": "q?", "answer": "red"}) + "\n")
+    monkeypatch.setattr(VideoQA, "from_pretrained", lambda *a, **k: pytest.fail("model loaded"))
+    assert cli.main(_args(model, mixed, tmp_path / "out", "--frames", "6")) == 2
+    err = capsys.readouterr().err
+    assert "line 2 (id short)" in err and "short.mp4 has 5 frames" in err and "--frames 5" in err
+    assert "v0.mp4" not in err and not (tmp_path / "out" / "records.jsonl").exists()
+    # by rate, --frames is only a cap: the short clip is fine
+    _fake_model(monkeypatch)
+    assert cli.main(_args(model, mixed, tmp_path / "out", "--frames", "6", "--fps", "4")) == 0
+
+
+_TWO_AT_ONCE = """
+import os, pathlib, sys, time
+from sharp_vlm import cli
+from sharp_vlm.eval import runner
+from sharp_vlm.pipeline import VideoQA
+
+def answer(rec, v):
+    time.sleep(0.05)  # both runs are inside their loops at the same time
+    return runner.Reply(text="A", prefill_s=0.01, n_visual=10, n_kept=10)
+
+VideoQA.from_pretrained = lambda *a, **k: object()
+runner.videoqa_answerer = lambda qa, cfg: answer
+ready = pathlib.Path(sys.argv[1])
+(ready / str(os.getpid())).touch()
+while len(list(ready.iterdir())) < 2:
+    time.sleep(0.01)
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+def test_user_starts_two_evals_on_one_folder_at_once(setup, tmp_path):
+    import subprocess
+    import sys
+
+    from sharp_vlm.checkpoint import dtype_choice
+
+    model, data = setup
+    out, ready = tmp_path / "out", tmp_path / "ready"
+    ready.mkdir()
+    argv = [str(x) for x in _args(model, data, out)]
+    argv[argv.index("--dtype") + 1] = "auto"
+    procs = [subprocess.Popen([sys.executable, "-c", _TWO_AT_ONCE, str(ready), *argv], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in procs]
+    for p in procs:
+        p.stdout.close(), p.stderr.close()
+    assert sorted(rc for rc, _, _ in results) in ([0, 0], [0, 2]), results
+    for rc, _, err in results:
+        assert "Traceback" not in err, err  # no crash in either process
+        if rc == 2:  # the second one refused: one line naming the lock and what to do
+            line = [x for x in err.splitlines() if x.startswith("sharp eval: ")]
+            assert len(line) == 1 and str(out / "eval.lock") in line[0] and "another --out" in line[0], err
+    lines = (out / "records.jsonl").read_text().splitlines()
+    keys = [(r["id"], r["variant"]) for r in map(json.loads, lines)]
+    assert len(keys) == 12 and len(set(keys)) == 12  # every record exactly once
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["dtype"] == dtype_choice("auto", "cpu")[0]  # what ran, not "auto"
+    report = json.loads((out / "report.json").read_text())
+    assert report["n_samples"] == 3 and all(row["n"] == 3 for row in report["rows"])
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+@pytest.mark.parametrize("text", ["", '{"model": "/m", "data": "/d", "fra'])
+def test_user_resumes_a_folder_whose_settings_json_is_empty_or_cut(setup, tmp_path, monkeypatch, capsys, text):
+    model, data = setup
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "settings.json").write_text(text)
+    monkeypatch.setattr(VideoQA, "from_pretrained", lambda *a, **k: pytest.fail("model loaded"))
+    _one_line_exit_2(capsys, _args(model, data, out), str(out / "settings.json"), "delete", "another --out")
+
+
+@pytest.mark.parametrize("line", ["[1, 2]", '{"x": 1}', '"text"'])
+def test_user_resumes_with_a_records_line_that_is_not_a_record(setup, tmp_path, monkeypatch, capsys, line):
+    model, data = setup
+    out = tmp_path / "out"
+    _fake_model(monkeypatch)
+    assert cli.main(_args(model, data, out, "--limit", "1")) == 0
+    capsys.readouterr()  # that run's progress bar is not the message checked below
+    records = out / "records.jsonl"
+    first, *rest = records.read_text().splitlines()
+    records.write_text("\n".join([first, line, *rest]) + "\n")
+    _one_line_exit_2(capsys, _args(model, data, out), f"{records}:2", "not a record", "delete that line")
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "utf-16"])
+def test_user_gives_a_data_file_that_is_not_utf8(setup, tmp_path, monkeypatch, capsys, encoding):
+    model, data = setup
+    lines = data.read_text().splitlines()
+    lines[1] = lines[1].replace("Which colour", "Which colour (café)")
+    bad = tmp_path / "qa.jsonl"
+    bad.write_text("\n".join(lines) + "\n", encoding=encoding)
+    monkeypatch.setattr(VideoQA, "from_pretrained", lambda *a, **k: pytest.fail("model loaded"))
+    where = f"{bad}:2" if encoding == "latin-1" else f"{bad}:1"
+    _one_line_exit_2(capsys, _args(model, bad, tmp_path / "out"), where, "UTF-8")

@@ -39,3 +39,33 @@ def test_table_over_runs(tmp_path, capsys):
     assert "--model, --limit would be ignored; drop them or drop --lmms-runs" in capsys.readouterr().err
     with pytest.raises(SharpError, match="no lmms-eval results"):
         collect(tmp_path / "not_a_run")
+
+
+@pytest.mark.parametrize("damage", ["stats", "results", "samples"])
+def test_user_tabulates_lmms_runs_with_a_torn_stats_line_or_a_cut_results_file(tmp_path, capsys, damage):
+    st = {"n_visual": 100, "n_kept": 100, "prefill_s": 2.0, "flops": 2e12, "flops_dense": 2e12}
+    _run(tmp_path, "none", "pretrained=/m,method=none", 0.8, ["A", "B"], [st, st])
+    folder = tmp_path / "none"
+    path = {"stats": folder / "stats.rank0.jsonl", "results": folder / "model__dir" / "20260101_000000_results.json",
+            "samples": folder / "model__dir" / "20260101_000000_samples_t1.jsonl"}[damage]
+    text = path.read_text()
+    path.write_text(text[: len(text) - 9])  # a run killed while writing it
+    assert cli.main(["eval", "--lmms-runs", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sharp eval: ") and "\n" not in err and str(path) in err, err
+    assert ("delete that line" if damage != "results" else "rerun that lmms-eval run") in err
+
+
+@pytest.mark.parametrize(("damage", "line"), [("stats", "[1, 2]"), ("stats", '{"n_visual": "many"}'),
+                                              ("samples", '{"resps": ["A"]}')])
+def test_user_tabulates_lmms_runs_with_a_line_that_is_json_but_not_a_record(tmp_path, capsys, damage, line):
+    st = {"n_visual": 100, "n_kept": 100, "prefill_s": 2.0, "flops": 2e12, "flops_dense": 2e12}
+    _run(tmp_path, "none", "pretrained=/m,method=none", 0.8, ["A", "B"], [st, st])
+    folder = tmp_path / "none"
+    path = {"stats": folder / "stats.rank0.jsonl",
+            "samples": folder / "model__dir" / "20260101_000000_samples_t1.jsonl"}[damage]
+    with path.open("a") as fh:
+        fh.write(line + "\n")
+    assert cli.main(["eval", "--lmms-runs", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sharp eval: ") and "\n" not in err and f"{path}:3" in err and "delete that line" in err

@@ -40,8 +40,9 @@ class Fake:
 
 
 def _cfg(tmp_path, **kw):
+    # the fake answerer reads no video, so there are no clips to check
     args = {"model": str(tmp_path), "data": str(tmp_path / "qa.jsonl"), "methods": ["fastv", "uniform"],
-            "retains": [0.25, 0.1], "frames": 8, **kw}
+            "retains": [0.25, 0.1], "frames": 8, "check_clips": False, **kw}
     return EvalConfig(**args)
 
 
@@ -141,3 +142,129 @@ def test_report_numbers_and_files(tmp_path):
 def test_variant_key():
     assert Variant("none", "none", 1.0, sv.NoPrune()).key == "none"
     assert Variant("sharp", "sharp", 0.1, sv.ShaRP(retain=0.1)).key == "sharp@0.1"
+
+
+def _open_questions(tmp_path, answer):
+    path = tmp_path / "qa.jsonl"
+    path.write_text("".join(json.dumps({"id": f"o{i}", "video": f"clips/v{i}.mp4", "question": "What colour?",
+                                        "answer": answer}) + "\n" for i in range(2)))
+    return path
+
+
+def _says_red(rec, v):
+    return Reply(text="Red.", prefill_s=0.01, n_visual=10, n_kept=10 if v.method == "none" else 3)
+
+
+def test_user_fixes_a_wrong_answer_in_the_jsonl_and_reruns(tmp_path):
+    from sharp_vlm.eval.data import load_records
+
+    data, out = _open_questions(tmp_path, "blue"), tmp_path / "out"
+    cfg = _cfg(tmp_path, data=str(data), methods=["fastv"], retains=[0.5])
+    run = run_eval(cfg, load_records(data), _says_red, out, progress=False)
+    assert report.summarize(run)[0]["accuracy"] == 0.0
+    _open_questions(tmp_path, "red")  # the reference was wrong: the model's reply was right all along
+    run = run_eval(cfg, load_records(data), _says_red, out, progress=False)
+    assert run.computed == 0  # nothing is asked again: the reply does not depend on the reference
+    assert [r["accuracy"] for r in report.summarize(run)] == [1.0, 1.0]
+    assert {r["answer"] for r in run.records} == {"red"} and all(r["correct"] for r in run.records)
+
+
+def test_user_names_the_same_data_file_by_a_relative_then_an_absolute_path(tmp_path, monkeypatch):
+    from sharp_vlm.eval.data import load_records
+
+    data, out = _open_questions(tmp_path, "red"), tmp_path / "out"
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg(tmp_path, data="qa.jsonl", methods=["fastv"], retains=[0.5])
+    run_eval(cfg, load_records("qa.jsonl"), _says_red, out, progress=False)
+    cfg = _cfg(tmp_path, data=str(data), methods=["fastv"], retains=[0.5])
+    run = run_eval(cfg, load_records(data), _says_red, out, progress=False)
+    assert run.computed == 0 and run.reused == 4
+    assert len((out / "records.jsonl").read_text().splitlines()) == 4
+
+
+_HOLD_THE_LOCK = """
+import sys, time
+from pathlib import Path
+from sharp_vlm.eval.files import folder_lock
+
+with folder_lock(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_user_runs_on_a_folder_another_process_holds_then_that_process_is_killed(tmp_path):
+    import subprocess
+    import sys
+
+    from sharp_vlm.eval.files import FolderLockedError
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_THE_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        fake = Fake()
+        with pytest.raises(FolderLockedError) as err:
+            run_eval(_cfg(tmp_path), _samples(), fake, out, progress=False)
+        text = str(err.value)
+        assert str(out / "eval.lock") in text and f"process {holder.pid}" in text and "another --out" in text
+        assert fake.calls == [] and not (out / "records.jsonl").exists() and "\n" not in text
+    finally:
+        holder.kill()  # SIGKILL: the holder runs no clean-up, its lock file stays behind
+        holder.wait()
+        holder.stdout.close()
+    assert (out / "eval.lock").is_file()
+    run = run_eval(_cfg(tmp_path), _samples(), Fake(), out, progress=False)  # the OS dropped the dead one's lock
+    assert run.computed == 20
+
+
+def _killed(*args, **kw):
+    raise KeyboardInterrupt  # as if the process died at this point
+
+
+def test_user_kills_a_run_while_it_drops_a_torn_last_line(tmp_path, monkeypatch):
+    import os
+
+    out = tmp_path / "out"
+    run_eval(_cfg(tmp_path, limit=2), _samples(), Fake(), out, progress=False)
+    records = out / "records.jsonl"
+    with records.open("a") as fh:
+        fh.write('{"id": "s2", "vari')  # a write cut off by a kill
+    before = records.read_text()
+    monkeypatch.setattr(os, "replace", _killed)  # killed after writing the new file, before it takes the old's place
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(_cfg(tmp_path), _samples(), Fake(), out, progress=False)
+    monkeypatch.undo()
+    assert records.read_text() == before  # every record is still there
+    assert sorted(p.name for p in out.iterdir()) == ["eval.lock", "records.jsonl", "settings.json"]
+    rest = Fake()
+    run = run_eval(_cfg(tmp_path), _samples(), rest, out, progress=False)
+    assert run.reused == 10 and {i for i, _ in rest.calls} == {"s2", "s3"}
+    assert len(records.read_text().splitlines()) == 20
+
+
+def test_user_kills_a_run_while_it_writes_the_settings(tmp_path, monkeypatch):
+    import os
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(os, "replace", _killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(_cfg(tmp_path), _samples(), Fake(), out, progress=False)
+    monkeypatch.undo()
+    assert sorted(p.name for p in out.iterdir()) == ["eval.lock"]  # no cut settings.json, no temporary file
+    run = run_eval(_cfg(tmp_path), _samples(), Fake(), out, progress=False)
+    assert run.computed == 20 and json.loads((out / "settings.json").read_text())["frames"] == 8
+
+
+def test_settings_hold_the_dtype_that_runs(tmp_path):
+    from sharp_vlm.checkpoint import dtype_choice
+    from sharp_vlm.errors import InputError
+
+    resolved = dtype_choice("auto", "cpu")[0]
+    assert _cfg(tmp_path, dtype="auto").settings()["dtype"] == resolved != "auto"
+    out = tmp_path / "out"
+    run_eval(_cfg(tmp_path, dtype="auto"), _samples(2), Fake(), out, progress=False)
+    run = run_eval(_cfg(tmp_path, dtype=resolved), _samples(2), Fake(), out, progress=False)  # the same run
+    assert run.computed == 0
+    with pytest.raises(InputError, match="float64"):
+        run_eval(_cfg(tmp_path, dtype="float64"), _samples(2), Fake(), tmp_path / "o2", progress=False)

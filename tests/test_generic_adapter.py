@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import sharp_vlm as sv
-from sharp_vlm.models.factory import tiny_llama
+from sharp_vlm.testing import tiny_llama
 
 SPAN = sv.VideoSpan(start=6, n_frames=16, tokens_per_frame=8)
 
@@ -66,14 +66,17 @@ def test_fastv_matches_eager_reference_on_each_decoder_family(family):
     eager.load_state_dict(sdpa.state_dict())
     ids = _ids(seed=5)
     with torch.no_grad():
-        att = eager(input_ids=ids, output_attentions=True).attentions[2]
+        att = eager(input_ids=ids, output_attentions=True).attentions
     vis = torch.arange(SPAN.start, SPAN.start + SPAN.n_tokens)
-    ref = torch.sort(torch.topk(att[0, :, -1, vis].mean(0), 13).indices).values
-    for model in (sdpa, eager):
-        with sv.apply(model, sv.FastV(retain=0.1, layer=2), span=SPAN) as handle, torch.no_grad():
-            model(input_ids=ids)
-        assert torch.equal(handle.last_stats.stages[0].kept[0], ref)
-        assert handle.last_stats.stages[0].kept_positions[0].tolist() == (ref + SPAN.start).tolist()
+    # the authors' rule ranks with the attention of layer K-1; attention_layer="stage" with layer K's own
+    for rule, source in (("previous", 1), ("stage", 2)):
+        ref = torch.sort(torch.topk(att[source][0, :, -1, vis].mean(0), 13).indices).values
+        for model in (sdpa, eager):
+            with sv.apply(model, sv.FastV(retain=0.1, layer=2, attention_layer=rule), span=SPAN) as handle, \
+                    torch.no_grad():
+                model(input_ids=ids)
+            assert torch.equal(handle.last_stats.stages[0].kept[0], ref), rule
+            assert handle.last_stats.stages[0].kept_positions[0].tolist() == (ref + SPAN.start).tolist()
     with sv.apply(sdpa, sv.FastV(retain=1.0, layer=2), span=SPAN), torch.no_grad():
         out = sdpa(input_ids=ids).logits
     with torch.no_grad():

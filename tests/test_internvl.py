@@ -30,7 +30,7 @@ from sharp_vlm.core.layout import VisualItem
 from sharp_vlm.models import registry
 from sharp_vlm.models.internvl import InternVLAdapter
 from sharp_vlm.models.pixel_norms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
-from sharp_vlm.models.tiny_internvl import CharTokenizer, image_tiles, tiny_internvl, tiny_internvl_inputs
+from sharp_vlm.testing.internvl import CharTokenizer, image_tiles, tiny_internvl, tiny_internvl_inputs
 
 PER_FRAME = 16  # 16 px tiles, 2 px patches: 8 x 8 patches shuffled to 4 x 4
 N_VIDEO = 8 * PER_FRAME
@@ -298,3 +298,28 @@ def test_gpt_oss_decoder_is_refused_at_apply():
 
 def test_registered():
     assert any(n.startswith("InternVLForConditionalGeneration") for n in registry.supported())
+
+
+def test_user_runs_videoqa_on_a_one_frame_internvl_video(tmp_path):
+    """`VideoQA` (and so `sharp run`) builds a video prompt: its one frame is one `<img>` block, which alone reads
+    as a one-tile image; the pipeline declares the prompt a video, so methods that prune videos run on it."""
+    from sharp_vlm.pipeline import VideoQA
+    from sharp_vlm.testing import save_tiny_checkpoint
+    from sharp_vlm.video.decode import write_video
+
+    qa = VideoQA.from_pretrained(save_tiny_checkpoint("internvl", tmp_path / "ckpt", layers=2), dtype="float32")
+    pixels = torch.randint(0, 256, (3, 40, 56, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    clip = write_video(tmp_path / "clip.mp4", pixels, fps=8)
+    for method in ("sharp", "fastv"):
+        ans = qa.answer(clip, "What is shown?", frames=1, method=method, retain=0.25, layer=1, max_new_tokens=2)
+        assert ans.inputs.frames.shape[0] == 1 and ans.n_visual == PER_FRAME
+        assert ans.n_kept == round(0.25 * PER_FRAME) == ans.kept.numel()
+        assert ans.stats.stages[0].n_in[0] == PER_FRAME
+    # the declaration is what tells the frame from an image: an adapter without it reads a one-tile image
+    call = dict(ans.inputs.kwargs)
+    adapter = InternVLAdapter(qa.model)
+    (lay,) = adapter.find_layouts(call, call["input_ids"].shape[1], 1)
+    assert [(it.kind, it.t) for it in lay.items] == [("image", 1)]
+    adapter.declare_video_prompt()
+    (lay,) = adapter.find_layouts(call, call["input_ids"].shape[1], 1)
+    assert [(it.kind, it.t) for it in lay.items] == [("video", 1)]

@@ -21,7 +21,7 @@ from oracle import check_against_oracle, greedy
 from oracle import decoder_input as oracle_decoder_input
 from sharp_vlm.models import registry
 from sharp_vlm.models.llava_onevision import LlavaNextVideoAdapter, LlavaOnevisionAdapter
-from sharp_vlm.models.tiny_llava import tiny_llava_inputs, tiny_llava_next_video, tiny_llava_onevision
+from sharp_vlm.testing import tiny_llava_inputs, tiny_llava_next_video, tiny_llava_onevision
 
 FAMILIES = {"onevision": tiny_llava_onevision, "next_video": tiny_llava_next_video}
 N_VIDEO = 128  # 8 frames x 4 x 4 pooled tokens in the tiny models

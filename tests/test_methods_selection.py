@@ -17,7 +17,7 @@ class FixedScores:
     def __init__(self, scores):
         self.scores = scores
 
-    def attention(self, query, mask, rope, content_free):
+    def attention(self, query, mask, rope, content_free, previous=False):
         return self.scores
 
     def reference(self, query, mask, rope):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sharp_vlm.models.factory import tiny_qwen_vl, tiny_video_inputs
+from sharp_vlm.testing import tiny_qwen_vl, tiny_video_inputs
 
 
 def test_qwen25_vl_video_position_ids_are_unchanged():

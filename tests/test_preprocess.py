@@ -9,12 +9,13 @@ import math
 import pytest
 import torch
 
+from sharp_vlm.core.words import number_words
 from sharp_vlm.errors import InputError
-from sharp_vlm.models.tiny_saved import save_tiny_checkpoint
+from sharp_vlm.testing import save_tiny_checkpoint
 from sharp_vlm.video.decode import Frames
 from sharp_vlm.video.preprocess import Checkpoint, TokenGrid, load_processor, prepare_inputs
 from sharp_vlm.video.qwen import patchify, smart_resize
-from sharp_vlm.video.smolvlm import longest_edge_size, number_words
+from sharp_vlm.video.smolvlm import longest_edge_size
 
 
 def frames_of(n: int, h: int, w: int, fps: float = 4.0, seed: int = 0) -> Frames:
@@ -171,3 +172,27 @@ def test_bad_inputs_are_refused(tiny):
     with pytest.raises(InputError, match=r"\(T, H, W, 3\) uint8"):
         prepare_inputs(proc, bad, "What?")
     assert Checkpoint.read(tiny("qwen3_vl")).chat_template is not None
+
+
+@pytest.mark.parametrize("family, placeholder", [
+    ("llava_onevision", "<video>"), ("llava_next_video", "<image>"), ("internvl", "<video>"), ("smolvlm", "<image>"),
+    ("qwen2_vl", "<|video_pad|>"),
+])
+def test_user_asks_a_question_holding_the_placeholder_text(tiny, family, placeholder):
+    """The question is the user's text: a "<video>" / "<image>" in it (or a turn marker) is encoded as plain text,
+    never expanded or read as the placeholder, as the HF processors do with `sanitize_control_tokens=True`."""
+    proc = load_processor(tiny(family))
+    frames = frames_of(2, 30, 40)
+    question = f'What does "{placeholder}" stand for, and "<video>" "<image>" <|im_end|>?'
+    plain = prepare_inputs(proc, frames, "Why?")
+    prep = prepare_inputs(proc, frames, question)
+    assert question in prep.prompt and prep.prompt.replace(question, "Why?") == plain.prompt
+    assert prep.n_visual == plain.n_visual and prep.grid.n_tokens == plain.grid.n_tokens
+    ids, plain_ids = prep.kwargs["input_ids"][0].tolist(), plain.kwargs["input_ids"][0].tolist()
+    tok = proc.tokenizer
+    for token in ("<video>", "<image>", "<|im_end|>", placeholder):
+        tid = tok.convert_tokens_to_ids(token)
+        assert ids.count(tid) == plain_ids.count(tid)  # no extra placeholder or turn end from the question
+    assert ids[0] == plain_ids[0]  # the template's (or the tokenizer's) first token, BOS for LLaVA-NeXT-Video
+    assert question in tok.decode(ids)  # the question's tokens spell it out
+    assert torch.equal(prep.kwargs["attention_mask"], torch.ones_like(prep.kwargs["input_ids"]))

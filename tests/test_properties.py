@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import sharp_vlm as sv
 from oracle import llama_prompt, qwen_prompt, staged_forward
 from sharp_vlm.methods.experimental import ShaRPLab
-from sharp_vlm.models.factory import tiny_llama, tiny_qwen_vl, tiny_video_inputs
+from sharp_vlm.testing import tiny_llama, tiny_qwen_vl, tiny_video_inputs
 
 N_LAYERS = 4
 

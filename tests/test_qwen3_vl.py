@@ -18,7 +18,7 @@ from oracle import decoder_prompt, forward_logits, staged_forward
 from sharp_vlm.core.layout import VisualItem
 from sharp_vlm.engine.segment_attention import RUNS_KWARG
 from sharp_vlm.models.qwen3_vl import Qwen3VLAdapter
-from sharp_vlm.models.tiny_qwen3_vl import frame_timestamps, tiny_qwen3_vl
+from sharp_vlm.testing.qwen3_vl import frame_timestamps, tiny_qwen3_vl
 
 N_VIS = 64  # 4 temporal patches x 4 x 4 merged tokens (8 frames at 16 x 16 px)
 

@@ -9,8 +9,8 @@ import torch
 
 from sharp_vlm import cli
 from sharp_vlm.models.registry import adapter_for
-from sharp_vlm.models.tiny_saved import TINY_FAMILIES, save_tiny_checkpoint
 from sharp_vlm.pipeline import VideoQA
+from sharp_vlm.testing import TINY_FAMILIES, save_tiny_checkpoint
 from sharp_vlm.video.decode import write_video
 from sharp_vlm.viz.kept import overlay_frames
 
@@ -155,6 +155,18 @@ def test_sharp_run_errors_are_one_line_exit_2(case, message, video, qwen_checkpo
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and err.startswith("sharp run: ")
+
+
+def test_user_gives_a_folder_as_video(qwen_checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("sharp_vlm.pipeline.load_model", _refuse_after_error("a folder as --video"))
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    argv = ["run", "--model", str(qwen_checkpoint), "--video", str(clips), "--question", "Q?",
+            "--out", str(tmp_path / "out")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"sharp run: --video {clips} is a folder") and "\n" not in err, err
+    assert "one video file" in err and "does not exist" not in err
 
 
 def _refuse_after_error(case):

@@ -12,7 +12,7 @@ import sharp_vlm as sv
 from oracle import assert_matches, llama_prompt, qwen_prompt, run_pruned, staged_forward
 from sharp_vlm.core.masks import segment_allowed
 from sharp_vlm.core.select import uniform_indices
-from sharp_vlm.models.factory import tiny_llama
+from sharp_vlm.testing import tiny_llama
 
 SPAN = sv.VideoSpan(start=6, n_frames=16, tokens_per_frame=8)
 def _llama_case():

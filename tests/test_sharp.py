@@ -30,7 +30,8 @@ def test_retain_one_equals_unpatched_in_score_scope(qwen):
 def test_all_components_off_equals_fastv(qwen):
     model, inputs = qwen
     plain = sv.ShaRP(retain=0.15, layer=2, mask="off", debias="off", dedup=False, query="last")
-    with sv.apply(model, sv.FastV(retain=0.15, layer=2)) as h, torch.no_grad():
+    # ShaRP scores with layer K's own attention: FastV's "stage" rule
+    with sv.apply(model, sv.FastV(retain=0.15, layer=2, attention_layer="stage")) as h, torch.no_grad():
         fast = forward_logits(model, inputs)
         fast_kept = h.last_stats.stages[0].kept[0]
     with sv.apply(model, plain) as h, torch.no_grad():

@@ -22,14 +22,14 @@ from oracle import check_against_oracle, forward_logits, greedy, staged_forward_
 from oracle import decoder_input as oracle_decoder_input
 from sharp_vlm.core.budget import keep_count
 from sharp_vlm.core.layout import VisualItem
+from sharp_vlm.core.words import number_words
 from sharp_vlm.models import registry
 from sharp_vlm.models.smolvlm import SmolVLMAdapter
-from sharp_vlm.models.tiny_smolvlm import (
+from sharp_vlm.testing.smolvlm import (
     FAKE,
     GLOBAL,
     IMAGE,
     SmolVLMTokens,
-    number_words,
     smolvlm_with_smollm2,
     split_image_text,
     tiny_smolvlm,

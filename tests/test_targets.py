@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import sharp_vlm as sv
-from sharp_vlm.models.factory import tiny_video_inputs
+from sharp_vlm.testing import tiny_video_inputs
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoProcessor
 
 from conftest import RESULTS
-from sharp_vlm.models.tiny_saved import TINY_FAMILIES, save_tiny_checkpoint
+from sharp_vlm.testing import TINY_FAMILIES, save_tiny_checkpoint
 from sharp_vlm.video.decode import Frames, read_video, write_video
 from sharp_vlm.video.preprocess import load_processor, prepare_inputs
 

@@ -15,7 +15,7 @@ import pytest
 
 from sharp_vlm.eval.lmms_task import write_lmms_task
 from sharp_vlm.eval.sample_data import write_sample_set
-from sharp_vlm.models.tiny_saved import save_tiny_checkpoint
+from sharp_vlm.testing import save_tiny_checkpoint
 
 TASK = "sharp_tiny_qa"
 N_DOCS = 4

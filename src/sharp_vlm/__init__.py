@@ -7,17 +7,19 @@
 """
 
 # the subpackage `methods` is imported first so that the function `methods` below takes the name
-from .methods import FastV, NoPrune, RandomPrune, Schedule, ShaRP, UniformPrune  # isort: skip
+from .methods import FastV, NoPrune, PDrop, RandomPrune, Schedule, ShaRP, UniformPrune  # isort: skip
+from .methods import DivPrune, Downsample, DyCoke, VidCom2  # isort: skip
 from .loading import load_config, methods  # isort: skip
 from .core.budget import keep_count
 from .core.layout import VisualItem, VisualLayout
 from .core.selection import DedupCounts, Merge, Selection
 from .engine.bias_cache import BiasCache
-from .engine.patch import Handle, apply
+from .engine.handle import Handle, apply
 from .engine.stats import CallStats, SampleRecord, StageCosts, StageStats
-from .errors import ConfigError, InputError, NoVisualTokensError, SharpError, UnsupportedModelError
+from .errors import ConfigError, InputError, MethodError, NoVisualTokensError, SharpError, UnsupportedModelError
 from .methods.base import Method, SampleView, SegmentMask, Stage, StageMethod, register
 from .models.generic import VideoSpan
+from .video.decode import TruncatedVideoWarning
 
 __version__ = "0.1.0"
 
@@ -26,13 +28,18 @@ __all__ = [
     "CallStats",
     "ConfigError",
     "DedupCounts",
+    "DivPrune",
+    "Downsample",
+    "DyCoke",
     "FastV",
     "Handle",
     "InputError",
     "Merge",
+    "MethodError",
     "Method",
     "NoPrune",
     "NoVisualTokensError",
+    "PDrop",
     "RandomPrune",
     "SampleRecord",
     "SampleView",
@@ -45,9 +52,11 @@ __all__ = [
     "StageCosts",
     "StageMethod",
     "StageStats",
+    "TruncatedVideoWarning",
     "UniformPrune",
     "UnsupportedModelError",
     "VideoSpan",
+    "VidCom2",
     "VisualItem",
     "VisualLayout",
     "apply",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -47,6 +48,28 @@ def _json_object(text: str) -> dict:
     if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
         raise argparse.ArgumentTypeError('expected {"method": {"option": value}}, e.g. {"sharp": {"dedup_tau": 0.8}}')
     return value
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an --out folder that cannot be created or written, before any model loads: the results are written
+    last, and a run that fails only then has lost its whole compute."""
+    try:
+        if out.exists() and not out.is_dir():
+            raise SharpError(f"--out {out} is a file, not a folder; give a folder path (it is created if missing)")
+        if out.is_symlink() and not out.exists():
+            raise SharpError(f"--out {out} is a link to {os.readlink(out)}, which does not exist; create that "
+                             "folder or give another folder path")
+        existing = out
+        while not existing.exists():  # the nearest existing folder: the missing ones are created inside it
+            existing = existing.parent
+    except OSError as err:  # e.g. a parent folder that may not be searched
+        raise SharpError(f"--out {out} cannot be checked ({err.strerror}); give a folder you can write to") from None
+    if not existing.is_dir():
+        raise SharpError(f"--out {out} is below {existing}, which is a file, so the folder cannot be created; "
+                         "give a folder path outside it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "it is" if existing == out else f"{existing}, where it would be created, is"
+        raise SharpError(f"--out {out}: {where} not writable; give a folder you can write to, or make it writable")
 
 
 def _probe_args(p: argparse.ArgumentParser) -> None:
@@ -124,6 +147,7 @@ def cmd_probe(a: argparse.Namespace) -> int:
         from .probe import diagnose
 
         method = diagnose.diagnosed_method(cfg)  # before the load
+    _check_out(a.out)
     model, tok = load_smollm2()
     if a.diagnose:
         paths = diagnose.write(diagnose.diagnose(cfg, model, tok, method), a.out)
@@ -149,6 +173,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
     cfg = ProbeConfig(methods=["fastv", "sharp"], retains=[a.retain], layer=2, n=a.n, split="heldout")
     check_probe(cfg)
+    _check_out(a.out)
     print(f"sharp-vlm demo: needle-in-a-video probe on SmolLM2-135M-Instruct, {cfg.n} held-out samples, "
           f"{cfg.n_frames} frames x {cfg.tokens_per_frame} tokens, layer {cfg.layer}, retain {a.retain:g}")
     model, tok = load_smollm2()
@@ -171,7 +196,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from .bench.latency import BenchConfig, run_bench
+    from .bench.latency import BenchConfig, check_bench, run_bench
     from .bench.report import table, write
 
     if a.render is not None:  # redraw the table and plot of an earlier run
@@ -188,6 +213,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
         device=a.device, variants=[v for v in a.variants.split(",") if v], trim_kv=not a.no_trim_kv,
         vision=None if a.vision == "none" else a.vision, vision_frames=a.vision_frames,
     )
+    check_bench(cfg)  # the flags, then the folder, before the model is built
+    _check_out(a.out)
     result = run_bench(cfg)
     paths = write(result, a.out)
     print(table(result))
@@ -218,6 +245,9 @@ def cmd_run(a: argparse.Namespace) -> int:
     method = None if a.method == "unpruned" else build_method(a.method, a.retain, a.layer)
     if not a.question.strip():
         raise SharpError("--question is empty; give the text to ask about the video")
+    if a.video.is_dir():
+        raise SharpError(f"--video {a.video} is a folder; --video takes one video file, e.g. {a.video / 'clip.mp4'}")
+    _check_out(a.out)  # before the answer is computed: a folder that cannot be written would lose it
     from .video.decode import read_video
 
     # the video is decoded (and checked) before the model loads: a bad file costs no loading time
@@ -272,6 +302,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         raise SharpError(f"--model {a.model} is not a folder; give a local checkpoint folder")
     samples = load_records(a.data)[: a.limit]
     check_videos(samples, a.data)  # every missing file at once, before the model loads
+    _check_out(a.out)
     check_settings(a.out, cfg.settings())
     print(f"sharp eval: {len(samples)} samples x {len(cfg.variants())} variants "
           f"({', '.join(v.key for v in cfg.variants())}); {len(read_records(a.out))} records in {a.out}")
@@ -329,6 +360,29 @@ def _check_alone(sub: argparse.ArgumentParser | None, a: argparse.Namespace, arg
             name = "--" + flag.replace("_", "-")
             raise SharpError(f"{name} {job}, so {', '.join(extra)} would be ignored; "
                              f"drop {'it' if len(extra) == 1 else 'them'} or drop {name}")
+
+
+def _interrupted(a: argparse.Namespace) -> str:
+    """What Ctrl-C leaves behind and how to go on."""
+    if a.cmd == "eval" and a.lmms_runs is None:
+        from .eval.runner import RECORDS
+
+        # each answer is appended to the records as soon as it is computed: a rerun asks only for the others
+        return (f"interrupted; the answers computed so far are kept in {a.out / RECORDS}: "
+                "rerun the same command to resume")
+    return "interrupted before it finished; rerun the same command to start it again"
+
+
+def _erase_progress_bars() -> None:
+    """Erase the progress bars left open by an interrupted loop, so the message stands on its own line (an open
+    bar would also redraw itself below the message when it is garbage-collected)."""
+    if "tqdm" not in sys.modules:
+        return
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.leave = False
+        bar.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -418,6 +472,10 @@ def main(argv: list[str] | None = None) -> int:
         return a.fn(a)
     except SharpError as err:  # a usage error: one line that says what to do, no traceback
         print(f"sharp {a.cmd}: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line that says how to go on, no traceback
+        _erase_progress_bars()
+        print(f"sharp {a.cmd}: {_interrupted(a)}", file=sys.stderr)
         return 2
 
 

@@ -19,3 +19,7 @@ class InputError(SharpError):
 
 class NoVisualTokensError(InputError):
     """The input has no visual tokens: an error for a prompt to prune, plain text for a call that continues a cache."""
+
+
+class MethodError(SharpError, RuntimeError):
+    """A method's answer is not a valid selection for its stage (count, order, range, merge): a bug in the method."""

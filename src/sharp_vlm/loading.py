@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -92,20 +93,41 @@ def load_config(source: str | Path | dict[str, Any]) -> Method:
     path = Path(text)
     looks_like_path = isinstance(source, Path) or (
         "\n" not in text and ":" not in text and "{" not in text and (path.suffix or "/" in text)
-    )
+    ) or ("\n" not in text and path.is_file())
     if path.suffix.lower() in {".yaml", ".yml", ".json"} or looks_like_path:
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         text = path.read_text()
-    import yaml
-
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" or text.lstrip().startswith("{") else (
-            yaml.safe_load(text))
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
+            _yaml(text))
+    except (json.JSONDecodeError, _yaml_error()) as err:
         raise ConfigError(f"the config is not valid JSON/YAML: {err}") from None
     if isinstance(data, str) and data == text.strip():
         raise ConfigError(f"config {text!r} is neither an existing file nor a mapping with a 'method' key")
     if not isinstance(data, dict):
         raise ConfigError("a config must be a mapping with a 'method' key, e.g. {'method': 'fastv', 'retain': 0.1}")
     return from_dict(data)
+
+
+def _yaml(text: str) -> Any:
+    """YAML 1.2 booleans: only true/false. YAML 1.1 reads `off`, `on`, `yes`, `no` as booleans, which would turn
+    `mask: off` into mask=False."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+    return yaml.load(text, Loader=Loader)  # noqa: S506  (a SafeLoader subclass)
+
+
+def _yaml_error() -> type[Exception]:
+    import yaml
+
+    return yaml.YAMLError

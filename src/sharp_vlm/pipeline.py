@@ -129,7 +129,7 @@ class VideoQA:
         """Answer `question` about `video` (a file or decoded `Frames`); `method` (a name with `retain`/`layer`,
         a dict or a config; None: the unpatched model) prunes the visual tokens. `inputs` reuses a `prepare()`d
         prompt (e.g. the same input with and without pruning)."""
-        from .engine.patch import apply
+        from .engine.handle import apply
 
         cfg = None if method is None else build_method(method, retain, layer)  # checked before any decoding
         prepared = inputs if inputs is not None else self.prepare(video, question, options, frames, fps)
@@ -148,6 +148,8 @@ class VideoQA:
                 out = self.model.generate(**kwargs, **gen)
             else:
                 with apply(self.model, cfg) as handle:
+                    # the prompt holds one video and nothing else: say so where the tokens alone leave it open
+                    handle.adapter.declare_video_prompt()
                     out = self.model.generate(**kwargs, **gen)
                 stats = handle.last_stats
         new = out[0, kwargs["input_ids"].shape[1]:]

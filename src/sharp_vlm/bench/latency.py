@@ -16,10 +16,11 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import cpu_has_native_bf16, cpu_info, dtype_choice
 from ..checks import check_retain, check_unique
 from ..core.budget import keep_count
 from ..engine.bias_cache import BiasCache
-from ..engine.patch import Handle, apply
+from ..engine.handle import Handle, apply
 from ..errors import ConfigError
 from ..flops import DecoderShape, decode_flops_per_token, method_flops
 from ..loading import Variant, build_method
@@ -48,7 +49,7 @@ class BenchConfig:
     question: int = 30
     layer: int = 2
     retain: float = 0.1
-    dtype: str = "auto"  # bfloat16 on a GPU or a CPU with native bf16, else float32 (see resolve_dtype)
+    dtype: str = "auto"  # bfloat16 on a GPU or a CPU with native bf16, else float32 (see checkpoint.dtype_choice)
     attn: str = "sdpa"
     repeats: int = 3
     warmup: int = 1
@@ -81,31 +82,6 @@ def variant(name: str, retain: float, layer: int) -> Variant:
     return Variant(name, config.name, retain, config, bias_cache=cached)
 
 
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""  # not Linux: no flags, no model name
-
-
-def cpu_has_native_bf16() -> bool:
-    """True where the CPU has bf16 matrix instructions (AVX512-BF16 or AMX); elsewhere bf16 runs emulated."""
-    flags = _cpuinfo()
-    return any(f in flags for f in (" avx512_bf16", " amx_bf16"))
-
-
-def resolve_dtype(dtype: str, device: str) -> tuple[str, str]:
-    """The dtype to run and why. bf16 on a CPU without bf16 instructions is emulated and far slower than fp32
-    (measured: ~1 GFLOP/s against ~90 for fp32 matmuls on an AVX2-only EPYC), so "auto" avoids it there."""
-    if dtype != "auto":
-        return dtype, "asked for"
-    if device.startswith("cuda"):
-        return "bfloat16", "auto: GPU"
-    if cpu_has_native_bf16():
-        return "bfloat16", "auto: CPU with native bf16"
-    return "float32", "auto: this CPU has no bf16 instructions (no avx512_bf16/amx_bf16), bf16 would be emulated"
-
-
 def build_model(cfg: BenchConfig, dtype_name: str) -> torch.nn.Module:
     """Random weights from a built-in config (no download), or a local checkpoint folder."""
     from transformers import AutoModelForCausalLM
@@ -114,11 +90,7 @@ def build_model(cfg: BenchConfig, dtype_name: str) -> torch.nn.Module:
 
     dtype = getattr(torch, dtype_name)
     if Path(cfg.model).is_dir():
-        if not (Path(cfg.model) / "config.json").exists():
-            raise ConfigError(
-                f"{cfg.model} has no config.json: give a folder written by save_pretrained (a decoder-only "
-                "*ForCausalLM checkpoint) or a built-in shape name"
-            )
+        folder_config(cfg.model)  # a decoder-only checkpoint, or a one-line refusal before anything loads
         return AutoModelForCausalLM.from_pretrained(
             cfg.model, dtype=dtype, attn_implementation=cfg.attn, local_files_only=True
         ).to(cfg.device).eval()
@@ -212,7 +184,9 @@ def _time_vision(cfg: BenchConfig, tower: tuple[str, dict[str, Any]] | None, dty
     return {"shape": name, "tower": vision_cfg.get("model_type"), **out}
 
 
-def _check(cfg: BenchConfig) -> None:
+def check_bench(cfg: BenchConfig) -> None:
+    """Every setting and the model's depth, from its config alone (nothing is built): a bad flag or a folder that
+    is not a decoder-only checkpoint stops before the long runs."""
     check_retain(cfg.retain)  # also where only 'none' runs: the report states the retain
     if cfg.frames < 1 or cfg.tokens_per_frame < 1:
         raise ConfigError("frames and tokens per frame must be >= 1")
@@ -227,28 +201,52 @@ def _check(cfg: BenchConfig) -> None:
                           f"so use a layer in 1..{depth - 1}")
 
 
+def folder_config(folder: str | Path) -> dict[str, Any]:
+    """The config.json of a local checkpoint folder, refused unless it is a decoder-only LM: the benchmark feeds
+    the decoder token ids, which a Video LLM's own class cannot run without its visual inputs."""
+    import json
+
+    from .shapes import nearest_shape
+
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{folder} has no config.json: give a folder written by save_pretrained (a decoder-only "
+                          "*ForCausalLM checkpoint) or a built-in shape name")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path} cannot be read as JSON ({err}); give a folder written by save_pretrained "
+                          "or a built-in shape name") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is not a JSON object; give a folder written by save_pretrained")
+    if "vision_config" in data:
+        raise ConfigError(
+            f"{folder} is a Video LLM checkpoint ({data.get('model_type', 'unknown type')}); sharp bench times the "
+            f"decoder-only LM, so give --model {nearest_shape(data)} (the nearest built-in shape, random weights, "
+            "with its vision tower) or a decoder-only *ForCausalLM folder; to time this Video LLM end to end, use "
+            "sharp run --compare with --model set to this folder"
+        )
+    return data
+
+
 def _depth(cfg: BenchConfig) -> int:
     """Decoder layers of the benchmarked model, read from its config (before any weights exist)."""
     from .shapes import decoder_config
 
     if Path(cfg.model).is_dir():
-        path = Path(cfg.model) / "config.json"
-        if not path.is_file():
-            raise ConfigError(
-                f"{cfg.model} has no config.json: give a folder written by save_pretrained (a decoder-only "
-                "*ForCausalLM checkpoint) or a built-in shape name"
-            )
-        import json
-
-        data = json.loads(path.read_text())
-        return int(data.get("text_config", data)["num_hidden_layers"])
+        data = folder_config(cfg.model)
+        try:
+            return int(data.get("text_config", data)["num_hidden_layers"])
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(f"{Path(cfg.model) / 'config.json'} has no num_hidden_layers; give a decoder-only "
+                              "*ForCausalLM checkpoint written by save_pretrained") from None
     return int(decoder_config(cfg.model).num_hidden_layers)
 
 
 def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     from tqdm import tqdm
 
-    _check(cfg)
+    check_bench(cfg)
     # the unpruned model first: everything else is compared with it
     names = ["none"] + [v for v in cfg.variants if v != "none"]
     plan = [(name, trim) for name in names
@@ -256,7 +254,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     variants = [variant(name, cfg.retain, cfg.layer) for name, _ in plan]
     cache = BiasCache()  # the cached variant's: the warm-up run fills it, the timed runs hit it
     tower = _vision_config(cfg)
-    dtype, dtype_reason = resolve_dtype(cfg.dtype, cfg.device)
+    dtype, dtype_reason = dtype_choice(cfg.dtype, cfg.device)
     model = build_model(cfg, dtype)
     shape = DecoderShape.from_config(model.config)
     n_visual = cfg.frames * cfg.tokens_per_frame
@@ -368,7 +366,7 @@ def _kv_lens(n_layers: int, seq: int, n_visual: int, method: Method, trim: bool)
 
 
 def _cpu_name() -> str:
-    for line in _cpuinfo().splitlines():
+    for line in cpu_info().splitlines():
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()

@@ -15,6 +15,7 @@ dict is the vision tower's config, in the same key names as the transformers con
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 from transformers import LlamaConfig, PreTrainedConfig, Qwen2Config, Qwen3Config
@@ -418,3 +419,39 @@ def vision_config(name: str) -> dict[str, Any] | None:
     """A copy of the vision-tower config dict of checkpoint ``name`` (None for text-only models)."""
     vision = _entry(name).get("vision")
     return copy.deepcopy(vision) if vision is not None else None
+
+
+# A Video LLM checkpoint's model_type -> the built-in shapes of its family, the most common size first (the
+# nearest shape of a checkpoint whose decoder matches none of them exactly: a fine-tune or a tiny test model).
+_FAMILY_SHAPES: dict[str, tuple[str, ...]] = {
+    "qwen2_vl": ("qwen2.5-vl-7b", "qwen2.5-vl-3b"),  # Qwen2-VL-7B's decoder is Qwen2.5-VL-7B's shape
+    "qwen2_5_vl": ("qwen2.5-vl-7b", "qwen2.5-vl-3b"),
+    "qwen3_vl": ("qwen3-vl-8b",),
+    "qwen3_vl_moe": ("qwen3-vl-8b",),  # no MoE shape is built in: the dense sibling is the nearest
+    "llava_onevision": ("llava-onevision-7b", "llava-onevision-0.5b", "llava-video-7b"),
+    "llava_next_video": ("llava-next-video-7b",),
+    "internvl": ("internvl3-8b",),
+    "smolvlm": ("smolvlm2-2.2b", "smolvlm2-256m"),
+}
+
+
+def nearest_shape(config: dict[str, Any]) -> str:
+    """The built-in shape nearest a Video LLM's ``config.json`` (as a dict): one of its family whose decoder has
+    the checkpoint's width and depth, else its family's most common size; for a family without built-in shapes,
+    the shape with a vision tower whose decoder width and depth are closest."""
+    text = config.get("text_config") or config
+    width, depth = text.get("hidden_size"), text.get("num_hidden_layers")
+    family = _FAMILY_SHAPES.get(str(config.get("model_type")))
+    if family is not None:
+        same = [n for n in family
+                if (SHAPES[n]["decoder"]["hidden_size"], SHAPES[n]["decoder"]["num_hidden_layers"]) == (width, depth)]
+        return (same or list(family))[0]
+    vlms = [n for n, entry in SHAPES.items() if "vision" in entry]
+    if not isinstance(width, int) or not isinstance(depth, int) or width < 1 or depth < 1:
+        return vlms[0]  # no decoder numbers to compare: the first VLM shape is as near as any
+
+    def distance(name: str) -> float:
+        dec = SHAPES[name]["decoder"]
+        return abs(math.log(dec["hidden_size"] / width)) + abs(math.log(dec["num_hidden_layers"] / depth))
+
+    return min(vlms, key=distance)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import MethodError
+
 
 @dataclass
 class Merge:
@@ -50,39 +52,41 @@ class Selection:
 
 
 def check_selection(sel: Selection, n: int, budget: int, label: str, sample: int) -> None:
-    """Raise RuntimeError naming the method when a selection is not a valid answer for n tokens and a budget."""
+    """Raise `MethodError` (a `SharpError` and a `RuntimeError`) naming the method when `sel` is not a valid
+    answer for n tokens and a budget."""
     k = sel.keep
     where = f"{label} (sample {sample})"
     if not isinstance(k, torch.Tensor) or k.dim() != 1 or k.dtype not in (torch.int64, torch.int32):
-        raise RuntimeError(f"{where} must return a 1-D integer tensor of kept indices")
+        raise MethodError(f"{where} must return a 1-D integer tensor of kept indices")
     if k.numel() != budget:
-        raise RuntimeError(f"{where} kept {k.numel()} tokens; the stage's budget is {budget}")
+        raise MethodError(f"{where} kept {k.numel()} tokens; the stage's budget is {budget}")
     if k.numel() and (int(k.min()) < 0 or int(k.max()) >= n):
-        raise RuntimeError(f"{where} returned indices outside 0..{n - 1}")
+        raise MethodError(f"{where} returned indices outside 0..{n - 1}")
     if k.numel() > 1 and not bool((k[1:] > k[:-1]).all()):
-        raise RuntimeError(f"{where} must return sorted unique indices")
+        raise MethodError(f"{where} must return sorted unique indices")
     m = sel.merge
     if m is None:
         return
     if not isinstance(m, Merge) or not all(
         isinstance(t, torch.Tensor) and t.dtype in (torch.int64, torch.int32) for t in (m.source, m.target)
     ):
-        raise RuntimeError(f"{where}: merge must be an sv.Merge of integer index tensors")
+        raise MethodError(f"{where}: merge must be an sv.Merge of integer index tensors")
     if m.weight is not None and not isinstance(m.weight, torch.Tensor):
-        raise RuntimeError(f"{where}: merge weights must be a tensor")
+        raise MethodError(f"{where}: merge weights must be a tensor")
     if m.source.dim() != 1 or m.target.shape != m.source.shape:
-        raise RuntimeError(f"{where}: merge source and target must be 1-D tensors of one length")
-    if m.weight is not None and (m.weight.shape != m.source.shape or not bool((m.weight >= 0).all())):
-        raise RuntimeError(f"{where}: merge weights must be non-negative, one per source")
+        raise MethodError(f"{where}: merge source and target must be 1-D tensors of one length")
+    if m.weight is not None and (m.weight.shape != m.source.shape or not bool((m.weight >= 0).all())
+                                 or not bool(torch.isfinite(m.weight).all())):
+        raise MethodError(f"{where}: merge weights must be finite and non-negative, one per source")
     kept = torch.zeros(n, dtype=torch.bool, device=k.device)
     kept[k] = True
     src, dst = m.source.to(k.device), m.target.to(k.device)
     if src.numel() and (int(src.min()) < 0 or int(src.max()) >= n or int(dst.min()) < 0 or int(dst.max()) >= n):
-        raise RuntimeError(f"{where}: merge indices outside 0..{n - 1}")
+        raise MethodError(f"{where}: merge indices outside 0..{n - 1}")
     if bool(kept[src].any()) or not bool(kept[dst].all()):
-        raise RuntimeError(f"{where}: a merge goes from dropped tokens into kept ones")
+        raise MethodError(f"{where}: a merge goes from dropped tokens into kept ones")
     if torch.unique(src).numel() != src.numel():
-        raise RuntimeError(f"{where}: each dropped token merges at most once")
+        raise MethodError(f"{where}: each dropped token merges at most once")
 
 
 def merge_rows(hidden: torch.Tensor, rows: torch.Tensor, merge: Merge) -> torch.Tensor:

@@ -14,6 +14,7 @@ layer a mask over exactly the keys its cache holds.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -22,26 +23,53 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError, InputError, NoVisualTokensError
+from ..errors import ConfigError, InputError, SharpError
 from ..flops import DecoderShape
-from ..methods.base import TARGET_KINDS, Method, SegmentMask, Stage
+from ..methods.base import Method, SegmentMask, Stage
 from ..models.base import Adapter, ReferenceFn
 from .bias_cache import BiasCache
 from .decode import Decode, trim_shallow
-from .prefill import Prefill
-from .reference import fingerprint
-from .rows import PrefillRows, take
+from .prefill import Prefill, start_prefill, sync
+from .rows import take
 from .segment_attention import RUNS_KWARG, SEGMENT_ATTENTION
 from .segments import segment_kwargs
-from .stage import StageScorer, run_stage, sync
+from .stage import StageScorer, run_stage
 from .stats import CallStats, StageCosts
-
-# kwargs of the outer call with one row per sample (what generate() repeats for beams)
-_PER_SAMPLE = ("input_ids", "inputs_embeds", "attention_mask", "mm_token_type_ids")
 
 
 def _matches(mask: Any, ids: Any) -> bool:
     return isinstance(mask, torch.Tensor) and isinstance(ids, torch.Tensor) and mask.shape == ids.shape
+
+
+class CallGuard:
+    """One call at a time on a patched model: a call's state (its kwargs, its prefill) lives on the engine, so a
+    second thread's call would read the first one's. A thread may nest (generate() calls the forward)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+        self._depth = 0
+
+    def enter(self) -> None:
+        me = threading.get_ident()
+        if self._owner == me:
+            self._depth += 1
+            return
+        if not self._lock.acquire(blocking=False):
+            raise SharpError(
+                "this patched model is already running a call in another thread, and one sv.apply handle serves "
+                "one call at a time; serialise the calls (a lock or a queue), or give each thread its own model "
+                "(copy.deepcopy(model) gives an unpatched copy to apply the method to)"
+            )
+        self._owner, self._depth = me, 1
+
+    def exit(self) -> None:
+        if self._owner != threading.get_ident():
+            return  # this thread was refused at enter(): it holds nothing
+        self._depth -= 1
+        if self._depth == 0:
+            self._owner = None
+            self._lock.release()
 
 
 class Engine:
@@ -85,6 +113,7 @@ class Engine:
         self.generate_call: dict[str, Any] = {}
         self.generate_batch: int | None = None  # the batch of the generate() call, before beams expand it
         self._pre: Prefill | None = None
+        self.guard = CallGuard()
         self._decodes: dict[int, Decode] = {}
         self._dec: Decode | None = None
 
@@ -104,6 +133,8 @@ class Engine:
     def attach(self) -> None:
         tm = self.adapter.text_model()
         self._handles.append(self.model.register_forward_pre_hook(self._outer_pre, with_kwargs=True))
+        # always_call: a call that raised still frees the model for the next one
+        self._handles.append(self.model.register_forward_hook(self._outer_post, always_call=True))
         self._handles.append(tm.register_forward_pre_hook(self._decoder_pre, with_kwargs=True))
         self._handles.append(tm.register_forward_hook(self._decoder_post, with_kwargs=True))
         for i, layer in enumerate(self.adapter.layers()):
@@ -145,6 +176,7 @@ class Engine:
 
     # ---------------------------------------------------------------- hooks
     def _outer_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self.guard.enter()
         if kwargs.get("labels") is not None:
             raise InputError(
                 "labels= (a training loss over every position) is not supported while pruning: the pruned rows "
@@ -162,6 +194,9 @@ class Engine:
                     continue
                 call[key] = value
         self._call = call
+
+    def _outer_post(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self.guard.exit()
 
     def _decoder_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         embeds = kwargs.get("inputs_embeds")
@@ -238,6 +273,10 @@ class Engine:
                 kwargs = dict(kwargs, **segment_kwargs(pre, self.seg, self._block_kernel, self._eager, self._dtype))
             if i < self.last_stage:
                 pre.layer_kwargs[i] = {k: kwargs.get(k) for k in ("attention_mask", "position_ids", RUNS_KWARG)}
+            following = self.stage_at.get(i + 1)
+            if following is not None and following.scores_previous_layer:
+                # what this layer attends over, after any stage here: the rows the next stage prunes
+                pre.previous_hidden = args[0] if args else kwargs["hidden_states"]
             return args, kwargs
 
         return hook
@@ -265,69 +304,13 @@ class Engine:
             call["attention_mask"] = mask[:, -ids.shape[1]:]  # the mask also covers the cached tokens
         return self.adapter.continuation_has_visual(call, ids.shape[1], ids.shape[0])
 
-    def _unexpanded(self, batch: int) -> tuple[int, dict[str, Any]]:
-        """generate() repeats each prompt for beams or num_return_sequences but hands the forward the grids and
-        image sizes of the unexpanded prompts: (repeat factor, the call with one row per prompt)."""
-        factor = batch // self.generate_batch if self.generate_batch else 1
-        if factor > 1 and batch == factor * self.generate_batch:
-            call = {k: v[::factor] if k in _PER_SAMPLE and isinstance(v, torch.Tensor) and v.shape[0] == batch else v
-                    for k, v in self._call.items()}
-            return factor, call
-        return 1, self._call
-
     def _start_prefill(self, ref: torch.Tensor) -> None:
         if self.method.to_dict() != self._config:
             raise ConfigError(
                 "the method's config was changed after sv.apply attached it; apply it again "
                 "(handle.remove(); sv.apply(model, cfg)) so the change is checked and takes effect"
             )
-        batch, seq_len = ref.shape[0], ref.shape[1]
-        factor, call = self._unexpanded(batch)
-        # the layouts of the unexpanded prompts, repeated as generate() repeated the prompts
-        full = [lay for lay in self.adapter.find_layouts(call, seq_len, batch // factor) for _ in range(factor)]
-        if not any(lay.n_visual for lay in full):
-            raise NoVisualTokensError(
-                "no visual tokens in the prompt: nothing to prune. Build the inputs from a message with a video "
-                "(or, for a decoder-only model, declare the video span)"
-            )
-        layouts = [lay.of_kinds(TARGET_KINDS[self.targets]) for lay in full]
-        if not any(lay.n_visual for lay in layouts):
-            kinds = sorted({it.kind for lay in full for it in lay.items})
-            raise InputError(
-                f"the prompt has {' and '.join(kinds)} tokens but the method prunes targets={self.targets!r}; "
-                f"set targets='all' (or {kinds[0]!r}) on the method config"
-            )
-        if batch > 1 and len({lay.n_visual for lay in layouts}) > 1:
-            raise InputError(
-                f"a batch of videos with different token counts ({[lay.n_visual for lay in layouts]}) is not "
-                "supported yet; batch videos of one size together or run them one at a time"
-            )
-        device = ref.device
-        mask2d = self._call.get("attention_mask")
-        key_valid = (
-            torch.ones(batch, seq_len, dtype=torch.bool, device=device)
-            if mask2d is None or mask2d.dim() != 2
-            else mask2d[:, -seq_len:].bool().to(device)
-        )
-        prompt_len = self.prompt_len if self.prompt_len is not None and self.prompt_len <= seq_len else seq_len
-        # the last real prompt token: a right-padded batch ends some samples with padding
-        last_valid = seq_len - 1 - key_valid.flip(1).int().argmax(dim=1)
-        query_last = torch.clamp(last_valid, max=prompt_len - 1).to(torch.long)
-        self._pre = Prefill(
-            batch=batch,
-            seq_len=seq_len,
-            layouts=layouts,
-            full_layouts=full,
-            rows=PrefillRows.start(layouts, key_valid, query_last),
-            stats=CallStats(batch, seq_len, [lay.n_visual for lay in layouts]),
-            call=call,
-            expand=factor,
-        )
-        sync(ref)
-        self._pre.started = time.perf_counter()
-
-    def _fingerprint(self) -> tuple:
-        return fingerprint(self.model, self.adapter)
+        self._pre = start_prefill(self.adapter, self._call, ref, self.targets, self.prompt_len, self.generate_batch)
 
     def _stage(self, stage: Stage, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         pre = self._pre
@@ -338,7 +321,7 @@ class Engine:
         if not pre.stats.stages:
             costs.layers_before_seconds = t0 - pre.started
         scorer = StageScorer(stage, hidden, pre, self.adapter, self.shape(), costs, self.reference_fn, self._bypass,
-                             self._fingerprint, self.bias_cache)
+                             self.bias_cache)
         hidden = run_stage(stage, hidden, pre, scorer, costs, t0)
         if args:
             return (hidden, *args[1:]), kwargs

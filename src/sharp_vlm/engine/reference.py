@@ -1,8 +1,9 @@
 """ShaRP's reference pass: the same prompt with content-free frames through the layers before a stage.
 
 The adapter builds the content-free decoder input (black frames through the model's own vision tower, or the
-family's equivalent); the layers then run with exactly the masks and positions the real input had, after the
-same layer-0 stages (merges included). The bias-cache key names the weights, layer, options and layout.
+family's equivalent; a user's `reference=` function instead); the layers then run with exactly the masks and
+positions the real input had, after the same layer-0 stages (merges included). A bias cache keys the result by
+everything the pass reads (`bias_key`).
 """
 
 from __future__ import annotations
@@ -20,23 +21,30 @@ from .bias_cache import BiasCache
 from .prefill import Prefill
 from .segment_attention import RUNS_KWARG
 
-
-def fingerprint(model: nn.Module, adapter: Adapter) -> tuple:
-    """Identifies the weights for the on-disk bias cache without hashing the whole model: the shape and a slice of
-    every parameter of the first decoder layer (norm weights alone can be all ones)."""
-    cfg = adapter.text_model().config
-    params = [(tuple(p.shape), float(p.detach().flatten()[:64].float().sum()))
-              for p in adapter.layers()[0].parameters()]
-    return (type(model).__name__, getattr(cfg, "_name_or_path", ""), tuple(params))
+_SAMPLE = 4096  # values read from each weight tensor for its fingerprint
 
 
-def bias_key(cache: BiasCache, fp: tuple, layer: int, query: str, rope: bool, mask: SegmentMask | None,
-             pre: Prefill, reference: tuple = ()) -> str:
-    """The cached bias's key: weights, layer, options, layout, layer-0 stages, what the reference input
-    depends on (`reference`: the adapter's reference_key and the user's reference function, by name), and the
-    prompt text the reference pass reads exactly: every token before the first visual token (system prompt,
-    template) and the query token. Only the text between the video and the query token may differ between
-    requests that share a bias, so a cached bias never comes from another template, system prompt or query."""
+def weights_fingerprint(layers: list[nn.Module]) -> list[torch.Tensor]:
+    """Evenly strided values of every parameter of `layers` (the ones a reference pass and its scoring run):
+    a fine-tune changes them, and reading ~4k values per tensor is cheap beside the pass itself."""
+    out = []
+    for layer in layers:
+        for p in layer.parameters():
+            flat = p.detach().reshape(-1)
+            out.append(flat[:: max(1, flat.numel() // _SAMPLE)])
+    return out
+
+
+def bias_key(weights: list[torch.Tensor], layer: int, query: str, rope: bool, mask: SegmentMask | None,
+             pre: Prefill, reference: torch.Tensor) -> str:
+    """The cached bias's key: everything the reference pass and its scoring read.
+
+    The weights of layers 0..K (`weights_fingerprint`), the reference input at the visual rows (so the vision
+    tower, the projector and a user's `reference=` function are all in it), the layer and scoring options, the
+    layout, the layer-0 stages, and the prompt text the pass reads exactly: every token before the first visual
+    token (system prompt, template) and the query token. Only the text between the video and the query token may
+    differ between requests that share a bias.
+    """
     # what layer-0 stages did to the reference prompt (kept rows, merges) is part of the key
     ops = []
     for op in pre.ops_before_decoder:
@@ -44,9 +52,11 @@ def bias_key(cache: BiasCache, fp: tuple, layer: int, query: str, rope: bool, ma
         for m in op.merges:
             if m is not None:
                 ops += [m[0], m[1].source, m[1].target] + ([m[1].weight] if m[1].weight is not None else [])
-    return cache.key(
-        fp, layer, query, rope, mask, reference, pre.rows.rows, pre.rows.query_last,
-        *[lay.positions for lay in pre.layouts], *[tuple(lay.items) for lay in pre.layouts], *ops, *_prompt_text(pre),
+    visual = [reference[i, lay.positions] for i, lay in enumerate(pre.full_layouts[:: pre.expand])]
+    return BiasCache.key(
+        *weights, layer, query, rope, mask, pre.rows.rows, pre.rows.query_last,
+        *[lay.positions for lay in pre.layouts], *[tuple(lay.items) for lay in pre.layouts], *ops,
+        *_prompt_text(pre), *visual,
     )
 
 
@@ -63,25 +73,30 @@ def _prompt_text(pre: Prefill) -> list[torch.Tensor]:
     return out
 
 
-def reference_hidden(
-    adapter: Adapter,
-    pre: Prefill,
-    stage_layer: int,
-    reference_fn: ReferenceFn | None,
-    bypass_hooks: Callable[[], AbstractContextManager],
-) -> torch.Tensor:
-    """Hidden states entering `stage_layer` for the same prompt with content-free frames."""
+def reference_input(adapter: Adapter, pre: Prefill, stage_layer: int, reference_fn: ReferenceFn | None,
+                    ) -> torch.Tensor:
+    """(prompts, S, D) the decoder input of each prompt with content-free frames (before any layer-0 stage)."""
     if any(0 < s.layer < stage_layer for s in pre.stats.stages):
         raise ConfigError("a reference pass cannot follow an in-decoder stage; put the debiased stage first")
     x = pre.decoder_input
     embeds = x if x.is_floating_point() else adapter.embed(x)
-    # one reference per prompt (pre.call has one row per prompt), repeated for generate()'s beams
-    f = pre.expand
-    one, layouts = embeds[::f], pre.full_layouts[::f]
+    # one reference per prompt (pre.call has one row per prompt), repeated for generate()'s beams later
+    one, layouts = embeds[:: pre.expand], pre.full_layouts[:: pre.expand]
     ref = reference_fn(one, layouts, pre.call) if reference_fn else None
     if ref is None:
         ref = adapter.reference_embeds(one, layouts, pre.call)
-    h = ref.to(embeds.dtype).repeat_interleave(f, dim=0)
+    return ref.to(embeds.dtype)
+
+
+def reference_hidden(
+    adapter: Adapter,
+    pre: Prefill,
+    stage_layer: int,
+    reference: torch.Tensor,
+    bypass_hooks: Callable[[], AbstractContextManager],
+) -> torch.Tensor:
+    """Hidden states entering `stage_layer` for the reference input (`reference_input`)."""
+    h = reference.repeat_interleave(pre.expand, dim=0)
     for op in pre.ops_before_decoder:
         h = op.run(h)
     state = adapter.reference_state(pre.full_layouts, pre.call, pre.batch, pre.seq_len)

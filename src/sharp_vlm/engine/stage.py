@@ -19,16 +19,11 @@ from ..flops import DecoderShape, prefill_flops, scoring_flops
 from ..methods.base import SampleView, SegmentMask, Stage
 from ..models.base import Adapter, ReferenceFn
 from .bias_cache import BiasCache
-from .prefill import Prefill
-from .reference import bias_key, reference_hidden
+from .prefill import Prefill, sync
+from .reference import bias_key, reference_hidden, reference_input, weights_fingerprint
 from .rows import take
 from .scoring import query_probs, visual_scores
 from .stats import SampleRecord, StageCosts, StageStats
-
-
-def sync(t: torch.Tensor) -> None:
-    if t.is_cuda:
-        torch.cuda.synchronize(t.device)
 
 
 class StageScorer:
@@ -44,12 +39,11 @@ class StageScorer:
         costs: StageCosts,
         reference_fn: ReferenceFn | None,
         bypass_hooks: Callable[[], AbstractContextManager],
-        fingerprint: Callable[[], tuple],
         bias_cache: BiasCache | None = None,
     ):
         self.stage, self.hidden, self.pre, self.adapter = stage, hidden, pre, adapter
         self.shape, self.costs = shape, costs
-        self.reference_fn, self.bypass_hooks, self.fingerprint = reference_fn, bypass_hooks, fingerprint
+        self.reference_fn, self.bypass_hooks = reference_fn, bypass_hooks
         self.bias_cache = bias_cache
         self.layouts = pre.current_layouts()
         self._memo: dict[tuple, torch.Tensor] = {}
@@ -66,20 +60,29 @@ class StageScorer:
         return scoring_flops(self.shape, self.pre.rows.rows.shape[1], n_query)["total"] * self.pre.batch
 
     def _scores(self, hidden: torch.Tensor, query: str, mask: SegmentMask | None, rope: bool,
-                content_free: bool) -> torch.Tensor:
-        parts = self.adapter.attention_parts(self.stage.layer)
+                content_free: bool, layer: int | None = None) -> torch.Tensor:
+        parts = self.adapter.attention_parts(self.stage.layer if layer is None else layer)
         probs = query_probs(parts, hidden, self.pre.pos_emb_cur, self.pre.rows, self.pre.layouts, query, rope, mask,
                             content_free, self.pre.full_layouts)
         out = visual_scores(probs, self.pre.rows)
         sync(out)
         return out
 
-    def attention(self, query: str, mask: SegmentMask | None, rope: bool, content_free: bool) -> torch.Tensor:
+    def attention(self, query: str, mask: SegmentMask | None, rope: bool, content_free: bool,
+                  previous: bool = False) -> torch.Tensor:
         self._check_layer()
-        key = ("input", query, mask, rope, content_free)
+        key = ("input", query, mask, rope, content_free, previous)
         if key not in self._memo:
             t = time.perf_counter()
-            self._memo[key] = self._scores(self.hidden, query, mask, rope, content_free)
+            if previous:
+                if self.pre.previous_hidden is None:
+                    raise ConfigError(f"{self.stage.label} asks for layer K-1's attention but does not say "
+                                      "scores_previous_layer, so the engine did not keep that layer's input")
+                # layer K-1 saw the same rows as layer K (no stage runs between them)
+                scores = self._scores(self.pre.previous_hidden, query, mask, rope, content_free, self.stage.layer - 1)
+            else:
+                scores = self._scores(self.hidden, query, mask, rope, content_free)
+            self._memo[key] = scores
             self.costs.scoring_seconds += time.perf_counter() - t
             self.costs.scoring_flops += self._flops(query)
         return self._memo[key]
@@ -90,22 +93,23 @@ class StageScorer:
         if key in self._memo:
             return self._memo[key]
         t = time.perf_counter()
+        layer = self.stage.layer
+        ref = reference_input(self.adapter, self.pre, layer, self.reference_fn)
         store, ckey = self.bias_cache, None
         if store is not None:
-            fn = self.reference_fn
-            ref = (self.adapter.reference_key(), getattr(fn, "__module__", None), getattr(fn, "__qualname__", None))
-            ckey = bias_key(store, self.fingerprint(), self.stage.layer, query, rope, mask, self.pre, ref)
-            hit = store.get(ckey)
+            weights = weights_fingerprint(self.adapter.layers()[: layer + 1])
+            ckey = bias_key(weights, layer, query, rope, mask, self.pre, ref)
+            hit = store.get(ckey, (self.pre.batch, max(self.pre.rows.n_visual, default=0)))
             self.costs.bias_cache = "hit" if hit is not None else "miss"
             if hit is not None:
                 self._memo[key] = hit.to(self.hidden.device)
                 self.costs.reference_seconds += time.perf_counter() - t
                 return self._memo[key]
-        ref_hidden = reference_hidden(self.adapter, self.pre, self.stage.layer, self.reference_fn, self.bypass_hooks)
+        ref_hidden = reference_hidden(self.adapter, self.pre, layer, ref, self.bypass_hooks)
         out = self._scores(ref_hidden, query, mask, rope, False)
         if store is not None:
             store.put(ckey, out)
-        dense = prefill_flops(self.shape, self.pre.rows.rows.shape[1])["layers"][: self.stage.layer]
+        dense = prefill_flops(self.shape, self.pre.rows.rows.shape[1])["layers"][:layer]
         self.costs.reference_seconds += time.perf_counter() - t
         self.costs.reference_flops += (sum(dense) + self._flops(query)) * self.pre.batch
         self._memo[key] = out

@@ -8,10 +8,11 @@ One JSON object per line::
 - `question`: text.
 - `options` (optional): a list of at least two option texts; the record is then multiple choice, options are
   lettered A, B, C, ... and `answer` is a letter or the text of one option.
-- `answer`: without options, the reference text of an open question.
+- `answer`: without options, the reference text of an open question; it must keep a word after normalisation
+  (below), else no reply could match it.
 - `id` (optional): unique in the file; defaults to `line<N>`.
 
-Blank lines are skipped. Every problem names the file, the line and what to change.
+The file is UTF-8 text. Blank lines are skipped. Every problem names the file, the line and what to change.
 
 Scoring
 - Multiple choice: the predicted letter is the first option letter in the reply, read like lmms-eval's MVBench
@@ -32,14 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from .files import DataError, text_lines
 
 LETTERS = string.ascii_uppercase
 _FIELDS = {"id", "video", "question", "options", "answer"}
-
-
-class DataError(InputError):
-    """A record of the evaluation file is malformed or its video is missing."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +107,9 @@ def _record(obj: Any, line: int, where: str, base: Path) -> QARecord:
                 f"answer {obj['answer']!r} is neither an option letter ({LETTERS[0]}-{LETTERS[len(options) - 1]}) "
                 "nor the text of exactly one option"
             )
+    elif not normalize_text(obj["answer"]):
+        raise bad(f"answer {obj['answer']!r} has no word left once normalised (lower case, no punctuation, no "
+                  "a/an/the), so no reply could ever match it; give the reference answer in words")
     video = Path(obj["video"]).expanduser()
     if not video.is_absolute():
         video = base / video
@@ -123,19 +123,19 @@ def load_records(path: str | Path) -> list[QARecord]:
         raise DataError(f"{path} does not exist; give a JSONL file with one question per line")
     records: list[QARecord] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as fh:
-        for line, text in enumerate(fh, start=1):
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{line}: not valid JSON ({err.msg} at column {err.colno})") from None
-            rec = _record(obj, line, str(path), path.parent)
-            if rec.id in seen:
-                raise DataError(f"{path}:{line}: id {rec.id!r} repeats line {seen[rec.id]}; ids must be unique")
-            seen[rec.id] = line
-            records.append(rec)
+    base = path.absolute().parent  # absolute video paths: the same file named two ways gives the same records
+    for line, text in enumerate(text_lines(path), start=1):
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{line}: not valid JSON ({err.msg} at column {err.colno})") from None
+        rec = _record(obj, line, str(path), base)
+        if rec.id in seen:
+            raise DataError(f"{path}:{line}: id {rec.id!r} repeats line {seen[rec.id]}; ids must be unique")
+        seen[rec.id] = line
+        records.append(rec)
     if not records:
         raise DataError(f"{path} holds no records")
     return records

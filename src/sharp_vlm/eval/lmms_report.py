@@ -6,6 +6,9 @@ when there are several): the method and retain from its `model_args`, each task'
 metrics; relative score (the mean over tasks of metric / the unpruned run's metric); agreement (share of the
 documents, over all tasks, whose reply equals the unpruned run's reply after stripping white space); the kept
 ratio, prefill TFLOPs (side passes included) and prefill seconds, means over the stats lines.
+
+A file a killed run left cut off is named with what to do: a torn line of a stats or samples file is deleted (the
+rest of the file counts), a cut results file means that run is done again.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SharpError
+from .files import DataError, atomic_write, text_lines
+
+_STATS_NUMBERS = ("n_visual", "n_kept", "flops", "flops_dense", "prefill_s")
 
 
 def _model_args(text: str) -> dict[str, str]:
@@ -31,28 +37,69 @@ def _metrics(task_results: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _jsonl(path: Path, what: str) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file; a line that is not one raises `DataError` naming it."""
+    out = []
+    for i, text in enumerate(text_lines(path), start=1):
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{i}: not valid JSON ({err.msg} at column {err.colno}), as a run killed while "
+                            "writing leaves it; delete that line (the rest of the file counts)") from None
+        if not isinstance(obj, dict) or (what == "sample" and "doc_id" not in obj):
+            raise DataError(f"{path}:{i}: not a {what} line as lmms-eval and sharp_vlm write them; delete that line")
+        if what == "stats":
+            for key in _STATS_NUMBERS:
+                value = obj.get(key)
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                    raise DataError(f"{path}:{i}: field {key!r} is {value!r}, not a number; delete that line")
+            if obj.get("n_visual") and obj.get("n_kept") is None:
+                raise DataError(f"{path}:{i}: has n_visual but no n_kept; delete that line")
+        out.append(obj)
+    return out
+
+
+def _results(path: Path) -> dict[str, Any]:
+    cure = "rerun that lmms-eval run (or move its folder out of the folder given to --lmms-runs)"
+    try:
+        data = json.loads("\n".join(text_lines(path)))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}): cut off "
+                        f"or damaged; {cure}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("results", {}), dict) \
+            or not isinstance(data.get("config", {}), dict) \
+            or not all(isinstance(res, dict) for res in data.get("results", {}).values()):
+        raise DataError(f"{path} is not an lmms-eval results file (no 'results' and 'config' objects); {cure}")
+    return data
+
+
 def _run(folder: Path) -> dict[str, Any] | None:
     results = sorted(folder.rglob("*_results.json"))
     if not results:
         return None
     path = results[-1]
-    data = json.loads(path.read_text())
+    data = _results(path)
     cfg = data.get("config", {})
     args = _model_args(str(cfg.get("model_args", "")))
     method = args.get("method", "none") if cfg.get("model") == "sharp_vlm" else str(cfg.get("model"))
-    retain = 1.0 if method in ("none", "unpruned") else float(args.get("retain", 0.1))
+    try:
+        retain = 1.0 if method in ("none", "unpruned") else float(args.get("retain", 0.1))
+    except ValueError:
+        raise DataError(f"{path}: model_args retain={args['retain']!r} is not a number; rerun that lmms-eval run "
+                        "with retain=<kept share>") from None
     stamp = path.name[: -len("_results.json")]
     tasks: dict[str, Any] = {}
     for task, res in data.get("results", {}).items():
         replies = {}
         for sample_file in path.parent.glob(f"{stamp}_samples_{task}.jsonl"):
-            for line in sample_file.read_text().splitlines():
-                rec = json.loads(line)
+            for rec in _jsonl(sample_file, "sample"):
                 reply = rec.get("filtered_resps", rec.get("resps"))
                 reply = reply[0] if isinstance(reply, list) and reply else reply
                 replies[rec["doc_id"]] = str(reply).strip()
         tasks[task] = {"metrics": _metrics(res), "replies": replies}
-    stats = [json.loads(x) for p in sorted(folder.glob("stats*.jsonl")) for x in p.read_text().splitlines() if x]
+    stats = [s for p in sorted(folder.glob("stats*.jsonl")) for s in _jsonl(p, "stats")]
 
     def mean(key: str, scale: float = 1.0) -> float | None:
         vals = [s[key] * scale for s in stats if s.get(key) is not None]
@@ -113,6 +160,6 @@ def table(summary: dict[str, Any]) -> str:
 def write(summary: dict[str, Any], out: str | Path) -> dict[str, Path]:
     out = Path(out)
     paths = {"lmms_report_json": out / "lmms_report.json", "lmms_report_md": out / "lmms_report.md"}
-    paths["lmms_report_json"].write_text(json.dumps(summary, indent=2) + "\n")
-    paths["lmms_report_md"].write_text(f"# lmms-eval runs in {summary['root']}\n\n{table(summary)}\n")
+    atomic_write(paths["lmms_report_json"], json.dumps(summary, indent=2) + "\n")
+    atomic_write(paths["lmms_report_md"], f"# lmms-eval runs in {summary['root']}\n\n{table(summary)}\n")
     return paths

@@ -4,7 +4,7 @@ Per row: accuracy; relative accuracy (accuracy / the unpruned model's); agreemen
 prediction equals the unpruned model's prediction, the extracted letter or normalised text); the kept ratio
 actually reached (kept / original visual tokens, mean over samples); prefill FLOPs (mean, and as a share of the
 unpruned prefill on the same prompts); measured prefill seconds (mean) and the speedup of the mean over the
-unpruned mean.
+unpruned mean. The records come scored from `run_eval`: every stored reply against the data file as it is now.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..viz.figure import pyplot, save
+from .files import atomic_write, replacing
 from .runner import EvalRun
 
 
@@ -96,7 +97,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def write(run: EvalRun, out: str | Path) -> dict[str, Path]:
-    """`report.json`, `report.md` and `accuracy.png` in `out`."""
+    """`report.json`, `report.md` and `accuracy.png` in `out`, each replaced in one step (a run beside this one
+    or a kill never leaves a cut report)."""
     from .runner import config_dict
 
     out = Path(out)
@@ -108,12 +110,14 @@ def write(run: EvalRun, out: str | Path) -> dict[str, Path]:
     }
     paths = {"report_json": out / "report.json", "report_md": out / "report.md", "plot": out / "accuracy.png",
              "records": out / "records.jsonl"}
-    paths["report_json"].write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write(paths["report_json"], json.dumps(report, indent=2) + "\n")
     s = run.config.settings()
     frames = f"{s['frames']} frames" if s["frames"] is not None else f"{s['fps']:g} fps"
-    paths["report_md"].write_text(
+    atomic_write(
+        paths["report_md"],
         f"# Video QA: {Path(s['data']).name}\n\nmodel `{s['model']}`, {len(run.samples)} samples ({', '.join(kinds)}), "
         f"{frames}, layer {s['layer']}, dtype {s['dtype']}, device {s['device']}\n\n{table(rows)}\n"
     )
-    plot(rows, paths["plot"])
+    with replacing(paths["plot"]) as tmp:
+        plot(rows, tmp)
     return paths

@@ -3,9 +3,13 @@
 `run_eval(cfg, records, answer, out)` asks `answer(record, variant)` for each pending pair and appends one JSON line
 to `out/records.jsonl` as soon as it has it, so an interrupted run loses at most the answer in flight. Rerunning
 with the same `out` reads the records back and asks only for the pairs that have none. `out/settings.json` holds
-what makes two answers comparable (model, data file, frames, layer, method options, ...): a rerun with other
-settings is refused instead of mixing runs. The answerer is a parameter so the loop, resume and report can be
-checked without a model; `videoqa_answerer` builds it from a `VideoQA` pipeline.
+what makes two answers comparable (model, data file, frames, layer, method options, the dtype that runs, ...): a
+rerun with other settings is refused instead of mixing runs. A run holds `out/eval.lock` while it writes the
+folder, so a second run on the same folder is refused instead of answering everything twice. Before the first
+answer, every clip still to answer is checked for the frames asked for. The returned records are scored again
+from their stored replies against the samples as given now, so a corrected reference needs no new answers.
+The answerer is a parameter so the loop, resume and report can be checked without a model; `videoqa_answerer`
+builds it from a `VideoQA` pipeline.
 """
 
 from __future__ import annotations
@@ -18,13 +22,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint import dtype_choice, resolve_dtype
 from ..checks import check_unique
-from ..errors import ConfigError, SharpError
+from ..errors import ConfigError
 from ..loading import Variant, build_method
 from ..methods import NoPrune
+from .clips import check_clips
 from .data import QARecord, score
+from .files import DataError, atomic_write, folder_lock
+from .records import RECORDS, prepare_append, rescored
+from .records import read_records as read_records  # the resume count reads records from here
 
-RECORDS = "records.jsonl"
 SETTINGS = "settings.json"
 
 
@@ -51,7 +59,9 @@ AnswerFn = Callable[[QARecord, Variant], Reply]
 
 @dataclass
 class EvalConfig:
-    """What `sharp eval` runs. `options` holds extra method options by name, e.g. {"sharp": {"dedup_tau": 0.8}}."""
+    """What `sharp eval` runs. `options` holds extra method options by name, e.g. {"sharp": {"dedup_tau": 0.8}}.
+    `check_clips`: read every pending clip's frame count before the first answer (off only for an answerer that
+    reads no video)."""
 
     model: str
     data: str
@@ -65,6 +75,7 @@ class EvalConfig:
     dtype: str = "auto"
     device: str = "cpu"
     limit: int | None = None
+    check_clips: bool = True
 
     def variants(self) -> list[Variant]:
         """`none` first (added when missing), then each other method at each retain, in the order given; every
@@ -87,6 +98,7 @@ class EvalConfig:
             raise ConfigError(f"--limit {self.limit} must be >= 1")
         if self.max_new_tokens < 1:
             raise ConfigError(f"--max-new-tokens {self.max_new_tokens} must be >= 1")
+        resolve_dtype(self.dtype, self.device)  # an unknown dtype is refused here, not when the model loads
         check_unique([m.strip().lower() for m in self.methods if m.strip()], "--methods")
         check_unique([f"{float(r):g}" for r in self.retains], "--retain")  # as the records' keys write them
         unused = sorted(set(self.options) - {m.strip().lower() for m in self.methods} - {"none"})
@@ -95,13 +107,15 @@ class EvalConfig:
         self.variants()  # builds and checks every config
 
     def settings(self) -> dict[str, Any]:
-        """What must match for records of two runs to be mixed (not methods, retains or limit: those only add)."""
+        """What must match for records of two runs to be mixed (not methods, retains or limit: those only add).
+        The dtype is the one that runs: "auto" can mean bfloat16 on one machine and float32 on another."""
         from .. import __version__
 
         return {
             "model": _resolved(self.model), "data": _resolved(self.data), "layer": self.layer,
             "frames": self.frames, "fps": self.fps, "max_new_tokens": self.max_new_tokens,
-            "options": self.options, "dtype": self.dtype, "device": self.device, "sharp_vlm": __version__,
+            "options": self.options, "dtype": dtype_choice(self.dtype, self.device)[0], "device": self.device,
+            "sharp_vlm": __version__,
         }
 
 
@@ -111,49 +125,40 @@ def _resolved(path: str) -> str:
 
 
 def fingerprint(record: QARecord) -> str:
-    """Changes when the model's input for the record changes (then its old answers are not reused)."""
-    text = json.dumps([str(record.video), record.question, record.options])
+    """Changes when the model's input for the record changes (then its old answers are not reused). The video is
+    keyed by its resolved path: the same clip named another way is the same input."""
+    text = json.dumps([str(record.video.resolve()), record.question, record.options])
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-def check_settings(out: Path, settings: dict[str, Any]) -> None:
-    """Write `settings.json`, or refuse when the folder's earlier records were made with other settings."""
+def _read_settings(path: Path, out: Path) -> dict[str, Any]:
+    cure = (f"the settings of the records in {out} are unknown: delete {out} to start again (or only {path.name} "
+            "if its records were made with these same settings), or give another --out")
+    try:
+        old = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        what = "empty" if not path.stat().st_size else f"cut off or not JSON ({err})"
+        raise DataError(f"{path} is {what}; {cure}") from None
+    if not isinstance(old, dict):
+        raise DataError(f"{path} is not a JSON object; {cure}")
+    return old
+
+
+def check_settings(out: str | Path, settings: dict[str, Any]) -> None:
+    """Refuse when `out/settings.json` says the folder's records were made with other settings (`run_eval` writes
+    the file before its first answer)."""
+    out = Path(out)
     path = out / SETTINGS
-    if path.is_file():
-        old = json.loads(path.read_text())
-        changed = [f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(old) | set(settings))
-                   if old.get(k) != settings.get(k)]
-        if changed:
-            raise SharpError(
-                f"{out} holds records made with other settings ({'; '.join(changed)}); "
-                "rerun with the same settings to resume, or give another --out"
-            )
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(settings, indent=2) + "\n")
-
-
-def read_records(out: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    """Finished records by (sample id, variant key); the last line for a key wins. A line cut off by a crash
-    (only the last one can be) is dropped, so its pair is asked again."""
-    path = out / RECORDS
-    done: dict[tuple[str, str], dict[str, Any]] = {}
     if not path.is_file():
-        return done
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for i, text in enumerate(lines):
-        if not text.strip():
-            continue
-        try:
-            rec = json.loads(text)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                with path.open("w", encoding="utf-8") as fh:  # drop the torn tail, keep the rest as it was
-                    fh.write("".join(line + "\n" for line in lines[:i]))
-                break
-            raise SharpError(f"{path}:{i + 1} is not valid JSON; delete that line to resume") from None
-        done[(rec["id"], rec["variant"])] = rec
-    return done
+        return
+    old = _read_settings(path, out)
+    changed = [f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(old) | set(settings))
+               if old.get(k) != settings.get(k)]
+    if changed:
+        raise ConfigError(
+            f"{out} holds records made with other settings ({'; '.join(changed)}); "
+            "rerun with the same settings to resume, or give another --out"
+        )
 
 
 def _record_line(record: QARecord, variant: Variant, reply: Reply) -> dict[str, Any]:
@@ -182,34 +187,44 @@ class EvalRun:
 
 def run_eval(cfg: EvalConfig, samples: Sequence[QARecord], answer: AnswerFn, out: str | Path,
              progress: bool = True) -> EvalRun:
-    """Answer every pending (sample, variant) pair, appending each record to `out/records.jsonl` at once."""
+    """Answer every pending (sample, variant) pair, appending each record to `out/records.jsonl` at once.
+
+    Holds `out/eval.lock` throughout (`FolderLockedError` when another run holds it); checks the settings and,
+    with `cfg.check_clips`, every pending clip's frames before the first answer."""
     from tqdm.auto import tqdm
 
     out = Path(out)
     cfg.check()
-    check_settings(out, cfg.settings())
+    settings = cfg.settings()
     samples = list(samples)[: cfg.limit] if cfg.limit else list(samples)
     variants = cfg.variants()
-    done = read_records(out)
-    for rec in samples:  # a changed question or video is asked again, its old records are not reused
-        for v in variants:
-            old = done.get((rec.id, v.key))
-            if old is not None and old.get("input") != fingerprint(rec):
-                del done[(rec.id, v.key)]
-    pending = [(rec, v) for rec in samples for v in variants if (rec.id, v.key) not in done]
-    reused = len(samples) * len(variants) - len(pending)
-    bar = tqdm(total=len(pending), disable=not progress, desc="sharp eval", unit="answer")
-    with (out / RECORDS).open("a", encoding="utf-8") as fh:
-        for rec, v in pending:
-            bar.set_postfix_str(f"{rec.id} {v.key}", refresh=False)
-            line = _record_line(rec, v, answer(rec, v))
-            fh.write(json.dumps(line) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())  # the record survives a crash or kill right after
-            done[(rec.id, v.key)] = line
-            bar.update(1)
-    bar.close()
-    records = [done[(rec.id, v.key)] for rec in samples for v in variants]
+    with folder_lock(out):
+        check_settings(out, settings)
+        done = prepare_append(out)
+        for rec in samples:  # a changed question or video is asked again, its old records are not reused
+            for v in variants:
+                old = done.get((rec.id, v.key))
+                if old is not None and old.get("input") != fingerprint(rec):
+                    del done[(rec.id, v.key)]
+        pending = [(rec, v) for rec in samples for v in variants if (rec.id, v.key) not in done]
+        if pending and cfg.check_clips:
+            check_clips(list({rec.id: rec for rec, _ in pending}.values()), cfg.frames, cfg.fps, cfg.data)
+        if not (out / SETTINGS).is_file():  # written only now: a run refused above leaves no settings behind
+            atomic_write(out / SETTINGS, json.dumps(settings, indent=2) + "\n")
+        reused = len(samples) * len(variants) - len(pending)
+        bar = tqdm(total=len(pending), disable=not progress, desc="sharp eval", unit="answer")
+        with (out / RECORDS).open("a", encoding="utf-8") as fh:
+            for rec, v in pending:
+                bar.set_postfix_str(f"{rec.id} {v.key}", refresh=False)
+                line = _record_line(rec, v, answer(rec, v))
+                fh.write(json.dumps(line) + "\n")  # a kill can cut only this line, the last one
+                fh.flush()
+                os.fsync(fh.fileno())  # the record survives a crash or kill right after
+                done[(rec.id, v.key)] = line
+                bar.update(1)
+        bar.close()
+    # scored again from the stored reply: a reference corrected in the data file counts without a new answer
+    records = [rescored(done[(rec.id, v.key)], rec) for rec in samples for v in variants]
     return EvalRun(cfg, records, variants, samples, computed=len(pending), reused=reused)
 
 

@@ -2,8 +2,16 @@
 
 from . import experimental  # noqa: F401  (registers sharp_lab)
 from .baselines import NoPrune, RandomPrune, UniformPrune
+from .divprune import DivPrune
+from .downsample import Downsample
+from .dycoke import DyCoke
 from .fastv import FastV
+from .pdrop import PDrop
 from .schedule import Schedule
 from .sharp import ShaRP
+from .vidcom2 import VidCom2
 
-__all__ = ["FastV", "NoPrune", "RandomPrune", "Schedule", "ShaRP", "UniformPrune"]
+__all__ = [
+    "DivPrune", "Downsample", "DyCoke", "FastV", "NoPrune", "PDrop", "RandomPrune", "Schedule", "ShaRP", "UniformPrune",
+    "VidCom2",
+]

@@ -26,14 +26,21 @@ from ..errors import ConfigError
 _REGISTRY: dict[str, type[Method]] = {}
 
 
-def register(name: str) -> Callable[[type[Method]], type[Method]]:
+def register(name: str, replace: bool = False) -> Callable[[type[Method]], type[Method]]:
     """Class decorator: make a method available by name (`sv.methods()`, configs, CLI).
 
-    An option the class does not have is refused with a `ConfigError` that lists its options (and, for an option
-    listed in `moved_options`, says where it went), whether the config comes from code, a file or the CLI.
+    A name that is taken (a built-in's too) is refused unless `replace=True`. An option the class does not have is
+    refused with a `ConfigError` that lists its options (and, for an option listed in `moved_options`, says where
+    it went), whether the config comes from code, a file or the CLI.
     """
 
     def deco(cls: type[Method]) -> type[Method]:
+        taken = _REGISTRY.get(name)
+        if taken is not None and taken is not cls and not replace:
+            raise ConfigError(
+                f"the method name {name!r} is taken by {taken.__module__}.{taken.__qualname__}; register under "
+                f"another name, or pass replace=True to put {cls.__qualname__} in its place"
+            )
         cls.name = name
         init = cls.__dict__.get("__init__")
         if init is not None and dataclasses.is_dataclass(cls):
@@ -94,14 +101,20 @@ class Stage:
     label: str
     segment_mask: SegmentMask | None = None  # forward-scope mask of the layers before this stage
     targets: str = "video"  # which visual tokens the stage prunes: "video", "image" or "all"
+    # the method scores with the attention layer K-1 computed (FastV's rule): the engine keeps that layer's input
+    scores_previous_layer: bool = False
 
 
 @dataclass
 class Method:
     """A pruning method: a schedule of stages run by the engine."""
 
-    name: ClassVar[str] = "method"
+    name: ClassVar[str] = "method"  # the registered name; a subclass not registered is named by its class
     moved_options: ClassVar[dict[str, str]] = {}  # former option -> where it went (named in the error)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.name = cls.__name__  # `register` names it after class creation
 
     def stages(self) -> list[Stage]:
         raise NotImplementedError
@@ -149,18 +162,25 @@ class StageMethod(Method):
         """Whether the stage scores against a reference pass (run per request, or found in a bias cache)."""
         return False
 
+    @property
+    def scores_previous_layer(self) -> bool:
+        """Whether `select` asks for `attention_scores(layer="previous")` (the engine then keeps layer K-1's input)."""
+        return False
+
     def stages(self) -> list[Stage]:
         self.validate()
         mask = self.segment_mask()
         # only a forward-scope mask that masks something changes the shallow layers
         forward = mask if mask is not None and mask.scope == "forward" and mask.mode != "off" else None
-        return [Stage(self.layer, float(self.retain), self, self.name, forward, self.targets)]
+        return [Stage(self.layer, float(self.retain), self, self.name, forward, self.targets,
+                      self.scores_previous_layer)]
 
 
 class ScoreSource(Protocol):
     """Batch-level scores of one stage, computed once per option set (the engine's `StageScorer`)."""
 
-    def attention(self, query: str, mask: SegmentMask | None, rope: bool, content_free: bool) -> torch.Tensor: ...
+    def attention(self, query: str, mask: SegmentMask | None, rope: bool, content_free: bool,
+                  previous: bool = False) -> torch.Tensor: ...
 
     def reference(self, query: str, mask: SegmentMask | None, rope: bool) -> torch.Tensor: ...
 
@@ -214,14 +234,19 @@ class SampleView:
     def n_visual(self) -> int:
         return int(self._visual_rows.numel())
 
-    def attention_scores(self, query: str = "last", mask: SegmentMask | None = None, rope: bool = True) -> torch.Tensor:
-        """(N,) attention from the query rows to each visual token at this layer (mean over heads).
+    def attention_scores(self, query: str = "last", mask: SegmentMask | None = None, rope: bool = True,
+                         layer: str = "stage") -> torch.Tensor:
+        """(N,) attention from the query rows to each visual token (mean over heads).
 
         query="last": the last prompt token; "text": mean over the text after the video. mask: score under a
-        segment-aware mask. rope=False: q.k without the rotary embedding. Computed beside the attention kernel from
-        the layer's own norm, q/k projections and rotary embedding.
+        segment-aware mask. rope=False: q.k without the rotary embedding. layer="stage": layer K's own attention
+        over its input (the states the stage prunes); "previous": the attention layer K-1 computed over its input
+        (FastV's rule; the method must say `scores_previous_layer`). Computed beside the attention kernel from the
+        layer's own norm, q/k projections and rotary embedding.
         """
-        self.raw_scores = self._scores.attention(query, mask, rope, False)[self.index]
+        if layer not in ("stage", "previous"):
+            raise ValueError(f"layer must be 'stage' or 'previous', got {layer!r}")
+        self.raw_scores = self._scores.attention(query, mask, rope, False, layer == "previous")[self.index]
         return self.raw_scores
 
     def reference_scores(self, query: str = "last", mask: SegmentMask | None = None, rope: bool = True) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""`sv.Schedule`: several stages in one prefill (PDrop-style, or a pre-LLM stage then an in-decoder one)."""
+"""`sv.Schedule`: several stages in one prefill (stages of one method, or a pre-LLM stage then an in-decoder one)."""
 
 from __future__ import annotations
 

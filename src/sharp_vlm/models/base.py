@@ -169,11 +169,10 @@ class Adapter:
         """
         return hidden
 
-    def reference_key(self) -> tuple:
-        """What the content-free reference input depends on besides the layout (e.g. the pixel normalisation of
-        black frames); part of the cached bias's key."""
-        return tuple(getattr(self, name) for name in ("pixel_mean", "pixel_std", "video_pixel_mean", "video_pixel_std")
-                     if hasattr(self, name))
+    def declare_video_prompt(self, video_only: bool = True) -> None:
+        """The caller built prompts that hold one video and nothing else (as `VideoQA` does). A family whose tokens
+        alone cannot tell a one-frame video from an image (InternVL) takes it as a video; others ignore it, their
+        tokens already say."""
 
     def reference_state(self, layouts: list[VisualLayout], call: dict[str, Any], batch: int, seq_len: int) -> Any:
         """`prefill_state`'s state for the content-free reference input."""

@@ -30,6 +30,9 @@ never replaced in the reference pass. A block of n > 1 tiles is an image: one `V
     new video, k + 1 continues it, anything else is an image. This splits adjacent videos and images exactly as
     long as the tokenizer encodes the label the same alone as inside the prompt (expected for the Qwen2 / Qwen3
     BPE, whose pre-tokenizer splits a newline off before letters; not checked against a real tokenizer here).
+  video prompts (`adapter.declare_video_prompt()`): the caller built prompts that hold only video frames (as
+    `sharp_vlm.video`'s processors and `VideoQA` do): every one-tile block is a frame and adjacent ones form one
+    video, so a one-frame video is a video. The frame labels are not needed then.
 
 Reference input (ShaRP's debiasing): black tiles of the call's tile size through the model's own vision tower,
 pixel shuffle and projector, one per tile (the tower encodes tiles independently), at the same positions.
@@ -59,6 +62,7 @@ from ..core.layout import VisualItem, VisualLayout
 from ..errors import InputError, UnsupportedModelError
 from .base import Adapter
 from .pixel_norms import IMAGENET_MEAN, IMAGENET_STD
+from .reference import FeatureCache, black_pixel, place_reference
 
 
 @dataclass(frozen=True)
@@ -98,10 +102,12 @@ class InternVLAdapter(Adapter):
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
-        self._black: dict[tuple, torch.Tensor] = {}  # LLM-space features of one black tile, per shape and stats
+        # LLM-space features of one black tile, per tile size, normalisation and feature layer
+        self._black: FeatureCache[torch.Tensor] = FeatureCache()
         self._label: Callable[[int], Sequence[int]] | None = None  # k -> token ids of "Frame{k}: "
         self._labels: dict[int, tuple[int, ...]] = {}
         self._start_image_id: int | None = None
+        self._video_only = False  # declare_video_prompt(): every one-tile block is a video frame
 
     def text_model(self) -> nn.Module:
         return self.model.model.language_model
@@ -138,6 +144,12 @@ class InternVLAdapter(Adapter):
                          start_image_id: int | None = None) -> None:
         """Group frames by their labels: label_ids(k) are the token ids of `Frame{k}: ` (None: by adjacency)."""
         self._label, self._labels, self._start_image_id = label_ids, {}, start_image_id
+
+    def declare_video_prompt(self, video_only: bool = True) -> None:
+        """Declare that the prompts hold only video frames, one `<img>` block each (the prompts `VideoQA` and
+        `sharp_vlm.video` build): a lone one-tile block is then a one-frame video, not a one-tile image.
+        False: back to telling frames from images by labels or adjacency."""
+        self._video_only = bool(video_only)
 
     # ---------------------------------------------------------------- geometry
     def _patch(self) -> int:
@@ -211,7 +223,7 @@ class InternVLAdapter(Adapter):
     def group(self, ids: torch.Tensor, blocks: list[Block], per: int) -> list[tuple[str, list[Block]]]:
         """(kind, blocks) of each image and video of one sample, in order (the rules in the module docstring)."""
         groups: list[tuple[str, list[Block]]] = []
-        if self._label is not None:
+        if self._label is not None and not self._video_only:
             video: list[Block] = []
             for blk in blocks:
                 if blk.tiles == 1 and video and self._labelled(ids, blk.start, len(video) + 1):
@@ -228,9 +240,10 @@ class InternVLAdapter(Adapter):
                 groups.append(("video", video))
             return groups
         chain: list[Block] = []
+        min_frames = 1 if self._video_only else self.min_video_frames
 
         def flush() -> None:
-            if len(chain) >= self.min_video_frames:
+            if len(chain) >= min_frames:
                 groups.append(("video", list(chain)))
             else:
                 groups.extend(("image", [blk]) for blk in chain)
@@ -269,21 +282,18 @@ class InternVLAdapter(Adapter):
         mean, std = ((self.video_pixel_mean, self.video_pixel_std) if kind == "video"
                      else (self.pixel_mean, self.pixel_std))
         layer, strategy = call.get("vision_feature_layer"), call.get("vision_feature_select_strategy")
-        key = (px, tuple(mean), tuple(std), str(layer), strategy)
-        if key not in self._black:
+
+        def compute() -> torch.Tensor:
             vc = self.model.config.vision_config
             param = next(self.model.model.vision_tower.parameters())
             c = int(getattr(vc, "num_channels", 3))
-            value = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)])
-            value = value[:c] if value.numel() >= c else value[:1].expand(c)
+            value = black_pixel(mean, std, c)
             pixels = value[None, :, None, None].expand(1, c, px, px).to(param.device, param.dtype).contiguous()
-            with torch.no_grad():
-                out = self.model.model.get_image_features(
-                    pixels, vision_feature_layer=layer, vision_feature_select_strategy=strategy, return_dict=True)
-            if len(self._black) >= 16:
-                self._black.pop(next(iter(self._black)))
-            self._black[key] = out.pooler_output[0]
-        return self._black[key]
+            out = self.model.model.get_image_features(
+                pixels, vision_feature_layer=layer, vision_feature_select_strategy=strategy, return_dict=True)
+            return out.pooler_output[0]
+
+        return self._black.get((px, tuple(mean), tuple(std), str(layer), strategy), compute)
 
     def reference_embeds(
         self, embeds: torch.Tensor, layouts: list[VisualLayout], call: dict[str, Any]
@@ -291,13 +301,7 @@ class InternVLAdapter(Adapter):
         """Every visual token replaced by the same token of a black tile (video frames with the video processor's
         normalisation, image tiles with the image processor's); markers, labels and text stay."""
         px = self._tile_px(call)
-        out = embeds.clone()
-        for b, lay in enumerate(layouts):
-            for it in lay.items:
-                feats = self._black_tile(px, it.kind, call)
-                rows = lay.positions[it.start : it.start + it.n_tokens].to(out.device)
-                out[b, rows] = feats.repeat(it.t, 1).to(out.device, out.dtype)
-        return out
+        return place_reference(embeds, layouts, lambda it: self._black_tile(px, it.kind, call).repeat(it.t, 1))
 
 
 def register(register_adapter: Callable[..., None]) -> None:

@@ -39,6 +39,7 @@ from ..core.layout import VisualItem, VisualLayout
 from ..errors import InputError
 from .base import Adapter
 from .pixel_norms import CLIP_MEAN, CLIP_STD
+from .reference import FeatureCache, black_pixel
 
 _IMAGE, _VIDEO = 1, 2
 _KIND = {_IMAGE: "image", _VIDEO: "video"}
@@ -127,7 +128,7 @@ class LlavaAdapter(Adapter):
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
-        self._black: dict[tuple, torch.Tensor] = {}  # LLM-space features of black inputs, per piece layout
+        self._black: FeatureCache[torch.Tensor] = FeatureCache()  # LLM-space features of black inputs, per piece
 
     def text_model(self) -> nn.Module:
         return self.model.model.language_model
@@ -244,9 +245,7 @@ class LlavaAdapter(Adapter):
         """Black frames/tiles (…, C, H, W) normalised as the processor does, on the tower's device and dtype."""
         tower = self.model.model.vision_tower
         param = next(tower.parameters())
-        value = torch.tensor([-m / s for m, s in zip(self.pixel_mean, self.pixel_std, strict=True)])
-        c = shape[-3]
-        value = value[:c] if value.numel() >= c else value[:1].expand(c)
+        value = black_pixel(self.pixel_mean, self.pixel_std, shape[-3])
         return value[:, None, None].expand(*shape).to(param.device, param.dtype).contiguous()
 
     def _video_features(self, frame_hw: tuple[int, int]) -> torch.Tensor:
@@ -262,17 +261,14 @@ class LlavaAdapter(Adapter):
         # the tower encodes frames independently: a black video is its first black frame, repeated
         # the normalisation is part of the key: a user may set pixel_mean / pixel_std after a first call
         key = (("frame", piece.key[2]) if piece.kind == "video" else piece.key) + (self.pixel_mean, self.pixel_std)
-        if key not in self._black:
-            with torch.no_grad():
-                if piece.kind == "video":
-                    feats = self._video_features(piece.key[2])
-                else:
-                    feats = self._image_features(piece, piece.key[1])
-                    feats = feats[piece.visual.to(feats.device)]
-            if len(self._black) >= 16:
-                self._black.pop(next(iter(self._black)))
-            self._black[key] = feats
-        feats = self._black[key]
+
+        def compute() -> torch.Tensor:
+            if piece.kind == "video":
+                return self._video_features(piece.key[2])
+            feats = self._image_features(piece, piece.key[1])
+            return feats[piece.visual.to(feats.device)]
+
+        feats = self._black.get(key, compute)
         return feats.repeat(piece.tiles, 1) if piece.kind == "video" else feats
 
     def reference_embeds(

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.layout import VisualItem, VisualLayout
-from ..errors import InputError, UnsupportedModelError
-from .qwen_vl import _IMAGE, _VIDEO, QwenVLAdapter, _grid_list, _runs
+from ..core.layout import VisualLayout
+from ..errors import UnsupportedModelError
+from .qwen_vl import _IMAGE, _VIDEO, QwenVLAdapter
 
 # Qwen3-VL's image and video processors normalise with mean = std = 0.5 per channel: black becomes -1.
 PIXEL_MEAN = (0.5, 0.5, 0.5)
@@ -53,56 +53,9 @@ class Qwen3VLAdapter(QwenVLAdapter):
             )
 
     # ---------------------------------------------------------------- layouts
-    def find_layouts(self, call: dict[str, Any], seq_len: int, batch: int) -> list[VisualLayout]:
-        types = self._token_types(call)
-        m = self._merge()
+    def _blocks(self, kind_id: int, grid: tuple[int, int, int]) -> int:
         # a video's grid covers t blocks of one temporal patch each, one per vision_start/end pair
-        units = {
-            _IMAGE: iter([(g, 1) for g in _grid_list(call.get("image_grid_thw"))]),
-            _VIDEO: iter([(g, k) for g in _grid_list(call.get("video_grid_thw")) for k in range(g[0], 0, -1)]),
-        }
-        mask = call.get("attention_mask")
-        layouts = []
-        for b in range(batch):
-            t_row = types[b]
-            valid = torch.ones_like(t_row, dtype=torch.bool) if mask is None or mask.dim() != 2 else mask[b].bool()
-            vis = (t_row != 0) & valid
-            items: list[VisualItem] = []
-            left = 0  # blocks still to come of the current video
-            for kind_id, start, length in _runs(t_row, vis):
-                kind = "video" if kind_id == _VIDEO else "image"
-                done = 0
-                while done < length:
-                    unit = next(units[kind_id], None)
-                    if unit is None:
-                        raise InputError(
-                            f"sample {b} has more {kind} tokens than `video_grid_thw`/`image_grid_thw` describe; "
-                            "pass the grids the processor returned"
-                        )
-                    (t, h, w), remaining = unit
-                    h, w = h // m, w // m
-                    if left and (kind_id == _IMAGE or remaining == t):  # a video's blocks come one after another
-                        raise InputError(f"sample {b}: a video ends after fewer blocks than its grid has")
-                    if kind_id == _IMAGE:
-                        items.append(VisualItem(kind, start + done, t, h, w))
-                        done += t * h * w
-                        continue
-                    if remaining == t:  # the first block of a video starts its item
-                        items.append(VisualItem(kind, start + done, t, h, w))
-                    left = remaining - 1
-                    done += h * w
-                if done != length:
-                    raise InputError(
-                        f"sample {b}: a run of {length} visual tokens does not match its grid(s) ({done} tokens); "
-                        "the prompt and `*_grid_thw` come from different processor calls"
-                    )
-            if left:
-                raise InputError(
-                    f"sample {b}: its last video has {left} temporal-patch block(s) fewer than `video_grid_thw` says; "
-                    "the prompt and the grids come from different processor calls"
-                )
-            layouts.append(VisualLayout.from_grid(torch.nonzero(vis).flatten(), items))
-        return layouts
+        return grid[0] if kind_id == _VIDEO else 1
 
     # ---------------------------------------------------------------- deepstack, real pass
     def _n_deepstack(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -11,6 +12,7 @@ from ..core.layout import VisualItem, VisualLayout
 from ..errors import InputError, NoVisualTokensError
 from .base import Adapter
 from .pixel_norms import CLIP_MEAN, CLIP_STD
+from .reference import FeatureCache, black_pixel, place_reference
 
 _IMAGE, _VIDEO = 1, 2
 
@@ -27,7 +29,8 @@ class QwenVLAdapter(Adapter):
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
-        self._black: dict[tuple, tuple[torch.Tensor, list[torch.Tensor]]] = {}  # black frames' features, per grid
+        # black frames' features and deepstack features, per grid and normalisation
+        self._black: FeatureCache[tuple[torch.Tensor, list[torch.Tensor]]] = FeatureCache()
 
     def text_model(self) -> nn.Module:
         return self.model.model.language_model
@@ -59,63 +62,78 @@ class QwenVLAdapter(Adapter):
             )
         return types
 
+    def _blocks(self, kind_id: int, grid: tuple[int, int, int]) -> int:
+        """How many blocks of the prompt one grid fills, each t*h*w / blocks tokens (Qwen2/2.5-VL: one)."""
+        return 1
+
     def find_layouts(self, call: dict[str, Any], seq_len: int, batch: int) -> list[VisualLayout]:
         types = self._token_types(call)
-        grids = {
-            _IMAGE: iter(_grid_list(call.get("image_grid_thw"))),
-            _VIDEO: iter(_grid_list(call.get("video_grid_thw"))),
-        }
-        mask = call.get("attention_mask")
         m = self._merge()
+
+        def blocks(kind_id: int, name: str) -> Iterator[tuple[tuple[int, int, int], int, int]]:
+            """Per block in prompt order: (its grid, the grid's blocks still to come counting it, the grid's blocks)."""
+            for grid in _grid_list(call.get(name)):
+                n = self._blocks(kind_id, grid)
+                for k in range(n, 0, -1):
+                    yield grid, k, n
+
+        units = {_IMAGE: blocks(_IMAGE, "image_grid_thw"), _VIDEO: blocks(_VIDEO, "video_grid_thw")}
+        mask = call.get("attention_mask")
         layouts = []
         for b in range(batch):
             t_row = types[b]
-            valid = torch.ones_like(t_row, dtype=torch.bool) if mask is None else mask[b].bool()
+            valid = torch.ones_like(t_row, dtype=torch.bool) if mask is None or mask.dim() != 2 else mask[b].bool()
             vis = (t_row != 0) & valid
-            positions = torch.nonzero(vis).flatten()
             items: list[VisualItem] = []
+            left = 0  # blocks still to come of the current grid
             for kind_id, start, length in _runs(t_row, vis):
+                kind = "video" if kind_id == _VIDEO else "image"
                 done = 0
                 while done < length:
-                    grid = next(grids[kind_id], None)
-                    if grid is None:
+                    unit = next(units[kind_id], None)
+                    if unit is None:
                         raise InputError(
-                            f"sample {b} has more {'video' if kind_id == _VIDEO else 'image'} tokens than "
-                            "`video_grid_thw`/`image_grid_thw` describe; pass the grids the processor returned"
+                            f"sample {b} has more {kind} tokens than `video_grid_thw`/`image_grid_thw` describe; "
+                            "pass the grids the processor returned"
                         )
-                    t, h, w = grid[0], grid[1] // m, grid[2] // m
-                    items.append(VisualItem("video" if kind_id == _VIDEO else "image", start + done, t, h, w))
-                    done += t * h * w
+                    (t, h, w), remaining, n = unit
+                    h, w = h // m, w // m
+                    if left and remaining == n:  # a grid's blocks come one after another
+                        raise InputError(f"sample {b}: a video ends after fewer blocks than its grid has")
+                    if remaining == n:  # the first block of a grid starts its item
+                        items.append(VisualItem(kind, start + done, t, h, w))
+                    left = remaining - 1
+                    done += t * h * w // n
                 if done != length:
                     raise InputError(
                         f"sample {b}: a run of {length} visual tokens does not match its grid(s) ({done} tokens); "
                         "the prompt and `*_grid_thw` come from different processor calls"
                     )
-            layout = VisualLayout.from_grid(positions, items)
-            layouts.append(layout)
+            if left:
+                raise InputError(
+                    f"sample {b}: its last video has {left} temporal-patch block(s) fewer than `video_grid_thw` says; "
+                    "the prompt and the grids come from different processor calls"
+                )
+            layouts.append(VisualLayout.from_grid(torch.nonzero(vis).flatten(), items))
         return layouts
 
     def _black_pass(self, kind_id: int, grid: tuple[int, int, int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(LLM-space features, deepstack features per decoder layer) of an all-black image/video with this grid,
         through the model's own vision encoder; cached per grid and normalisation."""
-        key = (kind_id, grid, self.pixel_mean, self.pixel_std)
-        if key not in self._black:
+
+        def compute() -> tuple[torch.Tensor, list[torch.Tensor]]:
             vc = self.model.config.vision_config
             per_channel = vc.temporal_patch_size * vc.patch_size**2
-            black = torch.tensor([-m / s for m, s in zip(self.pixel_mean, self.pixel_std, strict=True)])
-            row = black.repeat_interleave(per_channel)[: vc.in_channels * per_channel]
+            row = black_pixel(self.pixel_mean, self.pixel_std, vc.in_channels).repeat_interleave(per_channel)
             vis = self.model.model.visual
             pixels = row.expand(grid[0] * grid[1] * grid[2], -1).to(vis.dtype).to(next(vis.parameters()).device)
             thw = torch.tensor([grid], device=pixels.device)
             get = self.model.model.get_video_features if kind_id == _VIDEO else self.model.model.get_image_features
-            with torch.no_grad():
-                out = get(pixels, thw, return_dict=True)
-            if len(self._black) >= 16:
-                self._black.pop(next(iter(self._black)))
+            out = get(pixels, thw, return_dict=True)
             deepstack = getattr(out, "deepstack_features", None) or []
-            self._black[key] = (torch.cat(list(out.pooler_output), dim=0),
-                                [torch.cat(list(f), dim=0) for f in deepstack])
-        return self._black[key]
+            return torch.cat(list(out.pooler_output), dim=0), [torch.cat(list(f), dim=0) for f in deepstack]
+
+        return self._black.get((kind_id, grid, self.pixel_mean, self.pixel_std), compute)
 
     def _black_features(self, kind_id: int, grid: tuple[int, int, int]) -> torch.Tensor:
         return self._black_pass(kind_id, grid)[0]
@@ -124,15 +142,12 @@ class QwenVLAdapter(Adapter):
         self, embeds: torch.Tensor, layouts: list[VisualLayout], call: dict[str, Any]
     ) -> torch.Tensor:
         """Black frames of the same grids replace the video/image features (same token count and places)."""
-        out = embeds.clone()
         m = self._merge()
-        for b, lay in enumerate(layouts):
-            for it in lay.items:
-                kind_id = _VIDEO if it.kind == "video" else _IMAGE
-                feats = self._black_features(kind_id, (it.t, it.h * m, it.w * m))
-                rows = lay.positions[it.start : it.start + it.n_tokens]
-                out[b, rows] = feats.to(out.dtype).to(out.device)
-        return out
+
+        def black(it: VisualItem) -> torch.Tensor:
+            return self._black_features(_VIDEO if it.kind == "video" else _IMAGE, (it.t, it.h * m, it.w * m))
+
+        return place_reference(embeds, layouts, black)
 
 
 def _grid_list(grid: torch.Tensor | None) -> list[tuple[int, int, int]]:

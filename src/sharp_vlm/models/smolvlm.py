@@ -58,6 +58,7 @@ from torch import nn
 from ..core.layout import VisualItem, VisualLayout
 from ..errors import InputError
 from .base import Adapter
+from .reference import FeatureCache, black_pixel, place_reference
 
 PIXEL_MEAN = (0.5, 0.5, 0.5)
 PIXEL_STD = (0.5, 0.5, 0.5)
@@ -83,7 +84,7 @@ class SmolVLMAdapter(Adapter):
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
-        self._black: dict[tuple, torch.Tensor] = {}  # LLM-space features of one black picture, per grid
+        self._black: FeatureCache[torch.Tensor] = FeatureCache()  # LLM-space features of one black picture, per grid
 
     def text_model(self) -> nn.Module:
         return self.model.model.text_model
@@ -206,36 +207,26 @@ class SmolVLMAdapter(Adapter):
     # ---------------------------------------------------------------- reference input
     def _black_features(self, h: int, w: int) -> torch.Tensor:
         """(h*w, D): one black picture of an h x w token grid through the vision tower and connector (cached)."""
-        key = (h, w, self.pixel_mean, self.pixel_std)  # the normalisation may be set after a first call
-        if key not in self._black:
+
+        def compute() -> torch.Tensor:
             cfg = self.model.config
             vc = cfg.vision_config
             px_h = h * int(cfg.scale_factor) * int(vc.patch_size)
             px_w = w * int(cfg.scale_factor) * int(vc.patch_size)
             param = next(self.model.model.vision_model.parameters())
             c = int(getattr(vc, "num_channels", 3))
-            value = torch.tensor([-m / s for m, s in zip(self.pixel_mean, self.pixel_std, strict=True)])
-            value = value[:c] if value.numel() >= c else value[:1].expand(c)
+            value = black_pixel(self.pixel_mean, self.pixel_std, c)
             pixels = value[:, None, None].expand(1, 1, c, px_h, px_w).to(param.device, param.dtype).contiguous()
-            with torch.no_grad():
-                out = self.model.model.get_image_features(pixels, return_dict=True)
-            if len(self._black) >= 16:
-                self._black.pop(next(iter(self._black)))
-            self._black[key] = out.pooler_output[0]
-        return self._black[key]
+            return self.model.model.get_image_features(pixels, return_dict=True).pooler_output[0]
+
+        return self._black.get((h, w, self.pixel_mean, self.pixel_std), compute)
 
     def reference_embeds(
         self, embeds: torch.Tensor, layouts: list[VisualLayout], call: dict[str, Any]
     ) -> torch.Tensor:
         """Every block (frame, tile, global view) replaced by a black picture's features; text and markers stay."""
-        out = embeds.clone()
-        for b, lay in enumerate(layouts):
-            for it in lay.items:
-                rows = lay.positions[it.start : it.start + it.n_tokens].to(out.device)
-                # the tower encodes each picture alone: every block of this grid gets the same black features
-                feats = self._black_features(it.h, it.w).repeat(it.t, 1)
-                out[b, rows] = feats.to(out.device, out.dtype)
-        return out
+        # the tower encodes each picture alone: every block of this grid gets the same black features
+        return place_reference(embeds, layouts, lambda it: self._black_features(it.h, it.w).repeat(it.t, 1))
 
 
 def register(register_adapter: Callable[..., None]) -> None:

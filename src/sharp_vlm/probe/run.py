@@ -14,7 +14,7 @@ import torch
 from ..checks import check_unique
 from ..core.layout import VisualLayout
 from ..engine.bias_cache import BiasCache
-from ..engine.patch import apply
+from ..engine.handle import apply
 from ..errors import ConfigError
 from ..loading import Variant, build_method
 from ..methods import NoPrune

@@ -1,22 +1,12 @@
-"""config.json `model_type` -> the family's processor class (preprocessing) and model class name (loading)."""
+"""config.json `model_type` -> the model class name: the model types sharp_vlm reads (each family's processor
+class is in `preprocess.FAMILIES`)."""
 
 from __future__ import annotations
 
-from .internvl import InternVLVideoProcessor
-from .llava import LlavaVideoProcessor
-from .qwen import QwenVLProcessor
-from .smolvlm import SmolVLMVideoProcessor
+from pathlib import Path
+from typing import Any
 
-FAMILIES: dict[str, type] = {
-    "qwen2_vl": QwenVLProcessor,
-    "qwen2_5_vl": QwenVLProcessor,
-    "qwen3_vl": QwenVLProcessor,
-    "qwen3_vl_moe": QwenVLProcessor,
-    "llava_onevision": LlavaVideoProcessor,
-    "llava_next_video": LlavaVideoProcessor,
-    "internvl": InternVLVideoProcessor,
-    "smolvlm": SmolVLMVideoProcessor,
-}
+from ..errors import InputError
 
 MODEL_CLASSES: dict[str, str] = {
     "qwen2_vl": "Qwen2VLForConditionalGeneration",
@@ -28,3 +18,14 @@ MODEL_CLASSES: dict[str, str] = {
     "internvl": "InternVLForConditionalGeneration",
     "smolvlm": "SmolVLMForConditionalGeneration",
 }
+
+
+def family_of(config: dict[str, Any], path: Path | str = "") -> str:
+    """The family name of a checkpoint's config.json `model_type`, or an error listing the supported ones."""
+    model_type = config.get("model_type")
+    if model_type not in MODEL_CLASSES:
+        raise InputError(
+            f"{path or 'the checkpoint'}: model_type {model_type!r} is not supported; supported: "
+            f"{', '.join(sorted(MODEL_CLASSES))}"
+        )
+    return str(model_type)

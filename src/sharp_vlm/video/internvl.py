@@ -13,13 +13,14 @@ import math
 from ..errors import InputError
 from ..models.pixel_norms import CLIP_MEAN, CLIP_STD
 from .decode import Frames
-from .preprocess import (
+from .processor import (
     PreparedInputs,
     TokenGrid,
     VideoProcessor,
     channels_last_uint8,
     expand_once,
     normalize,
+    plain_text,
     render_prompt,
     resample_mode,
     resize,
@@ -69,11 +70,12 @@ class InternVLVideoProcessor(VideoProcessor):
         video, start, end, context = self._tokens()
         expansion = "\n".join(f"Frame{i + 1}: {start}{context * seq}{end}" for i in range(frames.n_frames))
         prompt = expand_once(render_prompt(self.tokenizer, self.checkpoint.chat_template, question,
-                                           INTERNVL_TEMPLATE), video, expansion)
+                                           INTERNVL_TEMPLATE, placeholders=(video, start, end, context, "<image>")),
+                             video, expansion)
         text = tokenize(self.tokenizer, prompt)
         n_visual = int((text["input_ids"] == self.tokenizer.convert_tokens_to_ids(context)).sum())
         if n_visual != frames.n_frames * seq:
             raise InputError(f"the tokenizer split {context!r}; it must know it as one special token")
         grid = TokenGrid.raster(frames.n_frames, side, side, 1, frames.n_frames)
-        return PreparedInputs({**text, "pixel_values": pixels}, prompt, channels_last_uint8(x),
+        return PreparedInputs({**text, "pixel_values": pixels}, plain_text(prompt), channels_last_uint8(x),
                               list(frames.timestamps), grid, self.family, n_visual)

@@ -18,13 +18,14 @@ import torch
 from ..errors import InputError
 from ..models.pixel_norms import CLIP_MEAN, CLIP_STD
 from .decode import Frames
-from .preprocess import (
+from .processor import (
     PreparedInputs,
     TokenGrid,
     VideoProcessor,
     channels_last_uint8,
     expand_once,
     normalize,
+    plain_text,
     render_prompt,
     resample_mode,
     resize,
@@ -108,12 +109,12 @@ class LlavaVideoProcessor(VideoProcessor):
             expansion_len = frames.n_frames * per_frame
             token, template = "<video>", NEXT_VIDEO_TEMPLATE
         pixels = normalize(x, mean, std, rescale)[None]  # (1, T, C, H, W): one video
-        prompt = expand_once(render_prompt(self.tokenizer, self.checkpoint.chat_template, question, template),
-                             token, token * expansion_len)
+        prompt = expand_once(render_prompt(self.tokenizer, self.checkpoint.chat_template, question, template,
+                                           placeholders=("<image>", "<video>")), token, token * expansion_len)
         text = tokenize(self.tokenizer, prompt)
         n_placeholders = int((text["input_ids"] == self.tokenizer.convert_tokens_to_ids(token)).sum())
         if n_placeholders != expansion_len:
             raise InputError(f"the tokenizer split {token!r}; it must know it as one special token")
         grid = TokenGrid.raster(frames.n_frames, rows, rows, 1, frames.n_frames)
-        return PreparedInputs({**text, "pixel_values_videos": pixels}, prompt, channels_last_uint8(x),
+        return PreparedInputs({**text, "pixel_values_videos": pixels}, plain_text(prompt), channels_last_uint8(x),
                               list(frames.timestamps), grid, self.family, grid.n_tokens)

@@ -18,13 +18,14 @@ import torch
 from ..errors import InputError
 from ..models.pixel_norms import CLIP_MEAN, CLIP_STD
 from .decode import Frames
-from .preprocess import (
+from .processor import (
     PreparedInputs,
     TokenGrid,
     VideoProcessor,
     channels_last_uint8,
     expand_once,
     normalize,
+    plain_text,
     render_prompt,
     resample_mode,
     resize,
@@ -156,8 +157,8 @@ class QwenVLProcessor(VideoProcessor):
             expansion = "".join(f"<{ts:.1f} seconds>{start}{pad * per_step}{end}" for ts in self.timestamps(frames))
         else:
             expansion = pad * (t * per_step)
-        prompt = expand_once(render_prompt(self.tokenizer, self.checkpoint.chat_template, question, QWEN_TEMPLATE),
-                             pad, expansion)
+        prompt = expand_once(render_prompt(self.tokenizer, self.checkpoint.chat_template, question, QWEN_TEMPLATE,
+                                           placeholders=(pad, start, end, "<|image_pad|>")), pad, expansion)
         text = tokenize(self.tokenizer, prompt)
         ids = text["input_ids"]
         video_id = self.tokenizer.convert_tokens_to_ids(pad)
@@ -173,5 +174,5 @@ class QwenVLProcessor(VideoProcessor):
         if n_visual != grid.n_tokens:
             raise InputError(f"the tokenizer split {pad!r} ({n_visual} video tokens for {grid.n_tokens} patches); "
                              "the tokenizer must know it as one special token")
-        return PreparedInputs(kwargs, prompt, channels_last_uint8(resized), list(frames.timestamps), grid,
+        return PreparedInputs(kwargs, plain_text(prompt), channels_last_uint8(resized), list(frames.timestamps), grid,
                               self.family, n_visual)

@@ -13,15 +13,17 @@ from __future__ import annotations
 import math
 from datetime import timedelta
 
+from ..core.words import number_words
 from ..errors import InputError
 from .decode import Frames
-from .preprocess import (
+from .processor import (
     PreparedInputs,
     TokenGrid,
     VideoProcessor,
     channels_last_uint8,
     expand_once,
     normalize,
+    plain_text,
     render_prompt,
     resample_mode,
     resize,
@@ -40,23 +42,6 @@ VIDEO_INTRO = "You are provided the following series of {count} frames from a {d
 FRAME_LABEL = "\nFrame from {stamp}:"
 OUTRO = "\n\n"
 MAX_SIDE = 4096  # the processor's absolute cap on a resized side
-
-_ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-         "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
-_TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
-
-
-def number_words(n: int) -> str:
-    """A count in English words as num2words writes it (up to 999; the processor's frame count)."""
-    if n < 20:
-        return _ONES[n]
-    if n < 100:
-        return _TENS[n // 10] + ("" if n % 10 == 0 else "-" + _ONES[n % 10])
-    if n < 1000:
-        rest = n % 100
-        return _ONES[n // 100] + " hundred" + ("" if rest == 0 else " and " + number_words(rest))
-    raise InputError(f"{n} frames: SmolVLM2 prompts are written for fewer than 1000 frames")
-
 
 def longest_edge_size(height: int, width: int, longest: int) -> tuple[int, int]:
     """(height, width) with the longer side `longest` and the other scaled, truncated, rounded up to even."""
@@ -98,8 +83,9 @@ class SmolVLMVideoProcessor(VideoProcessor):
             expansion += FRAME_LABEL.format(stamp=f"{int(t // 60):02d}:{int(t % 60):02d}") + view
         expansion += OUTRO
         # the processor writes videos with its own template, whatever the checkpoint's
-        prompt = expand_once(render_prompt(self.tokenizer, SMOLVLM_TEMPLATE, question, SMOLVLM_TEMPLATE),
-                             "<video>", expansion)
+        prompt = expand_once(render_prompt(self.tokenizer, SMOLVLM_TEMPLATE, question, SMOLVLM_TEMPLATE,
+                                           placeholders=("<video>", "<image>", "<fake_token_around_image>",
+                                                         "<global-img>")), "<video>", expansion)
         text = tokenize(self.tokenizer, prompt)
         n_visual = int((text["input_ids"] == self.tokenizer.convert_tokens_to_ids("<image>")).sum())
         if n_visual != frames.n_frames * seq:
@@ -107,8 +93,8 @@ class SmolVLMVideoProcessor(VideoProcessor):
         grid = TokenGrid.raster(frames.n_frames, side, side, 1, frames.n_frames)
         kwargs = {**text, "pixel_values": pixels[None],
                   "pixel_attention_mask": pixels.new_ones(1, frames.n_frames, square, square).long()}
-        return PreparedInputs(kwargs, prompt, channels_last_uint8(x), list(frames.timestamps), grid, self.family,
-                              n_visual)
+        return PreparedInputs(kwargs, plain_text(prompt), channels_last_uint8(x), list(frames.timestamps), grid,
+                              self.family, n_visual)
 
     def _seq_from_config(self, square: int) -> int:
         config = self.checkpoint.config

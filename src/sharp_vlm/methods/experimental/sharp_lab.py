@@ -1,4 +1,5 @@
-"""`ShaRPLab`: ShaRP with every option that was measured and not adopted (docs/method.md, "Measured")."""
+"""`ShaRPLab`: ShaRP with every option that was measured and not adopted (docs/method.md, "ShaRPLab: measured,
+not adopted")."""
 
 from __future__ import annotations
 

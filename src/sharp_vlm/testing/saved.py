@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from .pixel_norms import CLIP_MEAN, CLIP_STD
+from ..models.pixel_norms import CLIP_MEAN, CLIP_STD
 
 VOCAB = 320  # 256 byte tokens + the special tokens, padded with reserved ones
 
@@ -112,11 +112,11 @@ def _write_json(path: Path, value: dict[str, Any]) -> None:
 def _qwen(family: str, path: Path, layers: int) -> tuple[nn.Module, Any]:
     v3 = family.startswith("qwen3")
     if v3:
-        from .tiny_qwen3_vl import tiny_qwen3_vl
+        from .qwen3_vl import tiny_qwen3_vl
 
         model = tiny_qwen3_vl(moe=family.endswith("moe"), layers=layers, vocab=VOCAB)
     else:
-        from .factory import tiny_qwen_vl
+        from .qwen_vl import tiny_qwen_vl
 
         model = tiny_qwen_vl(family, layers=layers, vocab=VOCAB)
     placed = {"<|image_pad|>": VOCAB - 3, "<|video_pad|>": VOCAB - 4, "<|vision_start|>": VOCAB - 5,
@@ -140,11 +140,11 @@ def _qwen(family: str, path: Path, layers: int) -> tuple[nn.Module, Any]:
 
 
 def _llava(family: str, path: Path, layers: int) -> tuple[nn.Module, Any]:
-    from .tiny_llava import _pinpoints, tiny_llava_next_video, tiny_llava_onevision
+    from .llava import pinpoints, tiny_llava_next_video, tiny_llava_onevision
 
     placed = {"<image>": VOCAB - 3, "<video>": VOCAB - 4}
     side, patch = 16, 2  # 8 x 8 patches per frame, pooled to 4 x 4 = 16 tokens
-    pinpoints = _pinpoints(side)
+    grid_pinpoints = pinpoints(side)
     if family == "llava_onevision":
         model = tiny_llava_onevision(layers=layers, vocab=VOCAB, image_size=side, patch_size=patch)
         tok = byte_tokenizer(_QWEN_SPECIALS, placed, eos_token="<|im_end|>", pad_token="<|endoftext|>")
@@ -152,7 +152,7 @@ def _llava(family: str, path: Path, layers: int) -> tuple[nn.Module, Any]:
         mean, std = [0.5] * 3, [0.5] * 3
         video = dict(size={"height": side, "width": side}, video_processor_type="LlavaOnevisionVideoProcessor")
         image = dict(size={"height": side, "width": side}, image_processor_type="LlavaOnevisionImageProcessor",
-                     image_grid_pinpoints=pinpoints, do_pad=True)
+                     image_grid_pinpoints=grid_pinpoints, do_pad=True)
         proc = dict(num_image_tokens=(side // patch) ** 2, vision_feature_select_strategy="full",
                     vision_aspect_ratio="anyres_max_9")
         (path / "chat_template.jinja").write_text(_ONEVISION_TEMPLATE)
@@ -166,7 +166,8 @@ def _llava(family: str, path: Path, layers: int) -> tuple[nn.Module, Any]:
         video = dict(size={"shortest_edge": side}, crop_size=crop, do_center_crop=True,
                      video_processor_type="LlavaNextVideoVideoProcessor")
         image = dict(size={"shortest_edge": side}, crop_size=crop, do_center_crop=True,
-                     image_processor_type="LlavaNextImageProcessor", image_grid_pinpoints=pinpoints, do_pad=True)
+                     image_processor_type="LlavaNextImageProcessor", image_grid_pinpoints=grid_pinpoints,
+                     do_pad=True)
         proc = dict(patch_size=patch, vision_feature_select_strategy="default", num_additional_image_tokens=1)
         (path / "chat_template.jinja").write_text(_NEXT_VIDEO_TEMPLATE)
     common = dict(image_mean=mean, image_std=std, do_resize=True, do_rescale=True, do_normalize=True, resample=3,
@@ -178,7 +179,7 @@ def _llava(family: str, path: Path, layers: int) -> tuple[nn.Module, Any]:
 
 
 def _internvl(family: str, path: Path, layers: int) -> tuple[nn.Module, Any]:
-    from .tiny_internvl import tiny_internvl
+    from .internvl import tiny_internvl
 
     side = 16  # 16 px tiles of 2 px patches: 8 x 8 patches, pixel-shuffled to 4 x 4 = 16 tokens per frame
     model = tiny_internvl(layers=layers, vocab=VOCAB, image_size=side, patch_size=2)
@@ -200,7 +201,7 @@ def _internvl(family: str, path: Path, layers: int) -> tuple[nn.Module, Any]:
 
 
 def _smolvlm(family: str, path: Path, layers: int) -> tuple[nn.Module, Any]:
-    from .tiny_smolvlm import MAX_TILES_PER_SIDE, SmolVLMTokens, tiny_smolvlm
+    from .smolvlm import MAX_TILES_PER_SIDE, SmolVLMTokens, tiny_smolvlm
 
     side = 32  # 32 px pictures of 4 px patches: 8 x 8 patches, folded 2 x 2 to 4 x 4 = 16 tokens per frame
     model = tiny_smolvlm(layers=layers, vocab=VOCAB, image_size=side, patch_size=4, scale_factor=2)

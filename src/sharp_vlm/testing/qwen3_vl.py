@@ -8,24 +8,11 @@ become ordinary text ids, so they are text to the model and to the pruning engin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class TinyVideo3:
-    """Inputs for a tiny Qwen3-VL: one video split into temporal-patch blocks with timestamps between them."""
-
-    input_ids: torch.Tensor
-    mm_token_type_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    pixel_values_videos: torch.Tensor
-    video_grid_thw: torch.Tensor
-
-    def as_kwargs(self) -> dict[str, torch.Tensor]:
-        return dict(self.__dict__)
+from .configs import build, tiny_text_config
+from .qwen_vl import TinyVideo, qwen_token_ids
 
 
 def tiny_qwen3_vl(
@@ -51,42 +38,23 @@ def tiny_qwen3_vl(
         Qwen3VLMoeForConditionalGeneration,
     )
 
-    head_dim = hidden // heads
-    half = head_dim // 2
+    half = hidden // heads // 2
     # interleaved M-RoPE: (t, h, w) sections over the head_dim/2 frequencies
     section = [half - 2 * (half // 4), half // 4, half // 4]
-    text = dict(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        head_dim=head_dim,
-        max_position_embeddings=4096,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section,
-                         "mrope_interleaved": True},
-        pad_token_id=0,
-    )
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section, "mrope_interleaved": True}
     if moe:
-        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=hidden, decoder_sparse_step=1,
-                    bos_token_id=1, eos_token_id=2)
+        text = tiny_text_config(layers, hidden, heads, kv_heads, vocab, rope_parameters=rope, num_experts=4,
+                                num_experts_per_tok=2, moe_intermediate_size=hidden, decoder_sparse_step=1)
+    else:  # the dense tiny model has no bos/eos ids: its generate() never stops early
+        text = tiny_text_config(layers, hidden, heads, kv_heads, vocab, rope_parameters=rope, bos_token_id=None,
+                                eos_token_id=None)
     vision = dict(depth=max(deepstack) + 1 if deepstack else 1, hidden_size=32, intermediate_size=64, num_heads=2,
                   patch_size=2, spatial_merge_size=2, temporal_patch_size=2, in_channels=3, out_hidden_size=hidden,
                   num_position_embeddings=64, deepstack_visual_indexes=list(deepstack))
     cfg_cls, model_cls = (Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration) if moe else (
         Qwen3VLConfig, Qwen3VLForConditionalGeneration)
-    cfg = cfg_cls(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=vocab - 3,
-        video_token_id=vocab - 4,
-        vision_start_token_id=vocab - 5,
-        vision_end_token_id=vocab - 6,
-    )
-    cfg._attn_implementation = attn_implementation
-    torch.manual_seed(seed)
-    return model_cls(cfg).eval()
+    cfg = cfg_cls(text_config=text, vision_config=vision, **qwen_token_ids(vocab))
+    return build(model_cls, cfg, attn_implementation, seed)
 
 
 def frame_timestamps(frames: int, fps: float, temporal_patch_size: int) -> list[float]:
@@ -112,7 +80,7 @@ def tiny_qwen3_video_inputs(
     question: int = 7,
     fps: float = 2.0,
     seed: int = 0,
-) -> TinyVideo3:
+) -> TinyVideo:
     """`prefix text, then per temporal patch: <t seconds> <vision_start> h*w video tokens <vision_end>, then the
     question`, with random pixels. `frames` is padded up to whole temporal patches, as the processor does."""
     cfg = model.config
@@ -135,7 +103,7 @@ def tiny_qwen3_video_inputs(
     parts.append(torch.randint(3, vocab_text, (question,), generator=gen))
     ids = torch.cat(parts)[None]
     pixels = torch.randn(t * h * w, vc.in_channels * tp * p * p, generator=gen)
-    return TinyVideo3(
+    return TinyVideo(
         input_ids=ids,
         mm_token_type_ids=(ids == cfg.video_token_id).long() * 2,
         attention_mask=torch.ones_like(ids),

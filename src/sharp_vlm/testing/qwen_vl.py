@@ -1,4 +1,4 @@
-"""Random-weight models built from configs: tests, benchmarks and demos run without downloads."""
+"""Random-weight Qwen2-VL / Qwen2.5-VL built from configs, and a one-video prompt for them (no downloads)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .configs import build, tiny_text_config
+
 
 @dataclass(frozen=True)
 class TinyVideo:
-    """Inputs for a tiny Qwen-VL: one video of `frames` frames at `height` x `width` pixels."""
+    """Inputs for a tiny Qwen-VL / Qwen3-VL: one video of `frames` frames at `height` x `width` pixels."""
 
     input_ids: torch.Tensor
     mm_token_type_ids: torch.Tensor
@@ -22,25 +24,10 @@ class TinyVideo:
         return dict(self.__dict__)
 
 
-def tiny_text_config(model_type: str, layers: int, hidden: int, heads: int, kv_heads: int, vocab: int) -> dict:
-    """The decoder config of the tiny multimodal models whose text_config names its model_type (LLaVA, InternVL).
-
-    head_dim is explicit: Qwen3's default (128) does not follow from hidden / heads.
-    """
-    return dict(
-        model_type=model_type,
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        head_dim=hidden // heads,
-        max_position_embeddings=4096,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
+def qwen_token_ids(vocab: int) -> dict[str, int]:
+    """The placeholder and marker ids of every tiny Qwen model (the tiny checkpoints' tokenizers put them there)."""
+    return dict(image_token_id=vocab - 3, video_token_id=vocab - 4, vision_start_token_id=vocab - 5,
+                vision_end_token_id=vocab - 6)
 
 
 def tiny_qwen_vl(
@@ -61,22 +48,11 @@ def tiny_qwen_vl(
         Qwen2VLForConditionalGeneration,
     )
 
-    head_dim = hidden // heads
-    half = head_dim // 2
-    section = [half - 2 * (half // 3), half // 3, half // 3]
-    text = dict(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=4096,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section},
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
+    half = hidden // heads // 2
+    section = [half - 2 * (half // 3), half // 3, half // 3]  # M-RoPE (t, h, w) sections of the frequencies
+    # Qwen2-VL's text config has no head_dim key
+    text = tiny_text_config(layers, hidden, heads, kv_heads, vocab, head_dim=None, rope_parameters={
+        "rope_type": "default", "rope_theta": 10000.0, "mrope_section": section})
     vision = dict(depth=1, embed_dim=32, hidden_size=hidden, num_heads=2, patch_size=2,
                   spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
     if family == "qwen2_5_vl":
@@ -86,18 +62,8 @@ def tiny_qwen_vl(
         cfg_cls, model_cls = Qwen2VLConfig, Qwen2VLForConditionalGeneration
     else:
         raise ValueError(f"family must be 'qwen2_vl' or 'qwen2_5_vl', got {family!r}")
-    cfg = cfg_cls(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=vocab - 3,
-        video_token_id=vocab - 4,
-        vision_start_token_id=vocab - 5,
-        vision_end_token_id=vocab - 6,
-    )
-    cfg._attn_implementation = attn_implementation
-    torch.manual_seed(seed)
-    model = model_cls(cfg)
-    return model.eval()
+    cfg = cfg_cls(text_config=text, vision_config=vision, **qwen_token_ids(vocab))
+    return build(model_cls, cfg, attn_implementation, seed)
 
 
 def tiny_video_inputs(
@@ -137,17 +103,3 @@ def tiny_video_inputs(
         pixel_values_videos=pixels,
         video_grid_thw=torch.tensor([[t, h, w]]),
     )
-
-
-def tiny_llama(layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, vocab: int = 128) -> nn.Module:
-    """A random-weight LLaMA-style decoder (the SmolLM2 architecture) for the generic adapter."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(
-        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
-    )
-    cfg._attn_implementation = attn_implementation
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(cfg).eval()

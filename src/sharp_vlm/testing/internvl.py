@@ -14,13 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .factory import tiny_text_config
+from .configs import build, tiny_text_config, tiny_vision_config
 
 TEXT_MODELS = ("qwen2", "qwen3", "llama", "gpt_oss")  # InternVL3, InternVL3.5, InternVL2.5/3 (some sizes), 3.5-GPT-OSS
 
 
 def _text_config(model_type: str, layers: int, hidden: int, heads: int, kv_heads: int, vocab: int) -> dict:
-    cfg = tiny_text_config(model_type, layers, hidden, heads, kv_heads, vocab)
+    cfg = tiny_text_config(layers, hidden, heads, kv_heads, vocab, model_type=model_type)
     if model_type == "gpt_oss":
         cfg.update(num_local_experts=2, num_experts_per_tok=1, sliding_window=8,
                    layer_types=["sliding_attention", "full_attention"] * (layers // 2)
@@ -48,19 +48,14 @@ def tiny_internvl(
     from transformers import InternVLConfig, InternVLForConditionalGeneration
 
     side = (image_size // patch_size) // 2
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                  image_size=image_size, patch_size=patch_size)
     cfg = InternVLConfig(
         text_config=_text_config(text, layers, hidden, heads, kv_heads, vocab),
-        vision_config=vision,
+        vision_config=tiny_vision_config(image_size, patch_size),
         image_token_id=vocab - 3,
         image_seq_length=side * side,
         downsample_ratio=0.5,
     )
-    for c in (cfg, cfg.text_config, cfg.vision_config):
-        c._attn_implementation = attn_implementation
-    torch.manual_seed(seed)
-    model = InternVLForConditionalGeneration(cfg).eval()
+    model = build(InternVLForConditionalGeneration, cfg, attn_implementation, seed)
     # transformers zero-initialises the tower's CLS token and position embeddings; trained ones are not zero, and
     # with zeros every patch of a uniform (black) tile would give the same feature
     emb = model.model.vision_tower.embeddings

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SharpError
 from ..methods.base import Method
 from ..models.base import ReferenceFn
 from ..models.generic import SpanSource
@@ -18,6 +19,11 @@ from .hooks import Engine
 from .stats import CallStats
 
 _ATTR = "_sharp_vlm_handle"
+
+
+def _refuse_pickle(protocol: int) -> Any:
+    raise SharpError("a model with a pruning method attached cannot be pickled or saved whole (its hooks are local "
+                     "functions): handle.remove() first, or save it before sv.apply")
 
 
 class Handle:
@@ -32,6 +38,11 @@ class Handle:
         reference: ReferenceFn | None = None,
         bias_cache: BiasCache | None = None,
     ):
+        if hasattr(model, "_orig_mod") and type(model).__name__ == "OptimizedModule":
+            raise ConfigError(
+                "sv.apply was given a torch.compile'd model; apply the method to the model first and compile after "
+                "(sv.apply(model, cfg), then torch.compile(model)): the hooks must be in place when it compiles"
+            )
         if not isinstance(method, Method):
             raise ConfigError(f"expected a method config such as sv.FastV(...), got {type(method).__name__}")
         self.model = model
@@ -86,18 +97,33 @@ class Handle:
             ref = kwargs.get("input_ids", args[0] if args else None)
             if ref is None:
                 ref = kwargs.get("inputs_embeds")
-            engine.prompt_len = int(ref.shape[1]) if isinstance(ref, torch.Tensor) else None
-            engine.generate_batch = int(ref.shape[0]) if isinstance(ref, torch.Tensor) else None
-            engine.generate_call = {k: kwargs.get(k) for k in self.adapter.generate_kwargs}
+            engine.guard.enter()  # before the per-call state below is written
             try:
+                engine.prompt_len = int(ref.shape[1]) if isinstance(ref, torch.Tensor) else None
+                engine.generate_batch = int(ref.shape[0]) if isinstance(ref, torch.Tensor) else None
+                engine.generate_call = {k: kwargs.get(k) for k in self.adapter.generate_kwargs}
                 return generate(self.model, *args, **kwargs)
             finally:
                 engine.prompt_len = engine.generate_batch = None
                 engine.generate_call = {}
+                engine.guard.exit()
 
         self.model.generate = generate_with_prompt_length
+        # a copy of the hooks would run the original model's engine: a deep copy is made of the unpatched model,
+        # and pickling (the hooks are local functions) is refused with what to do
+        self.model.__deepcopy__ = self._unpatched_copy
+        self.model.__reduce_ex__ = _refuse_pickle
         setattr(self.model, _ATTR, self)
         self._attached = True
+
+    def _unpatched_copy(self, memo: dict) -> nn.Module:
+        stats = self.engine.last_stats
+        self.remove()
+        try:
+            return copy.deepcopy(self.model, memo)
+        finally:
+            self._attach()
+            self.engine.last_stats = stats
 
     def remove(self) -> None:
         """Detach every hook and restore the model exactly as it was."""
@@ -108,7 +134,8 @@ class Handle:
             del self.model.generate
         else:
             self.model.generate = self._orig_generate
-        delattr(self.model, _ATTR)
+        for name in (_ATTR, "__deepcopy__", "__reduce_ex__"):
+            delattr(self.model, name)
         self._attached = False
 
     def __enter__(self) -> Handle:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .factory import tiny_text_config
+from .configs import build, tiny_text_config, tiny_vision_config
 
 ONEVISION_TEXT = "qwen2"  # LLaVA-OneVision / LLaVA-Video checkpoints use a Qwen2 decoder
 NEXT_VIDEO_TEXT = "llama"  # LLaVA-NeXT-Video checkpoints use a Vicuna (LLaMA) decoder
 
 
-def _pinpoints(tile: int) -> list[list[int]]:
+def pinpoints(tile: int) -> list[list[int]]:
     """anyres resolutions of 1x1 up to 3x3 tiles (the real checkpoints go up to 6x6 tiles of 384 px)."""
     return [[tile * a, tile * b] for a in range(1, 4) for b in range(1, 4)]
 
@@ -39,19 +39,18 @@ def tiny_llava_onevision(
     """
     from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
-    vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                  num_attention_heads=2, image_size=image_size, patch_size=patch_size, vision_use_head=False)
     cfg = LlavaOnevisionConfig(
-        text_config=tiny_text_config(ONEVISION_TEXT, layers, hidden, heads, kv_heads, vocab),
-        vision_config=vision,
+        text_config=tiny_text_config(layers, hidden, heads, kv_heads, vocab, model_type=ONEVISION_TEXT),
+        vision_config=tiny_vision_config(image_size, patch_size, model_type="siglip_vision_model",
+                                         vision_use_head=False),
         image_token_index=vocab - 3,
         video_token_index=vocab - 4,
         vision_feature_layer=-1,
         vision_feature_select_strategy="full",
-        image_grid_pinpoints=_pinpoints(image_size),
+        image_grid_pinpoints=pinpoints(image_size),
         vision_aspect_ratio=vision_aspect_ratio,
     )
-    return _build(LlavaOnevisionForConditionalGeneration, cfg, attn_implementation, seed)
+    return build(LlavaOnevisionForConditionalGeneration, cfg, attn_implementation, seed)
 
 
 def tiny_llava_next_video(
@@ -71,25 +70,16 @@ def tiny_llava_next_video(
     """
     from transformers import LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration
 
-    vision = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                  num_attention_heads=2, image_size=image_size, patch_size=patch_size, projection_dim=32)
     cfg = LlavaNextVideoConfig(
-        text_config=tiny_text_config(NEXT_VIDEO_TEXT, layers, hidden, heads, kv_heads, vocab),
-        vision_config=vision,
+        text_config=tiny_text_config(layers, hidden, heads, kv_heads, vocab, model_type=NEXT_VIDEO_TEXT),
+        vision_config=tiny_vision_config(image_size, patch_size, model_type="clip_vision_model", projection_dim=32),
         image_token_index=vocab - 3,
         video_token_index=vocab - 4,
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
-        image_grid_pinpoints=_pinpoints(image_size),
+        image_grid_pinpoints=pinpoints(image_size),
     )
-    return _build(LlavaNextVideoForConditionalGeneration, cfg, attn_implementation, seed)
-
-
-def _build(model_cls: type, cfg, attn_implementation: str, seed: int) -> nn.Module:
-    cfg._attn_implementation = attn_implementation
-    cfg.text_config._attn_implementation = attn_implementation
-    torch.manual_seed(seed)
-    return model_cls(cfg).eval()
+    return build(LlavaNextVideoForConditionalGeneration, cfg, attn_implementation, seed)
 
 
 def tiny_llava_inputs(
@@ -107,7 +97,7 @@ def tiny_llava_inputs(
     middle text, the video (frames x the pooled grid, plus OneVision's newline), question text`, with random
     pixels. frames=0 gives an image-only prompt.
     """
-    from .llava_onevision import adapter_for_family
+    from ..models.llava_onevision import adapter_for_family
 
     adapter = adapter_for_family(model)
     cfg = model.config

@@ -20,14 +20,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.words import number_words
+from ..video.smolvlm import FRAME_LABEL, OUTRO, VIDEO_INTRO  # the processor's text pieces
+from .configs import build, tiny_text_config, tiny_vision_config
+
 N_SPECIAL = 40  # <global-img>, 36 <row_i_col_j>, <fake_token_around_image>, <image>, <end_of_utterance>
 MAX_TILES_PER_SIDE = 6
 
-# the processor's text pieces (processing_smolvlm.py: DEFAULT_VIDEO_INTRO, FRAME_TIMESTAMP_MESSAGE,
-# DEFAULT_MEDIA_OUTTRO and DEFAULT_CHAT_TEMPLATE), written out so that no tokenizer is needed
-VIDEO_INTRO = "You are provided the following series of {frame_count} frames from a {video_duration} [H:MM:SS] video.\n"
-FRAME_MESSAGE = "\nFrame from {timestamp}:"
-MEDIA_OUTTRO = "\n\n"
 FAKE, GLOBAL, IMAGE, END = "<fake_token_around_image>", "<global-img>", "<image>", "<end_of_utterance>"
 
 
@@ -69,15 +68,11 @@ def tokens_of(model: nn.Module) -> SmolVLMTokens:
     return SmolVLMTokens(int(model.config.text_config.vocab_size))
 
 
-def _config(text: dict, vision: dict, scale_factor: int, vocab: int, attn_implementation: str) -> Any:
+def _config(text: dict, image_size: int, patch_size: int, scale_factor: int, vocab: int) -> Any:
     from transformers import SmolVLMConfig
 
-    cfg = SmolVLMConfig(text_config=text, vision_config=vision, scale_factor=scale_factor,
-                        image_token_id=SmolVLMTokens(vocab).image)
-    cfg._attn_implementation = attn_implementation
-    cfg.text_config._attn_implementation = attn_implementation
-    cfg.vision_config._attn_implementation = attn_implementation
-    return cfg
+    return SmolVLMConfig(text_config=text, vision_config=tiny_vision_config(image_size, patch_size),
+                         scale_factor=scale_factor, image_token_id=SmolVLMTokens(vocab).image)
 
 
 def tiny_smolvlm(
@@ -99,14 +94,9 @@ def tiny_smolvlm(
     """
     from transformers import SmolVLMForConditionalGeneration
 
-    text = dict(model_type="llama", vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
-                num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                max_position_embeddings=4096, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                  image_size=image_size, patch_size=patch_size)
-    cfg = _config(text, vision, scale_factor, vocab, attn_implementation)
-    torch.manual_seed(seed)
-    return SmolVLMForConditionalGeneration(cfg).eval()
+    text = tiny_text_config(layers, hidden, heads, kv_heads, vocab, model_type="llama")
+    cfg = _config(text, image_size, patch_size, scale_factor, vocab)
+    return build(SmolVLMForConditionalGeneration, cfg, attn_implementation, seed)
 
 
 def smolvlm_with_smollm2(
@@ -118,13 +108,13 @@ def smolvlm_with_smollm2(
 ) -> tuple[nn.Module, Any]:
     """(SmolVLM whose decoder is the real SmolLM2-135M-Instruct, its tokenizer).
 
-    The decoder and its tied LM head take SmolLM2's weights (`sharp_vlm.probe.lm.load_smollm2`, offline); the
+    The decoder and its tied LM head take SmolLM2's weights (`sharp_vlm.testing.smollm2.load_smollm2`, offline); the
     N_SPECIAL added token embeddings, the vision tower and the connector are random (seeded). The tokenizer is
     SmolLM2's: it never produces the added ids, which the input factory writes itself.
     """
     from transformers import SmolVLMForConditionalGeneration
 
-    from ..probe.lm import load_smollm2
+    from .smollm2 import load_smollm2
 
     lm, tok = load_smollm2(torch.float32, attn_implementation)
     base = lm.config.to_dict()
@@ -132,12 +122,9 @@ def smolvlm_with_smollm2(
     text = {k: v for k, v in base.items() if not k.startswith("_") and k not in ("architectures", "dtype",
                                                                                    "transformers_version")}
     text.update(vocab_size=vocab, tie_word_embeddings=True)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                  image_size=image_size, patch_size=patch_size)
-    cfg = _config(text, vision, scale_factor, vocab, attn_implementation)
+    cfg = _config(text, image_size, patch_size, scale_factor, vocab)
     cfg.tie_word_embeddings = True  # SmolLM2 ties its LM head to the input embeddings
-    torch.manual_seed(seed)
-    model = SmolVLMForConditionalGeneration(cfg).eval()
+    model = build(SmolVLMForConditionalGeneration, cfg, attn_implementation, seed)
     state = dict(lm.model.state_dict())
     embed = state["embed_tokens.weight"]
     # the added tokens: random rows at the scale of the real ones
@@ -153,20 +140,6 @@ def smolvlm_with_smollm2(
 
 
 # ---------------------------------------------------------------- prompts
-_ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-         "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
-_TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
-
-
-def number_words(n: int) -> str:
-    """English words for 0..99 as num2words writes them (the processor's frame count); digits beyond."""
-    if n < 20:
-        return _ONES[n]
-    if n < 100:
-        return _TENS[n // 10] + ("" if n % 10 == 0 else "-" + _ONES[n % 10])
-    return str(n)
-
-
 def single_view_text(image_seq_len: int) -> str:
     """One picture without tiles, as `_prompt_single_image` writes it."""
     return FAKE + GLOBAL + IMAGE * image_seq_len + FAKE
@@ -186,12 +159,10 @@ def split_image_text(rows: int, cols: int, image_seq_len: int) -> str:
 
 def video_text(timestamps: list[float], duration: float, image_seq_len: int) -> str:
     """A video as `SmolVLMProcessor.replace_video_token` writes it (frame count in words, MM:SS per frame)."""
-    text = VIDEO_INTRO.format(frame_count=number_words(len(timestamps)),
-                              video_duration=str(timedelta(seconds=int(duration))))
+    text = VIDEO_INTRO.format(count=number_words(len(timestamps)), duration=str(timedelta(seconds=int(duration))))
     for t in timestamps:
-        text += (FRAME_MESSAGE.format(timestamp=f"{int(t // 60):02d}:{int(t % 60):02d}")
-                 + single_view_text(image_seq_len))
-    return text + MEDIA_OUTTRO
+        text += FRAME_LABEL.format(stamp=f"{int(t // 60):02d}:{int(t % 60):02d}") + single_view_text(image_seq_len)
+    return text + OUTRO
 
 
 def tokenize(text: str, tokens: SmolVLMTokens, tokenizer: Any = None) -> torch.Tensor:
