@@ -29,6 +29,7 @@ from ..methods.base import Method, SegmentMask, Stage
 from ..models.base import Adapter, ReferenceFn
 from .bias_cache import BiasCache
 from .decode import Decode, trim_shallow
+from .positions import renumber
 from .prefill import Prefill, start_prefill, sync
 from .rows import take
 from .segment_attention import RUNS_KWARG, SEGMENT_ATTENTION
@@ -98,6 +99,10 @@ class Engine:
         self.seg: SegmentMask | None = masked[-1].segment_mask if masked else None
         self.seg_until = masked[-1].layer if masked else 0
         self.targets = self.stages[0].targets if self.stages else "all"
+        # a stage before the decoder whose kept rows are renumbered without gaps (engine/positions.py)
+        zero = self.stage_at.get(0)
+        self.renumber = zero is not None and (
+            zero.positions == "contiguous" or (zero.positions == "auto" and not adapter.mrope))
         self._eager = adapter.attention_implementation() == "eager"
         self._dtype = adapter.dtype()
         # the config as attached: a later edit must be applied again, not half-read (the kernels were chosen)
@@ -129,6 +134,12 @@ class Engine:
                 )
         if layers != sorted(set(layers)):
             raise ConfigError(f"stage layers must be strictly increasing, got {layers}")
+        for s in self.stages:
+            if s.positions == "contiguous" and self.adapter.mrope:
+                raise ConfigError(
+                    f"{s.label}: positions='contiguous' renumbers 1-D positions; this model's 3-D M-RoPE positions "
+                    "stay original (positions='auto' or 'original')"
+                )
 
     def attach(self) -> None:
         tm = self.adapter.text_model()
@@ -244,6 +255,8 @@ class Engine:
         if cache is None:
             return
         next_pos = self.adapter.next_positions(kwargs.get("position_ids"), pre.batch, pre.seq_len)
+        if pre.position_shift is not None:
+            next_pos = next_pos.to(pre.position_shift.device) - pre.position_shift
         layer_rows = [pre.layer_rows.get(i) for i in range(self.adapter.n_layers)]
         if self.trim_kv and self.stages:
             layer_rows = trim_shallow(cache, layer_rows, self.first_stage)
@@ -323,6 +336,8 @@ class Engine:
         scorer = StageScorer(stage, hidden, pre, self.adapter, self.shape(), costs, self.reference_fn, self._bypass,
                              self.bias_cache)
         hidden = run_stage(stage, hidden, pre, scorer, costs, t0)
+        if stage.layer == 0 and self.renumber:
+            renumber(pre, kwargs.get("position_ids"), self.adapter, hidden)
         if args:
             return (hidden, *args[1:]), kwargs
         return args, dict(kwargs, hidden_states=hidden)
@@ -332,7 +347,7 @@ class Engine:
         rows = pre.rows.rows
         out = dict(kwargs)
         out["position_embeddings"] = pre.pos_emb_cur
-        pid = kwargs.get("position_ids")
+        pid = kwargs.get("position_ids") if pre.position_ids is None else pre.position_ids
         if isinstance(pid, torch.Tensor) and pid.shape[-1] == pre.seq_len:
             out["position_ids"] = take(pid, rows) if pid.dim() == 2 else pid
         mask = kwargs.get("attention_mask")

@@ -38,6 +38,8 @@ class Prefill:
     segment_kwargs: tuple[int, dict[str, Any]] | None = None  # (stages done, what the masked layers get)
     started: float = 0.0  # perf_counter at the decoder's start: times the layers before the first stage
     previous_hidden: torch.Tensor | None = None  # input of layer K-1, for a stage that scores with its attention
+    position_ids: torch.Tensor | None = None  # (B, S) renumbered positions over the original rows (contiguous)
+    position_shift: torch.Tensor | None = None  # (B,) how much earlier decoding continues (contiguous)
 
     @property
     def pruned(self) -> bool:

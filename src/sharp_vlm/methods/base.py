@@ -103,6 +103,9 @@ class Stage:
     targets: str = "video"  # which visual tokens the stage prunes: "video", "image" or "all"
     # the method scores with the attention layer K-1 computed (FastV's rule): the engine keeps that layer's input
     scores_previous_layer: bool = False
+    # positions of the rows after a stage before the decoder: "original", "contiguous" (renumbered without gaps,
+    # 1-D rotary positions only) or "auto" (contiguous where positions are 1-D, original for M-RoPE)
+    positions: str = "original"
 
 
 @dataclass
@@ -173,7 +176,37 @@ class StageMethod(Method):
         # only a forward-scope mask that masks something changes the shallow layers
         forward = mask if mask is not None and mask.scope == "forward" and mask.mode != "off" else None
         return [Stage(self.layer, float(self.retain), self, self.name, forward, self.targets,
-                      self.scores_previous_layer)]
+                      self.scores_previous_layer, getattr(self, "positions", "original"))]
+
+
+POSITIONS = ("auto", "original", "contiguous")
+
+
+@dataclass
+class PreLLMMethod(StageMethod):
+    """A method that prunes before the decoder (layer 0) from the decoder's input embeddings at the visual rows
+    (the projector output), with no attention pass.
+
+    positions: what the kept tokens' positions become. "contiguous": renumbered without gaps, as the LLaVA-family
+    code of most pre-LLM methods does (the sequence is simply shorter; 1-D rotary positions only); "original":
+    each keeps its own (as in-decoder methods do); "auto" (default): contiguous where positions are 1-D, original
+    for Qwen-VL's 3-D M-RoPE positions (as VidCom2's Qwen2.5-VL code keeps them). Only a layer-0 stage can
+    renumber: at a later layer the shallow layers' KV already holds the original positions.
+    """
+
+    layer: int = 0
+    positions: str = "auto"
+    allow_layer_zero: ClassVar[bool] = True
+    scores_attention: ClassVar[bool] = False
+
+    def validate(self) -> None:
+        super().validate()
+        check_choice(self.positions, POSITIONS, "positions")
+        if self.positions == "contiguous" and self.layer != 0:
+            raise ConfigError(
+                f"positions='contiguous' renumbers the rows before the decoder; it needs layer=0, got "
+                f"layer={self.layer} (use positions='original' or 'auto' at a later layer)"
+            )
 
 
 class ScoreSource(Protocol):

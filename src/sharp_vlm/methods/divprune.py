@@ -20,8 +20,8 @@ Deviations:
 - a zero feature vector normalises to zero (distance 1 to everything) instead of dividing by zero.
 - video: the authors' code is image-only (LLaVA-1.5/1.6, batch 0, a fixed 35-token system prompt); here the tokens
   of every frame the stage prunes form one set, which is what their rule does on one long image sequence.
-- positions: original; contiguous positions are not available yet (the authors' LLaVA renumbers the pruned
-  sequence contiguously).
+- positions: `positions="auto"` renumbers the kept tokens contiguously on 1-D rotary positions (as the authors'
+  LLaVA) and keeps Qwen-VL's 3-D M-RoPE positions original (the authors have no Qwen code).
 
 Cost: the (N, N) distance matrix, O(N^2) memory, as the authors'.
 """
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .base import SampleView, StageMethod, register
+from .base import PreLLMMethod, SampleView, register
 
 
 def max_min_diverse(features: torch.Tensor, budget: int) -> torch.Tensor:
@@ -63,7 +63,7 @@ def max_min_diverse(features: torch.Tensor, budget: int) -> torch.Tensor:
 
 @register("divprune")
 @dataclass
-class DivPrune(StageMethod):
+class DivPrune(PreLLMMethod):
     """DivPrune: keep the max-min diverse subset of the visual tokens (greedy on 1 - cosine of their features).
 
     At layer 0 (the default) the features are the decoder's input embeddings at the visual rows (the projector
@@ -71,9 +71,6 @@ class DivPrune(StageMethod):
     """
 
     retain: float = 0.1
-    layer: int = 0
-    allow_layer_zero = True
-    scores_attention = False
 
     def select(self, view: SampleView) -> torch.Tensor:
         if view.budget >= view.n_visual:

@@ -25,9 +25,10 @@ Completing a budget that whole frames or cells do not reach (deterministic):
 
 Deviations from the models' own pooling: a mean over 2x2 cells of the tokens reaching the stage (the model's
 projector output at layer 0), where LLaVA-OneVision interpolates bilinearly to ceil(h/2) x ceil(w/2) and the
-pooled tokens would get their own contiguous positions; here the merged token keeps its cell's first position
-(positions: original; contiguous positions are not available yet). A token off the grid (a negative row or column)
-is a cell of its own. Frames dropped here were still encoded by the vision tower.
+pooled tokens get their own contiguous positions; here the merged token takes its cell's first token's place
+(renumbered contiguously with the rest under `positions="auto"` on 1-D positions, original on M-RoPE). A token
+off the grid (a negative row or column) is a cell of its own. Frames dropped here were still encoded by the vision
+tower.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import torch
 from ..checks import check_choice
 from ..core.select import uniform_indices
 from ..core.selection import Merge, Selection
-from .base import SampleView, StageMethod, register
+from .base import PreLLMMethod, SampleView, register
 
 MODES = ("frames", "pool", "both")
 
@@ -84,15 +85,12 @@ def frame_units(unit_frame: torch.Tensor, budget: int) -> torch.Tensor:
 
 @register("downsample")
 @dataclass
-class Downsample(StageMethod):
+class Downsample(PreLLMMethod):
     """Downsampling control at the same token budget: whole frames dropped evenly ("frames"), 2x2 spatial pooling
     of each frame's grid as a merge ("pool"), or both ("both"). See the module docstring for the exact rules."""
 
     retain: float = 0.25
-    layer: int = 0
     mode: str = "frames"
-    allow_layer_zero = True
-    scores_attention = False
 
     def validate(self) -> None:
         super().validate()

@@ -31,7 +31,8 @@ Deviations:
   frames of one grid. A token with no counterpart (frames of different grids, a counterpart pruned by an earlier
   stage, a token off the grid) counts as the least similar, so it is kept first.
 - ties go to the lower index; kept tokens stay in sequence order (the authors keep `topk` order inside a frame).
-- positions: original; contiguous positions are not available yet (the authors' LLaVA-OV renumbers contiguously).
+- positions: `positions="auto"` renumbers contiguously on 1-D rotary positions (as the authors' LLaVA-OV) and keeps
+  Qwen-VL's 3-D M-RoPE positions original (the authors have no Qwen code).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.select import uniform_indices
-from .base import SampleView, StageMethod, register
+from .base import PreLLMMethod, SampleView, register
 from .vidcom2 import apportion, rank_within_groups
 
 WINDOW = 4  # the authors' window of frames
@@ -82,15 +83,12 @@ def counterpart_similarity(hidden: torch.Tensor, frames: torch.Tensor, rows: tor
 
 @register("dycoke")
 @dataclass
-class DyCoke(StageMethod):
+class DyCoke(PreLLMMethod):
     """DyCoke's temporal token merging (TTM): in windows of 4 frames, drop the tokens most similar to the same grid
     cell of their reference frame (f1, f2 vs f0; f3 vs f2), keeping the reference frames whole while the budget
     allows. The decode-time KV pruning (DP) is not implemented."""
 
     retain: float = 0.475
-    layer: int = 0
-    allow_layer_zero = True
-    scores_attention = False
 
     def select(self, view: SampleView) -> torch.Tensor:
         n, budget, dev = view.n_visual, view.budget, view.device

@@ -30,8 +30,8 @@ Deviations:
 - ties inside a frame go to the lower index (a stable sort), and the channel set to the lower channel index; the
   authors' `topk` order on ties is unspecified.
 - the LLaVA-Video mapper's row newlines are not visual tokens in our layouts: they are never pruned, as theirs.
-- positions: original; contiguous positions are not available yet (the authors' LLaVA path renumbers contiguously;
-  their Qwen2.5-VL path keeps the original M-RoPE ids, as here).
+- positions: as the authors with `positions="auto"`: contiguous on LLaVA-style 1-D positions, the original M-RoPE
+  ids on Qwen2.5-VL.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from ..checks import check_number
 from ..core.selection import Selection
-from .base import SampleView, StageMethod, register
+from .base import PreLLMMethod, SampleView, register
 
 ALPHAS = (0.125, 0.25, 0.5, 1.0, 2.0)  # the authors' Gaussian scales 2^-3 .. 2^1
 CHANNEL_SHARE = 0.5  # the share of lowest-variance channels kept (fixed in the authors' code)
@@ -120,7 +120,7 @@ def frame_shares(uniqueness: torch.Tensor, base: float, temperature: float) -> t
 
 @register("vidcom2")
 @dataclass
-class VidCom2(StageMethod):
+class VidCom2(PreLLMMethod):
     """VidCom2: per-frame budgets from frame uniqueness, then the most distinct tokens of each frame.
 
     temperature: the softmax temperature of the frame budgets (the authors' 0.01: close to one-hot, so the most
@@ -128,10 +128,7 @@ class VidCom2(StageMethod):
     """
 
     retain: float = 0.25
-    layer: int = 0
     temperature: float = 0.01
-    allow_layer_zero = True
-    scores_attention = False
 
     def validate(self) -> None:
         super().validate()

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..core.layout import VisualLayout
 from ..core.scoring import apply_rotary
-from ..errors import NoVisualTokensError, UnsupportedModelError
+from ..errors import ConfigError, NoVisualTokensError, UnsupportedModelError
 
 ReferenceFn = Callable[[torch.Tensor, list[VisualLayout], dict[str, Any]], torch.Tensor]
 Take = Callable[[torch.Tensor, int], torch.Tensor]  # (tensor, dim) -> the tensor gathered to the current rows
@@ -196,6 +196,17 @@ class Adapter:
             return torch.full((batch,), seq_len, dtype=torch.long)
         pos = position_ids[-3:].amax(0) if position_ids.dim() == 3 else position_ids
         return (pos.expand(batch, -1)[:, -1] + 1).to(torch.long)
+
+    def position_embeddings(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The rotary tables (cos, sin) the decoder's layers get for 1-D `position_ids` (B, S), from the decoder's
+        own rotary module (used to renumber the rows after a stage before the decoder)."""
+        rotary = getattr(self.text_model(), "rotary_emb", None)
+        if rotary is None:
+            raise ConfigError(
+                f"{type(self.text_model()).__name__} has no rotary_emb module to renumber positions with; "
+                "use positions='original'"
+            )
+        return rotary(hidden, position_ids)
 
     def decode_position_ids(self, next_pos: torch.Tensor, q_len: int) -> torch.Tensor:
         """Position ids for `q_len` new tokens per sample starting at next_pos (B,)."""
