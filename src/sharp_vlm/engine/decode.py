@@ -4,7 +4,7 @@ continues; each layer gets a mask over exactly the keys its cache holds."""
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,6 +23,13 @@ class Decode:
     steps: int = 0  # decoded tokens already in the cache
     attn2d: torch.Tensor | None = None  # (B, total) validity of the keys, None when there is no padding
     q_len: int = 0
+    # attention pruning at decode steps (engine/decode_pruning.py)
+    pruned_from: int | None = None  # the first layer whose attention is pruned (None: no decode pruning)
+    visual_positions: list[torch.Tensor] = field(default_factory=list)  # per sample, the prunable visual tokens
+    previous_scores: list[torch.Tensor | None] = field(default_factory=list)  # per sample, the last step's scores
+    pruning_input: torch.Tensor | None = None  # this step's input of layer pruned_from - 1
+    hidden_positions: list[torch.Tensor] | None = None  # per sample, the keys layers >= pruned_from skip this step
+    stats: Any = None  # the prefill's CallStats: decode pruning adds one entry per step
 
     def start_step(self, q_len: int, mask: Any) -> None:
         """A decoder call with `q_len` new tokens and the caller's 2-D attention mask (or None)."""
@@ -39,22 +46,40 @@ class Decode:
         self.q_len = q_len
 
     def advance(self) -> None:
+        """At the start of a step: count its tokens and forget the last step's decode pruning."""
         self.next_pos = self.next_pos + self.q_len
         self.steps += self.q_len
+        self.pruning_input = self.hidden_positions = None
+
+    def columns(self, i: int) -> torch.Tensor:
+        """(B, K) original positions of layer i's keys once this step's tokens are in its cache (prefill rows, then
+        decoded; `advance` has counted this step already)."""
+        b = self.next_pos.shape[0]
+        device = self.next_pos.device
+        rows = self.layer_rows[i]
+        if rows is None:
+            rows = torch.arange(self.seq_len, device=device).expand(b, -1)
+        new = torch.arange(self.seq_len, self.seq_len + self.steps, device=device).expand(b, -1)
+        return torch.cat([rows.to(device), new], dim=1)
+
+    def valid(self, cols: torch.Tensor) -> torch.Tensor:
+        """(B, K) False on padding keys."""
+        if self.attn2d is None:
+            return torch.ones_like(cols, dtype=torch.bool)
+        return take(self.attn2d.to(cols.device), cols)
 
     def layer_mask(self, i: int, eager: bool, dtype: torch.dtype) -> Any:
         """The mask of layer i for this step (None where the kernel's causal default is exact)."""
         q = self.q_len
-        rows = self.layer_rows[i]
-        b = self.next_pos.shape[0]
-        device = self.next_pos.device
-        if self.attn2d is None and q == 1:
+        hiding = self.hidden_positions is not None and self.pruned_from is not None and i >= self.pruned_from
+        if self.attn2d is None and q == 1 and not hiding:
             return None
-        if rows is None:
-            rows = torch.arange(self.seq_len, device=device).expand(b, -1)
-        new = torch.arange(self.seq_len, self.seq_len + self.steps, device=device).expand(b, -1)
-        cols = torch.cat([rows, new], dim=1)  # original positions of this layer's keys after the update
-        valid = torch.ones_like(cols, dtype=torch.bool) if self.attn2d is None else take(self.attn2d.to(device), cols)
+        device = self.next_pos.device
+        cols = self.columns(i)  # original positions of this layer's keys after the update
+        valid = self.valid(cols)
+        if hiding:
+            hidden = torch.stack([torch.isin(cols[b], h.to(device)) for b, h in enumerate(self.hidden_positions)])
+            valid = valid & ~hidden
         kv = cols.shape[1]
         past = kv - q
         causal = torch.arange(kv, device=device)[None, :] <= (past + torch.arange(q, device=device))[:, None]

@@ -29,6 +29,7 @@ from ..methods.base import Method, SegmentMask, Stage
 from ..models.base import Adapter, ReferenceFn
 from .bias_cache import BiasCache
 from .decode import Decode, trim_shallow
+from .decode_pruning import choose
 from .positions import renumber
 from .prefill import Prefill, start_prefill, sync
 from .rows import take
@@ -90,6 +91,7 @@ class Engine:
         self.reference_fn = reference_fn
         self.bias_cache = bias_cache
         self.stages: list[Stage] = method.stages()
+        self.decode_pruning = method.decode_pruning()
         self._validate()
         self.stage_at = {s.layer: s for s in self.stages}
         self.first_stage = self.stages[0].layer if self.stages else adapter.n_layers
@@ -134,6 +136,12 @@ class Engine:
                 )
         if layers != sorted(set(layers)):
             raise ConfigError(f"stage layers must be strictly increasing, got {layers}")
+        dp = self.decode_pruning
+        if dp is not None and not 1 <= dp.layer < n:
+            raise ConfigError(
+                f"{dp.method.name}: decode pruning from layer {dp.layer} needs 1 <= layer < {n} (the decoder's "
+                "depth): it chooses from the attention of the layer before"
+            )
         for s in self.stages:
             if s.positions == "contiguous" and self.adapter.mrope:
                 raise ConfigError(
@@ -264,14 +272,27 @@ class Engine:
             if dec.cache() is None:
                 del self._decodes[key]
         device = pre.rows.rows.device
-        self._decodes[id(cache)] = Decode(weakref.ref(cache), pre.seq_len, next_pos.to(device), layer_rows)
+        dec = Decode(weakref.ref(cache), pre.seq_len, next_pos.to(device), layer_rows, stats=pre.stats)
+        if self.decode_pruning is not None:
+            dec.pruned_from = self.decode_pruning.layer
+            dec.visual_positions = [lay.positions for lay in pre.layouts]
+            dec.previous_scores = [None] * pre.batch
+        self._decodes[id(cache)] = dec
 
     def _layer_pre(self, i: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
             if self._in_reference:
                 return None
-            if self._dec is not None:
-                return args, dict(kwargs, attention_mask=self._dec.layer_mask(i, self._eager, self._dtype))
+            dec = self._dec
+            if dec is not None:
+                if dec.pruned_from is not None and dec.q_len == 1:  # decode pruning acts on one-token steps
+                    if i == dec.pruned_from - 1:
+                        dec.pruning_input = args[0] if args else kwargs["hidden_states"]
+                    elif i == dec.pruned_from:
+                        kept = choose(dec, self.decode_pruning, self.adapter, dec.cache(),
+                                      kwargs["position_embeddings"])
+                        dec.stats.decode_kept.append(kept)
+                return args, dict(kwargs, attention_mask=dec.layer_mask(i, self._eager, self._dtype))
             pre = self._pre
             if pre is None:
                 return None

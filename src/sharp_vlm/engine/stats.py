@@ -59,6 +59,8 @@ class CallStats:
     seq_len: int
     n_visual: list[int]
     stages: list[StageStats] = field(default_factory=list)
+    # per decode step with attention pruning: per sample, how many visual keys layers >= L attended (None: all)
+    decode_kept: list[list[int | None]] = field(default_factory=list)
 
     @property
     def kept_ratio(self) -> list[float]:

@@ -122,6 +122,10 @@ class Method:
     def stages(self) -> list[Stage]:
         raise NotImplementedError
 
+    def decode_pruning(self) -> DecodePruning | None:
+        """Attention pruning at every decode step (None: decoding attends to every key its cache holds)."""
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.name, **dataclasses.asdict(self)}
 
@@ -170,6 +174,12 @@ class StageMethod(Method):
         """Whether `select` asks for `attention_scores(layer="previous")` (the engine then keeps layer K-1's input)."""
         return False
 
+    def decode_select(self, view: DecodeView) -> torch.Tensor | None:
+        """For a method whose `decode_pruning()` is set: which visual tokens the layers from the decode layer on
+        attend to at this step (sorted indices into `view.scores`, exactly `view.budget` of them), or None for
+        all of them."""
+        raise NotImplementedError(f"{self.name} sets decode_pruning() but has no decode_select(view)")
+
     def stages(self) -> list[Stage]:
         self.validate()
         mask = self.segment_mask()
@@ -177,6 +187,37 @@ class StageMethod(Method):
         forward = mask if mask is not None and mask.scope == "forward" and mask.mode != "off" else None
         return [Stage(self.layer, float(self.retain), self, self.name, forward, self.targets,
                       self.scores_previous_layer, getattr(self, "positions", "original"))]
+
+
+@dataclass(frozen=True)
+class DecodePruning:
+    """At every decode step (one new token per sample, with a KV cache), layers >= `layer` attend only to the
+    visual tokens `method.decode_select(view)` chooses from the attention the new token paid to them in layer
+    `layer` - 1; every other key (text, generated tokens) stays. The cache keeps every key: the choice is made
+    again at each step (DyCoke's dynamic pruning)."""
+
+    layer: int
+    retain: float  # share of the visual tokens in layer `layer` - 1's cache attended per step
+    method: StageMethod
+
+
+class DecodeView:
+    """What a method sees at one decode step of sample `index`.
+
+    scores: (N,) the attention of the new token to each visual token in layer L-1's cache (mean over heads), in
+        sequence order. previous: the same scores at the previous step of this generation (None at the first).
+    budget: how many to keep (`keep_count` of the pruning's `retain` over N).
+    """
+
+    def __init__(self, index: int, scores: torch.Tensor, previous: torch.Tensor | None, budget: int):
+        self.index, self.scores, self.previous, self.budget = index, scores, previous, budget
+
+    @property
+    def n_visual(self) -> int:
+        return int(self.scores.numel())
+
+    def top(self, scores: torch.Tensor, budget: int | None = None) -> torch.Tensor:
+        return top_indices(scores, self.budget if budget is None else budget).to(scores.device)
 
 
 POSITIONS = ("auto", "original", "contiguous")

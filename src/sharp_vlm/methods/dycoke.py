@@ -1,8 +1,9 @@
 """DyCoke (Tao et al., "DyCoke: Dynamic Compression of Tokens for Fast Video Large Language Models", CVPR 2025):
-its temporal token merging (TTM) stage, before the LLM.
+its temporal token merging (TTM) stage before the LLM and its dynamic pruning (DP) while decoding.
 
 Read from the authors' repository KD-TAO/DyCoke at commit dd746349 (`llava/model/llava_arch.py`, `dycole_ttm`;
-`lmms_eval/models/llava_onevision.py`, `llava/model/builder.py` for the defaults).
+`llava/model/language_model/modeling_qwen2.py`, `PrunableDynamicCache`, for DP; `lmms_eval/models/llava_onevision.py`,
+`llava/model/builder.py` for the defaults).
 
 The authors' TTM, on the projector output after LLaVA-OV's 2-D pooling: the frames go in windows of 4
 [f0, f1, f2, f3]; f0 is kept whole, f1 and f2 are compared with f0, f3 with the unpruned f2. Tokens are compared
@@ -10,9 +11,10 @@ one to one with the token at the same spatial index of that reference frame (cos
 and a compared frame keeps its ``int((1 - K) x tokens per frame)`` tokens least similar to their counterparts
 (K = 0.7 in their evaluation). Redundant tokens are dropped, not merged, despite the name.
 
-Not implemented here: DyCoke's second part, the decode-time dynamic KV pruning (DP: at each decoding step, keep the
-image tokens' KV that layer L-1's attention from the current token ranks highest). It needs an engine capability
-(per-step KV selection during decoding) that the engine does not have yet.
+The authors' DP, at each decoding step with one new token: the attention the new token paid in layer L-1 (mean
+over heads) ranks the image tokens, and layers >= L attend to the top ``int(N x (1 - P))`` of them (and every text
+and generated token); when that attention has cosine >= 0.9 with the previous step's, the step uses every image
+token. The choice is made again at every step (L = 3, P = 0.8 in their evaluation).
 
 Deviations:
 - count: the total is `view.budget` (the engine's one budget rule), not the per-frame K. While the budget covers
@@ -31,6 +33,11 @@ Deviations:
   frames of one grid. A token with no counterpart (frames of different grids, a counterpart pruned by an earlier
   stage, a token off the grid) counts as the least similar, so it is kept first.
 - ties go to the lower index; kept tokens stay in sequence order (the authors keep `topk` order inside a frame).
+- DP masks the keys not chosen out of the attention of layers >= L for the step (the same softmax as the authors'
+  gather of the kept keys into a smaller cache), through the engine's decode pruning (`DecodePruning`); its count
+  is `keep_count(dp_retain, N)` over the N visual tokens in layer L-1's cache. The previous step's attention is
+  forgotten at each new generation (the authors' is never reset between samples). A call with several new tokens
+  (a later text turn) and `generate(use_cache=False)` are not pruned by DP.
 - positions: `positions="auto"` renumbers contiguously on 1-D rotary positions (as the authors' LLaVA-OV) and keeps
   Qwen-VL's 3-D M-RoPE positions original (the authors have no Qwen code).
 """
@@ -42,8 +49,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_bool, check_int, check_number, check_retain
 from ..core.select import uniform_indices
-from .base import PreLLMMethod, SampleView, register
+from .base import DecodePruning, DecodeView, PreLLMMethod, SampleView, register
 from .vidcom2 import apportion, rank_within_groups
 
 WINDOW = 4  # the authors' window of frames
@@ -84,11 +92,38 @@ def counterpart_similarity(hidden: torch.Tensor, frames: torch.Tensor, rows: tor
 @register("dycoke")
 @dataclass
 class DyCoke(PreLLMMethod):
-    """DyCoke's temporal token merging (TTM): in windows of 4 frames, drop the tokens most similar to the same grid
-    cell of their reference frame (f1, f2 vs f0; f3 vs f2), keeping the reference frames whole while the budget
-    allows. The decode-time KV pruning (DP) is not implemented."""
+    """DyCoke: temporal token merging (TTM) before the decoder, then dynamic pruning (DP) while decoding.
+
+    TTM: in windows of 4 frames, drop the tokens most similar to the same grid cell of their reference frame (f1,
+    f2 vs f0; f3 vs f2), keeping the reference frames whole while the budget allows.
+    DP (`dp=True`, the authors' default): at every decode step, layers >= `dp_layer` attend only to the
+    `dp_retain` share of the visual tokens the new token attended to most in layer `dp_layer` - 1 (mean over
+    heads); a step whose attention to them has cosine >= `dp_similarity` with the previous step's attends to all
+    of them. The authors' evaluation defaults: L = 3, P = 0.8 (dp_retain = 1 - P = 0.2), 0.9.
+    """
 
     retain: float = 0.475
+    dp: bool = True
+    dp_layer: int = 3
+    dp_retain: float = 0.2
+    dp_similarity: float = 0.9
+
+    def validate(self) -> None:
+        super().validate()
+        check_bool(self.dp, "dp")
+        check_int(self.dp_layer, "dp_layer", 1)
+        check_retain(self.dp_retain, "dp_retain")
+        check_number(self.dp_similarity, "dp_similarity", -1.0, 1.0)
+
+    def decode_pruning(self) -> DecodePruning | None:
+        return DecodePruning(self.dp_layer, float(self.dp_retain), self) if self.dp else None
+
+    def decode_select(self, view: DecodeView) -> torch.Tensor | None:
+        if view.previous is not None and view.previous.shape == view.scores.shape:
+            similarity = F.cosine_similarity(view.scores.float(), view.previous.float(), dim=0)
+            if float(similarity) >= self.dp_similarity:
+                return None  # as the authors: a step like the last one attends to every visual token
+        return view.top(view.scores)
 
     def select(self, view: SampleView) -> torch.Tensor:
         n, budget, dev = view.n_visual, view.budget, view.device

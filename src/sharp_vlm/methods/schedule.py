@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
-from .base import Method, Stage, StageMethod, register
+from .base import DecodePruning, Method, Stage, StageMethod, register
 
 
 @register("schedule")
@@ -47,6 +47,8 @@ class Schedule(Method):
             raise ConfigError(
                 f"the stages of a Schedule must prune the same targets, got {[s.targets for s in self.steps]}"
             )
+        if sum(s.decode_pruning() is not None for s in self.steps) > 1:
+            raise ConfigError("at most one stage of a Schedule may prune attention while decoding")
         if sum(st.segment_mask is not None for s in self.steps for st in s.stages()) > 1:
             raise ConfigError("at most one stage of a Schedule may use a forward-scope segment mask")
         for i, s in enumerate(self.steps):
@@ -60,6 +62,10 @@ class Schedule(Method):
     def stages(self) -> list[Stage]:
         self.validate()
         return [st for s in self.steps for st in s.stages()]
+
+    def decode_pruning(self) -> DecodePruning | None:
+        found = [d for d in (s.decode_pruning() for s in self.steps) if d is not None]
+        return found[0] if found else None
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.name, "steps": [s.to_dict() for s in self.steps]}
