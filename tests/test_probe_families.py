@@ -271,3 +271,16 @@ def test_diagnose_refuses_several_families_before_loading_the_model(capsys, monk
     assert "the --options of uniform would be ignored" in capsys.readouterr().err
     assert main(["probe", "--diagnose", "--families", "nope"]) == 2
     assert "unknown probe family nope" in capsys.readouterr().err
+
+
+def test_user_stacks_a_pre_llm_method_before_sharp_and_names_methods_without_a_layer():
+    plan = check_probe(ProbeConfig(methods=["divprune", "vidcom2@0+sharp", "fastv", "pdrop"], retains=[0.1]))
+    by = {v.label: v.config for v in plan}
+    assert [s.layer for s in by["divprune"].stages()] == [0]  # each method's own default layer
+    assert [(s.layer, s.retain) for s in by["vidcom2@0+sharp"].stages()] == [(0, 0.2), (2, 0.1)]
+    assert [s.layer for s in by["fastv"].stages()] == [2]
+    assert [s.layer for s in by["pdrop"].stages()] == [8, 16, 24]
+    with pytest.raises(ConfigError, match=r"lists vidcom2@0\+sharp@2 more than once"):
+        check_probe(ProbeConfig(methods=["vidcom2@0+sharp", "vidcom2@0+sharp@2"]))
+    with pytest.raises(ConfigError, match="vidcom2@0\\+fastv@0"):  # a stage after a layer-0 one must be deeper
+        check_probe(ProbeConfig(methods=["vidcom2@0+fastv@0"]))

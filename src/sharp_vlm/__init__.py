@@ -8,7 +8,8 @@
 
 # the subpackage `methods` is imported first so that the function `methods` below takes the name
 from .methods import FastV, NoPrune, PDrop, RandomPrune, Schedule, ShaRP, UniformPrune  # isort: skip
-from .methods import DivPrune, Downsample, DyCoke, VidCom2  # isort: skip
+from .methods import DivPrune, Downsample, DyCoke, FrameFusion, VidCom2  # isort: skip
+from .methods import FastVID  # isort: skip
 from .loading import load_config, methods  # isort: skip
 from .core.budget import keep_count
 from .core.layout import VisualItem, VisualLayout
@@ -17,7 +18,17 @@ from .engine.bias_cache import BiasCache
 from .engine.handle import Handle, apply
 from .engine.stats import CallStats, SampleRecord, StageCosts, StageStats
 from .errors import ConfigError, InputError, MethodError, NoVisualTokensError, SharpError, UnsupportedModelError
-from .methods.base import Method, SampleView, SegmentMask, Stage, StageMethod, register
+from .methods.base import (
+    DecodePruning,
+    DecodeView,
+    Method,
+    PreLLMMethod,
+    SampleView,
+    SegmentMask,
+    Stage,
+    StageMethod,
+    register,
+)
 from .models.generic import VideoSpan
 from .video.decode import TruncatedVideoWarning
 
@@ -27,11 +38,15 @@ __all__ = [
     "BiasCache",
     "CallStats",
     "ConfigError",
+    "DecodePruning",
+    "DecodeView",
     "DedupCounts",
     "DivPrune",
     "Downsample",
     "DyCoke",
     "FastV",
+    "FastVID",
+    "FrameFusion",
     "Handle",
     "InputError",
     "Merge",
@@ -39,6 +54,7 @@ __all__ = [
     "Method",
     "NoPrune",
     "NoVisualTokensError",
+    "PreLLMMethod",
     "PDrop",
     "RandomPrune",
     "SampleRecord",

@@ -73,9 +73,12 @@ def _check_out(out: Path) -> None:
 
 
 def _probe_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--methods", default="none,fastv,sharp", help="comma list; name@K sets the layer (uniform@0)")
+    p.add_argument("--methods", default="none,fastv,sharp",
+                   help="comma list; name@K sets the layer (uniform@0); a+b stacks them (vidcom2@0+sharp: the first "
+                   "keeps twice the last's share)")
     p.add_argument("--retain", type=_floats, default=[0.1], help="comma list of retained shares, e.g. 0.5,0.25,0.1")
-    p.add_argument("--layer", type=_non_negative, default=2)
+    p.add_argument("--layer", type=_non_negative, default=None,
+                   help=_LAYER_HELP.replace("every method", "every method without @K"))
     p.add_argument("--n", type=_positive, default=20, help="samples")
     p.add_argument("--split", default="heldout", choices=["dev", "heldout"])
     p.add_argument("--frames", type=_positive, default=32)
@@ -385,6 +388,10 @@ def _erase_progress_bars() -> None:
         bar.close()
 
 
+_LAYER_HELP = ("decoder layer of every method (default: each method's own: 2 for fastv and sharp, 0 for the "
+               "methods before the decoder)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sharp", description="Visual token pruning for Video LLMs.")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -401,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--model", default="qwen2.5-0.5b", help="built-in shape name (random weights) or local folder")
     b.add_argument("--frames", type=_positive, default=32)
     b.add_argument("--tokens-per-frame", type=_positive, default=196)
-    b.add_argument("--layer", type=_non_negative, default=2)
+    b.add_argument("--layer", type=_non_negative, default=2,
+                   help="decoder layer of the variants without @K (divprune@0: before the decoder)")
     b.add_argument("--retain", type=float, default=0.1)
     b.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="auto: bfloat16 on a GPU or a CPU with bf16 instructions, else float32")
@@ -431,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--question", required=True)
     r.add_argument("--method", default="sharp", help="a method name (sharp, fastv, uniform, ...) or unpruned")
     r.add_argument("--retain", type=float, default=0.1)
-    r.add_argument("--layer", type=_non_negative, default=2)
+    r.add_argument("--layer", type=_non_negative, default=None,
+                   help=_LAYER_HELP)
     r.add_argument("--frames", type=_positive, default=32, help="frames sampled evenly (with --fps: at most)")
     r.add_argument("--fps", type=float, default=None, help="sample frames at this rate instead")
     r.add_argument("--compare", action="store_true", help="also run the unpruned model on the same input")
@@ -447,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="JSONL: video, question, answer, optional options (multiple choice) and id per line")
     e.add_argument("--methods", default="none,fastv,sharp", help="comma list; none (unpruned) is always run")
     e.add_argument("--retain", type=_floats, default=[0.25, 0.1], help="comma list of retained shares")
-    e.add_argument("--layer", type=_non_negative, default=2)
+    e.add_argument("--layer", type=_non_negative, default=None,
+                   help=_LAYER_HELP)
     e.add_argument("--frames", type=_positive, default=32, help="frames sampled evenly (with --fps: at most)")
     e.add_argument("--fps", type=float, default=None, help="sample frames at this rate instead")
     e.add_argument("--max-new-tokens", type=_positive, default=16)

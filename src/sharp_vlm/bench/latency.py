@@ -76,9 +76,12 @@ _NAMED = {
 
 
 def variant(name: str, retain: float, layer: int) -> Variant:
-    """A benchmark variant by name: one of the names above, or any registered method."""
-    method, options, cached = _NAMED.get(name, (name, {}, False))
-    config = build_method(method, retain, layer, options, label=name)
+    """A benchmark variant by name: one of the names above, or any registered method; "name@K" at layer K."""
+    base, _, at = name.partition("@")
+    if at and not at.isdigit():
+        raise ConfigError(f"{name!r}: the layer after '@' must be an integer, e.g. divprune@0")
+    method, options, cached = _NAMED.get(base, (base, {}, False))
+    config = build_method(method, retain, int(at) if at else layer, options, label=name)
     return Variant(name, config.name, retain, config, bias_cache=cached)
 
 
@@ -130,7 +133,7 @@ def _attached(v: Variant, model: torch.nn.Module, span: VideoSpan, trim: bool, c
     if v.label == UNPATCHED:
         return nullcontext()
     if v.label == BARE_FASTV:
-        return BareFastV(model, cfg.layer, cfg.retain, span.start, span.n_tokens)
+        return BareFastV(model, v.config.layer, cfg.retain, span.start, span.n_tokens)  # type: ignore[attr-defined]
     return apply(model, v.config, span=span, trim_kv=trim, bias_cache=cache if v.bias_cache else None)
 
 

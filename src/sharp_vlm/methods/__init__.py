@@ -6,6 +6,8 @@ from .divprune import DivPrune
 from .downsample import Downsample
 from .dycoke import DyCoke
 from .fastv import FastV
+from .fastvid import FastVID
+from .framefusion import FrameFusion
 from .pdrop import PDrop
 from .schedule import Schedule
 from .sharp import ShaRP
@@ -13,5 +15,5 @@ from .vidcom2 import VidCom2
 
 __all__ = [
     "DivPrune", "Downsample", "DyCoke", "FastV", "NoPrune", "PDrop", "RandomPrune", "Schedule", "ShaRP", "UniformPrune",
-    "VidCom2",
+    "FastVID", "FrameFusion", "VidCom2",
 ]

@@ -17,7 +17,7 @@ from ..engine.bias_cache import BiasCache
 from ..engine.handle import apply
 from ..errors import ConfigError
 from ..loading import Variant, build_method
-from ..methods import NoPrune
+from ..methods import NoPrune, Schedule
 from ..methods.base import Method
 from ..models.generic import VideoSpan
 from .families import families
@@ -30,7 +30,7 @@ class ProbeConfig:
 
     methods: list[str] = field(default_factory=lambda: ["none", "fastv", "sharp"])
     retains: list[float] = field(default_factory=lambda: [0.1])
-    layer: int = 2
+    layer: int | None = None  # every method without @K; None: each method's own default layer
     n: int = 20
     split: str = "heldout"
     n_frames: int = 32
@@ -57,18 +57,14 @@ def ablation_label(c1: bool, c2: bool, c3: bool) -> str:
 
 def variants(cfg: ProbeConfig) -> list[Variant]:
     out = [Variant("none", "none", 1.0, NoPrune())]
-    unknown = sorted(set(cfg.options) - {spec.partition("@")[0] for spec in cfg.methods})
+    unknown = sorted(set(cfg.options) - {part.partition("@")[0] for spec in cfg.methods for part in spec.split("+")})
     if unknown:
         raise ConfigError(f"--options names {', '.join(unknown)}, which is not among the methods run: {cfg.methods}")
     for spec in cfg.methods:
-        name, _, at = spec.partition("@")
-        if name == "none":
+        if spec == "none":
             continue
-        if at and not at.isdigit():
-            raise ConfigError(f"{spec!r}: the layer after '@' must be an integer, e.g. uniform@0")
-        layer = int(at) if at else cfg.layer
         for r in cfg.retains:
-            method = build_method(name, r, layer, cfg.options.get(name), label=spec)
+            method = _build(spec, r, cfg)
             out.append(Variant(spec, method.name, r, method))
     if cfg.ablate:
         base = cfg.options.get("sharp", {})
@@ -77,6 +73,33 @@ def variants(cfg: ProbeConfig) -> list[Variant]:
                 label = ablation_label(c1, c2, c3)
                 out.append(Variant(label, "sharp", r, build_method("sharp", r, cfg.layer, {**base, **opts}, label)))
     return out
+
+
+def _build(spec: str, retain: float, cfg: ProbeConfig) -> Method:
+    """One run of `--methods`: "name", "name@K" (at layer K), or stages joined by "+" ("vidcom2@0+sharp"): a
+    schedule whose last stage keeps `retain` and every earlier one twice that (at most everything)."""
+    parts = spec.split("+")
+    steps = []
+    for i, part in enumerate(parts):
+        name, _, at = part.partition("@")
+        if at and not at.isdigit():
+            raise ConfigError(f"{spec!r}: the layer after '@' must be an integer, e.g. uniform@0")
+        share = retain if i == len(parts) - 1 else min(1.0, 2 * retain)
+        steps.append(build_method(name, share, int(at) if at else cfg.layer, cfg.options.get(name), label=spec))
+    if len(steps) == 1:
+        return steps[0]
+    try:
+        return Schedule(steps)  # type: ignore[arg-type]
+    except ConfigError as err:
+        raise ConfigError(f"{spec}: {err}") from None
+
+
+def _run_key(v: Variant) -> str:
+    """What a run computes, as name@layer ("sharp@2", "pdrop@8,16,24", "vidcom2@0+sharp@2")."""
+    stages = v.config.stages()
+    if v.method == "schedule":
+        return "+".join(f"{st.method.name}@{st.layer}" for st in stages)
+    return f"{v.method}@" + ",".join(str(st.layer) for st in stages)
 
 
 def check_probe(cfg: ProbeConfig, n_layers: int | None = None) -> list[Variant]:
@@ -91,14 +114,14 @@ def check_probe(cfg: ProbeConfig, n_layers: int | None = None) -> list[Variant]:
             families(cfg.families)
         except ValueError as err:
             raise ConfigError(str(err)) from None
-    # "Sharp" and "sharp@2" at --layer 2 name the run of "sharp"
-    check_unique([f"{name.lower()}@{at or cfg.layer}" for name, _, at in (m.partition("@") for m in cfg.methods)],
-                 "--methods (as name@layer)")
     check_unique([f"{float(r):g}" for r in cfg.retains], "--retain")  # two that print alike are one run to a reader
+    plan = variants(cfg)
+    # "Sharp" and "sharp@2" name the run of "sharp" (its default layer is 2)
+    first = [v for v in plan if v.retain == cfg.retains[0] and v.label in cfg.methods]
+    check_unique([_run_key(v) for v in first], "--methods (as name@layer)")
     available = len(seeds(cfg.split))
     if cfg.n > available:
         raise ConfigError(f"--n {cfg.n}: the {cfg.split} split has {available} samples")
-    plan = variants(cfg)
     if n_layers is not None:
         for v in plan:
             for st in v.config.stages():
