@@ -111,7 +111,7 @@ def test_other_settings_are_refused(tmp_path):
     run_eval(_cfg(tmp_path), _samples(2), Fake(), out, progress=False)
     with pytest.raises(SharpError, match=r"other settings \(frames: 8 -> 16\).*another --out"):
         run_eval(_cfg(tmp_path, frames=16), _samples(2), Fake(), out, progress=False)
-    with pytest.raises(SharpError, match="layer: 2 -> 3"):
+    with pytest.raises(SharpError, match="layer: None -> 3"):  # None: each method's own layer
         run_eval(_cfg(tmp_path, layer=3), _samples(2), Fake(), out, progress=False)
 
 

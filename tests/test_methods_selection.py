@@ -106,3 +106,25 @@ def test_layout_from_grid():
     assert lay.rows.tolist()[:6] == [0, 0, 0, 1, 1, 1] and lay.cols.tolist()[:6] == [0, 1, 2, 0, 1, 2]
     seg = lay.segment_ids(120, frames_per_segment=2)
     assert seg[:100].eq(-1).all() and seg[100:112].eq(0).all() and seg[112:116].eq(1).all()
+
+
+def test_every_registered_method_runs_from_every_command_by_name():
+    """`sharp run --method X`, `sharp eval --methods X`, `sharp probe --methods X`, `sharp bench --variants X`:
+    each builds X from its name at the command's retain with the method's own default layer."""
+    from sharp_vlm.bench.latency import variant
+    from sharp_vlm.eval.runner import EvalConfig
+    from sharp_vlm.loading import build_method
+    from sharp_vlm.probe.run import ProbeConfig, check_probe
+
+    names = sorted(set(sv.methods()) - {"none", "schedule"})
+    assert {"divprune", "dycoke", "fastv", "fastvid", "framefusion", "pdrop", "sharp", "vidcom2"} <= set(names)
+    for name in names:
+        own = build_method(name, 0.25)
+        assert build_method(name, 0.25, None).stages() == own.stages()
+        (run,) = [v for v in EvalConfig(model="m", data="d", methods=[name], retains=[0.25]).variants()
+                  if v.method != "none"]
+        assert run.config.stages() == own.stages()
+        plan = check_probe(ProbeConfig(methods=[name], retains=[0.25], n=1))
+        assert plan[-1].config.stages() == own.stages()
+        at = own.stages()[0].layer
+        assert variant(f"{name}@{at}", 0.25, 2).config.stages()[0].layer == at

@@ -67,7 +67,7 @@ class EvalConfig:
     data: str
     methods: list[str] = field(default_factory=lambda: ["none", "fastv", "sharp"])
     retains: list[float] = field(default_factory=lambda: [0.25, 0.1])
-    layer: int = 2
+    layer: int | None = None  # every method's decoder layer; None: each method's own default
     frames: int = 32  # frames sampled evenly; with `fps`, the most frames sampled at that rate
     fps: float | None = None
     max_new_tokens: int = 16
