@@ -11,54 +11,16 @@ import torch.nn.functional as F
 import sharp_vlm as sv
 from cases import BY_NAME, model_and_inputs
 from oracle import assert_matches, run_pruned, staged_forward
-from sharp_vlm.core.layout import VisualItem, VisualLayout
+from sharp_vlm.core.layout import VisualLayout
 from sharp_vlm.core.selection import check_selection, merge_rows
-from sharp_vlm.methods.base import SampleView
 from sharp_vlm.methods.framefusion import _SimilarityMerge, cell_predecessors
+from views import LAYOUTS
+from views import grid as _grid
+from views import view as _view
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-class NoScores:
-    """A score source that must not be asked: the merge stage runs no attention pass."""
-
-    def attention(self, *args, **kwargs):
-        raise AssertionError("the merge stage asked for attention scores")
-
-    def reference(self, *args, **kwargs):
-        raise AssertionError("the merge stage asked for reference scores")
-
-
-def _grid(*items: tuple[str, int, int, int]) -> VisualLayout:
-    out, start = [], 0
-    for kind, t, h, w in items:
-        out.append(VisualItem(kind, start, t, h, w))
-        start += t * h * w
-    return VisualLayout.from_grid(torch.arange(3, 3 + start), out)
-
-
-def _view(layout: VisualLayout, budget: int, hidden: torch.Tensor | None = None, seed: int = 0) -> SampleView:
-    n = layout.n_visual
-    if hidden is None:
-        hidden = torch.randn(n, 16, generator=torch.Generator().manual_seed(seed))
-    batch = torch.cat([torch.randn(3, hidden.shape[1]), hidden, torch.randn(2, hidden.shape[1])])[None]
-    return SampleView(0, 0, budget, layout, batch, torch.arange(3, 3 + n), n, NoScores())
-
-
-def _subset_layout() -> VisualLayout:
-    """What a later stage sees: an image before the video left out, a quarter of the video already gone."""
-    lay = _grid(("image", 1, 2, 3), ("video", 6, 4, 4)).of_kinds(("video",))
-    keep = torch.sort(torch.randperm(lay.n_visual, generator=torch.Generator().manual_seed(5))[:72]).values
-    return lay.subset(keep)
-
-
-LAYOUTS = {
-    "video": _grid(("video", 8, 4, 4)),
-    "odd_frames_and_an_image": _grid(("video", 7, 3, 5), ("image", 1, 2, 3), ("video", 2, 4, 4)),
-    "one_frame": _grid(("video", 1, 5, 5)),
-    "a_row_per_frame": _grid(("video", 5, 1, 8)),
-    "after_an_earlier_stage": _subset_layout(),
-}
 MERGE = _SimilarityMerge(retain=0.5, layer=0)
 
 

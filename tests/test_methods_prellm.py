@@ -17,35 +17,11 @@ from sharp_vlm.methods.divprune import max_min_diverse
 from sharp_vlm.methods.downsample import evenly_spaced
 from sharp_vlm.methods.dycoke import reference_frames
 from sharp_vlm.methods.vidcom2 import apportion, frame_shares, vidcom2_scores
+from views import LAYOUTS, NoScores
+from views import grid as _grid
+from views import view as _view
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class NoScores:
-    """A score source that must not be asked: these methods run no attention or reference pass."""
-
-    def attention(self, query, mask, rope, content_free):
-        raise AssertionError("a pre-LLM method asked for attention scores")
-
-    def reference(self, query, mask, rope):
-        raise AssertionError("a pre-LLM method asked for reference scores")
-
-
-def _view(layout: VisualLayout, budget: int, hidden: torch.Tensor | None = None, seed: int = 0, dim: int = 16):
-    n = layout.n_visual
-    if hidden is None:
-        hidden = torch.randn(n, dim, generator=torch.Generator().manual_seed(seed))
-    # the batch's rows: 3 text rows before the visual ones, 2 after
-    batch = torch.cat([torch.randn(3, hidden.shape[1]), hidden, torch.randn(2, hidden.shape[1])])[None]
-    return SampleView(0, 0, budget, layout, batch, torch.arange(3, 3 + n), n, NoScores())
-
-
-def _grid(*items: tuple[str, int, int, int]) -> VisualLayout:
-    out, start = [], 0
-    for kind, t, h, w in items:
-        out.append(VisualItem(kind, start, t, h, w))
-        start += t * h * w
-    return VisualLayout.from_grid(torch.arange(3, 3 + start), out)
 
 
 def _selection(method, view) -> sv.Selection:
@@ -56,23 +32,6 @@ def _selection(method, view) -> sv.Selection:
 METHODS = [sv.DivPrune(), sv.VidCom2(), sv.DyCoke(), sv.Downsample(mode="frames"), sv.Downsample(mode="pool"),
            sv.Downsample(mode="both")]
 IDS = ["divprune", "vidcom2", "dycoke", "frames", "pool", "both"]
-
-
-def _subset_layout() -> VisualLayout:
-    """What a later stage sees: an image before the video left out (`targets="video"`: frame ids from 1), and a
-    quarter of the video's tokens already pruned."""
-    lay = _grid(("image", 1, 2, 3), ("video", 6, 4, 4)).of_kinds(("video",))
-    keep = torch.sort(torch.randperm(lay.n_visual, generator=torch.Generator().manual_seed(5))[:72]).values
-    return lay.subset(keep)
-
-
-LAYOUTS = {
-    "video": _grid(("video", 8, 4, 4)),
-    "odd_frames_and_an_image": _grid(("video", 7, 3, 5), ("image", 1, 2, 3), ("video", 2, 4, 4)),
-    "one_frame": _grid(("video", 1, 5, 5)),
-    "a_row_per_frame": _grid(("video", 5, 1, 8)),  # a declared span: one row of tokens per frame
-    "after_an_earlier_stage": _subset_layout(),
-}
 
 
 # ---------------------------------------------------------------- invariants on random tensors
