@@ -264,3 +264,16 @@ def test_timed_tower_is_the_shapes_own_architecture(vision_cfg, cls):
     assert type(tower).__name__ == cls
     out = time_vision(vision_cfg, frames=2, tokens_per_frame=4, dtype=torch.float32, device="cpu", repeats=1, warmup=0)
     assert out["seconds"]["median"] > 0 and out["flops"] > 0
+
+
+def test_user_benches_pdrop_on_a_decoder_shallower_than_its_layers():
+    from sharp_vlm.bench.latency import BenchConfig, check_bench
+
+    cfg = BenchConfig(model="qwen2.5-0.5b", variants=["none", "pdrop"])  # 24 layers: pdrop's 24 is beyond
+    with pytest.raises(ConfigError, match=r"pdrop: a stage at layer 24 is beyond the model's depth.*--options"):
+        check_bench(cfg)
+    check_bench(BenchConfig(model="qwen2.5-0.5b", variants=["none", "pdrop", "divprune@0"],
+                            options={"pdrop": {"layers": [6, 12, 18]}}))
+    with pytest.raises(ConfigError, match="--options names fastv, which no variant runs"):
+        check_bench(BenchConfig(model="qwen2.5-0.5b", variants=["none", "pdrop"],
+                                options={"pdrop": {"layers": [6, 12, 18]}, "fastv": {"query": "text"}}))

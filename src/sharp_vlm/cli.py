@@ -214,7 +214,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         model=a.model, frames=a.frames, tokens_per_frame=a.tokens_per_frame, layer=a.layer, retain=a.retain,
         dtype=a.dtype, attn=a.attn, repeats=a.repeats, warmup=a.warmup, decode_tokens=a.decode_tokens,
         device=a.device, variants=[v for v in a.variants.split(",") if v], trim_kv=not a.no_trim_kv,
-        vision=None if a.vision == "none" else a.vision, vision_frames=a.vision_frames,
+        vision=None if a.vision == "none" else a.vision, vision_frames=a.vision_frames, options=a.options,
     )
     check_bench(cfg)  # the flags, then the folder, before the model is built
     _check_out(a.out)
@@ -427,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
                    "e.g. llava-onevision-0.5b beside --model qwen2.5-0.5b")
     b.add_argument("--vision-frames", type=_positive, default=None,
                    help="encode only this many frames and scale to --frames (the towers encode frames apart)")
+    b.add_argument("--options", type=_json_object, default={},
+                   help='JSON per method, e.g. \'{"pdrop": {"layers": [6, 12, 18]}}\'')
     b.add_argument("--no-trim-kv", action="store_true", help="skip the runs with trimmed shallow-layer KV")
     b.add_argument("--threads", type=_non_negative, default=0)
     b.add_argument("--out", type=Path, default=Path("runs/bench"))

@@ -61,6 +61,7 @@ class BenchConfig:
     trim_kv: bool = True  # also time decode with the shallow layers' KV trimmed
     vision: str | None = "auto"  # a shape name with a vision tower; "auto": the model's own; None: skip
     vision_frames: int | None = None  # encode this many frames and scale to all (the tower is per frame)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per method name: extra config fields
 
 
 # benchmark names for runs that are not a plain registered method: (method, options, with a shared bias cache)
@@ -75,13 +76,15 @@ _NAMED = {
 }
 
 
-def variant(name: str, retain: float, layer: int) -> Variant:
-    """A benchmark variant by name: one of the names above, or any registered method; "name@K" at layer K."""
+def variant(name: str, retain: float, layer: int, options: dict[str, dict[str, Any]] | None = None) -> Variant:
+    """A benchmark variant by name: one of the names above, or any registered method; "name@K" at layer K;
+    `options`: extra config fields per method name (e.g. {"pdrop": {"layers": [6, 12, 18]}})."""
     base, _, at = name.partition("@")
     if at and not at.isdigit():
         raise ConfigError(f"{name!r}: the layer after '@' must be an integer, e.g. divprune@0")
-    method, options, cached = _NAMED.get(base, (base, {}, False))
-    config = build_method(method, retain, int(at) if at else layer, options, label=name)
+    method, options_named, cached = _NAMED.get(base, (base, {}, False))
+    extra = (options or {}).get(method, {})
+    config = build_method(method, retain, int(at) if at else layer, {**options_named, **extra}, label=name)
     return Variant(name, config.name, retain, config, bias_cache=cached)
 
 
@@ -202,6 +205,16 @@ def check_bench(cfg: BenchConfig) -> None:
     if cfg.layer >= depth:
         raise ConfigError(f"--layer {cfg.layer} is beyond the model's depth: {cfg.model} has {depth} decoder layers, "
                           f"so use a layer in 1..{depth - 1}")
+    run = {_NAMED.get(n.partition("@")[0], (n.partition("@")[0],))[0] for n in cfg.variants}
+    unused = sorted(set(cfg.options) - run)
+    if unused:
+        raise ConfigError(f"--options names {', '.join(unused)}, which no variant runs: {', '.join(cfg.variants)}")
+    for name in cfg.variants:  # every stage of every variant, not only --layer (pdrop's 8/16/24, name@K)
+        for st in variant(name, cfg.retain, cfg.layer, cfg.options).config.stages():
+            if st.layer >= depth:
+                raise ConfigError(f"{name}: a stage at layer {st.layer} is beyond the model's depth: {cfg.model} has "
+                                  f"{depth} decoder layers; set its layers within 1..{depth - 1} (name@K, or "
+                                  "--options for several, e.g. '{\"pdrop\": {\"layers\": [6, 12, 18]}}')")
 
 
 def folder_config(folder: str | Path) -> dict[str, Any]:
@@ -254,7 +267,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     names = ["none"] + [v for v in cfg.variants if v != "none"]
     plan = [(name, trim) for name in names
             for trim in ((False, True) if cfg.trim_kv and name not in ("none", *_OUTSIDE_ENGINE) else (False,))]
-    variants = [variant(name, cfg.retain, cfg.layer) for name, _ in plan]
+    variants = [variant(name, cfg.retain, cfg.layer, cfg.options) for name, _ in plan]
     cache = BiasCache()  # the cached variant's: the warm-up run fills it, the timed runs hit it
     tower = _vision_config(cfg)
     dtype, dtype_reason = dtype_choice(cfg.dtype, cfg.device)
