@@ -140,3 +140,19 @@ def test_two_processes_share_one_cache_folder(tmp_path):
     assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
     assert outs[0][0] == outs[1][0]  # the same selections, whichever process wrote a file first
     assert len(list(tmp_path.glob("*.pt"))) == 3 and not list(tmp_path.glob("*.tmp"))
+
+
+def test_user_switches_the_positions_of_a_stage_before_sharp():
+    """Contiguous and original positions give the same kept rows before the decoder but a different reference
+    pass: the second run must not reuse the first one's bias."""
+    from cases import model_and_inputs
+
+    model, inputs = model_and_inputs("llava_onevision")  # 1-D positions: the two settings differ
+    cache = sv.BiasCache()
+    results = []
+    for positions in ("contiguous", "original", "contiguous"):
+        cfg = sv.Schedule([sv.DivPrune(retain=0.5, positions=positions), sv.ShaRP(retain=0.25, layer=2)])
+        with sv.apply(model, cfg, bias_cache=cache) as h, torch.no_grad():
+            model(**inputs)
+        results.append(h.last_stats.stages[1].costs.bias_cache)
+    assert results == ["miss", "miss", "hit"]

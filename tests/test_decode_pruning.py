@@ -68,7 +68,7 @@ def _hand_written(case, model, inputs, layer, retain, similarity):
 
 
 @pytest.mark.parametrize("name", ["llama_span", "qwen2_5_vl"])
-@pytest.mark.parametrize("similarity", [0.9, -1.0], ids=["authors", "every-step-alike"])
+@pytest.mark.parametrize("similarity", [0.9, -1.0, 1.0], ids=["authors", "every-step-alike", "every-step-pruned"])
 def test_decode_pruning_equals_the_hand_written_loop(name, similarity):
     case, model, inputs = _eager(name)
     method = sv.DyCoke(retain=1.0, dp_layer=2, dp_retain=0.25, dp_similarity=similarity)
@@ -82,6 +82,8 @@ def test_decode_pruning_equals_the_hand_written_loop(name, similarity):
     assert [k[0] for k in handle.last_stats.decode_kept] == kept
     if similarity < 0:  # every step after the first is "like the last one": all keys
         assert kept[1:] == [None] * (N_DECODE - 2) and kept[0] is not None
+    if similarity == 1.0:  # later steps prune too, with decoded tokens in the cache
+        assert None not in kept
     # the pruning changes what the model computes (else this test could not fail)
     with torch.no_grad():
         plain = model.generate(**inputs, max_new_tokens=N_DECODE, do_sample=False, output_logits=True,
@@ -115,3 +117,40 @@ def test_decode_layer_beyond_the_depth_is_refused_at_apply():
     case, model, _ = _eager("llama_span")
     with pytest.raises(sv.ConfigError, match="decode pruning from layer 9"):
         case.apply(model, sv.DyCoke(dp_layer=9))
+
+
+def test_user_asks_for_beam_search_with_decode_pruning():
+    case, model, inputs = _eager("llama_span")
+    with case.apply(model, sv.DyCoke(retain=0.5)), torch.no_grad(), pytest.raises(sv.InputError, match="beam"):
+        model.generate(**inputs, max_new_tokens=2, num_beams=2, do_sample=False)
+
+
+def test_decode_pruning_chooses_among_the_keys_its_layers_still_hold():
+    """An in-decoder stage at the decode layer leaves fewer visual keys there than in layer L-1: the budget is
+    a share of what layer L holds."""
+    case, model, inputs = _eager("llama_span")
+    method = sv.Schedule([sv.DyCoke(retain=1.0, dp_layer=2, dp_retain=0.25, dp_similarity=1.0),
+                          sv.FastV(retain=0.25, layer=2)])
+    with case.apply(model, method) as handle, torch.no_grad():
+        model.generate(**inputs, max_new_tokens=3, do_sample=False, eos_token_id=None, pad_token_id=0)
+    held = handle.last_stats.stages[-1].n_kept[0]
+    assert [k[0] for k in handle.last_stats.decode_kept] == [sv.keep_count(0.25, held)] * 2
+
+
+def test_sliding_window_decoders_refuse_decode_pruning_and_contiguous_positions():
+    from transformers import MistralConfig, MistralForCausalLM
+
+    cfg = MistralConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                        num_attention_heads=4, num_key_value_heads=2, sliding_window=32, pad_token_id=0)
+    model = MistralForCausalLM(cfg).eval()
+    span = sv.VideoSpan(4, 8, 16)
+    with pytest.raises(sv.ConfigError, match="sliding-window"):
+        sv.apply(model, sv.DyCoke(retain=0.5, dp_layer=2), span=span)
+    with pytest.raises(sv.ConfigError, match="sliding-window"):
+        sv.apply(model, sv.DivPrune(retain=0.5, positions="contiguous"), span=span)
+    ids = torch.randint(3, 120, (1, 4 + 128 + 6), generator=torch.Generator().manual_seed(0))
+    with sv.apply(model, sv.DivPrune(retain=0.5), span=span), torch.no_grad():  # auto: original positions here
+        pruned = model(input_ids=ids).logits[:, -1]
+    with sv.apply(model, sv.DivPrune(retain=0.5, positions="original"), span=span) as h, torch.no_grad():
+        same = model(input_ids=ids).logits[:, -1]
+    assert torch.equal(pruned, same) and h.last_stats.stages[0].n_kept == [64]

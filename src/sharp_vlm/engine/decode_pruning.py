@@ -19,7 +19,9 @@ from .decode import Decode
 
 def choose(dec: Decode, pruning: DecodePruning, adapter: Adapter, cache: Any,
            position_embeddings: tuple[torch.Tensor, torch.Tensor]) -> list[int | None]:
-    """Set `dec.hidden_keys` for this step; returns per sample how many visual keys stay attended (None: all)."""
+    """Set `dec.hidden_positions` for this step; returns per sample how many visual keys of layer L's cache stay
+    attended (None: all). Only the visual keys layer L holds are chosen from (an in-decoder stage at or before L
+    may have dropped some that layer L-1 still holds)."""
     source = pruning.layer - 1
     parts = adapter.attention_parts(source)
     hidden = dec.pruning_input
@@ -30,9 +32,10 @@ def choose(dec: Decode, pruning: DecodePruning, adapter: Adapter, cache: Any,
     allowed = dec.valid(cols)[:, None, :]
     probs = attention_probs(q, keys, parts.scaling, allowed, parts.softcap)[:, 0]  # (B, K)
     hide = torch.zeros_like(cols, dtype=torch.bool)
+    held = dec.columns(pruning.layer).to(cols.device)  # what layer L's cache holds
     kept: list[int | None] = []
     for b in range(cols.shape[0]):
-        visual = torch.isin(cols[b], dec.visual_positions[b].to(cols.device))
+        visual = torch.isin(cols[b], dec.visual_positions[b].to(cols.device)) & torch.isin(cols[b], held[b])
         scores = probs[b, visual]
         previous = dec.previous_scores[b]
         dec.previous_scores[b] = scores

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError, SharpError
+from ..errors import ConfigError, InputError, SharpError
 from ..methods.base import Method
 from ..models.base import ReferenceFn
 from ..models.generic import SpanSource
@@ -99,6 +99,7 @@ class Handle:
                 ref = kwargs.get("inputs_embeds")
             engine.guard.enter()  # before the per-call state below is written
             try:
+                _check_beams(engine, self.model, kwargs)
                 engine.prompt_len = int(ref.shape[1]) if isinstance(ref, torch.Tensor) else None
                 engine.generate_batch = int(ref.shape[0]) if isinstance(ref, torch.Tensor) else None
                 engine.generate_call = {k: kwargs.get(k) for k in self.adapter.generate_kwargs}
@@ -146,6 +147,20 @@ class Handle:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+
+def _check_beams(engine: Engine, model: nn.Module, kwargs: dict[str, Any]) -> None:
+    """Decode pruning keeps each row's last scores; beam search reorders the rows every step, so refuse it."""
+    if engine.decode_pruning is None:
+        return
+    config = kwargs.get("generation_config") or getattr(model, "generation_config", None)
+    beams = kwargs.get("num_beams") or getattr(config, "num_beams", 1) or 1
+    if int(beams) > 1:
+        raise InputError(
+            f"{engine.decode_pruning.method.name} prunes attention while decoding, which follows each row from step "
+            "to step; beam search reorders the rows, so use greedy or sampled decoding, or turn decode pruning off "
+            "(e.g. sv.DyCoke(dp=False))"
+        )
 
 
 def apply(

@@ -92,6 +92,8 @@ class Engine:
         self.bias_cache = bias_cache
         self.stages: list[Stage] = method.stages()
         self.decode_pruning = method.decode_pruning()
+        # a sliding window counts positions and keeps only the window's keys in the cache
+        self.windowed = any(adapter.attention_parts(i).sliding_window is not None for i in range(adapter.n_layers))
         self._validate()
         self.stage_at = {s.layer: s for s in self.stages}
         self.first_stage = self.stages[0].layer if self.stages else adapter.n_layers
@@ -103,8 +105,9 @@ class Engine:
         self.targets = self.stages[0].targets if self.stages else "all"
         # a stage before the decoder whose kept rows are renumbered without gaps (engine/positions.py)
         zero = self.stage_at.get(0)
+        # auto: contiguous where positions are 1-D and no sliding window counts them
         self.renumber = zero is not None and (
-            zero.positions == "contiguous" or (zero.positions == "auto" and not adapter.mrope))
+            zero.positions == "contiguous" or (zero.positions == "auto" and not adapter.mrope and not self.windowed))
         self._eager = adapter.attention_implementation() == "eager"
         self._dtype = adapter.dtype()
         # the config as attached: a later edit must be applied again, not half-read (the kernels were chosen)
@@ -141,6 +144,17 @@ class Engine:
             raise ConfigError(
                 f"{dp.method.name}: decode pruning from layer {dp.layer} needs 1 <= layer < {n} (the decoder's "
                 "depth): it chooses from the attention of the layer before"
+            )
+        if self.windowed and dp is not None:
+            raise ConfigError(
+                f"{dp.method.name}: decode pruning is not supported on a decoder with sliding-window attention (its "
+                "cache keeps only the window); turn decode pruning off (e.g. sv.DyCoke(dp=False))"
+            )
+        zero = next((st for st in self.stages if st.layer == 0), None)
+        if self.windowed and zero is not None and zero.positions == "contiguous":
+            raise ConfigError(
+                f"{zero.label}: positions='contiguous' is not supported on a decoder with sliding-window "
+                "attention (the window would count the original positions); use positions='original'"
             )
         for s in self.stages:
             if s.positions == "contiguous" and self.adapter.mrope:

@@ -57,6 +57,8 @@ def bias_key(weights: list[torch.Tensor], layer: int, query: str, rope: bool, ma
         *weights, layer, query, rope, mask, pre.rows.rows, pre.rows.query_last,
         *[lay.positions for lay in pre.layouts], *[tuple(lay.items) for lay in pre.layouts], *ops,
         *_prompt_text(pre), *visual,
+        # a layer-0 stage that renumbered the rows moves the reference pass's positions too
+        "original positions" if pre.position_ids is None else pre.position_ids,
     )
 
 

@@ -111,8 +111,21 @@ class Adapter:
             rotary=apply_rotary,
             scaling=float(attn.scaling),
             softcap=getattr(attn, "attn_logit_softcapping", None),
-            sliding_window=getattr(attn, "sliding_window", None),
+            sliding_window=self.sliding_window(index),
         )
+
+    def sliding_window(self, index: int) -> int | None:
+        """Layer `index`'s attention window (None: none). Some attention modules carry it; others (Mistral, Qwen2
+        with `use_sliding_window`) leave it to the config: per layer in `layer_types`, else `sliding_window`."""
+        own = getattr(self.layers()[index].self_attn, "sliding_window", None)
+        if own is not None:
+            return int(own)
+        config = self.text_model().config
+        window = getattr(config, "sliding_window", None)
+        types = getattr(config, "layer_types", None)
+        if window is None or (types is not None and types[index] != "sliding_attention"):
+            return None
+        return int(window)
 
     def attention_implementation(self) -> str:
         return getattr(self.text_model().config, "_attn_implementation", "sdpa") or "sdpa"
