@@ -219,3 +219,20 @@ def test_user_gives_a_data_file_that_is_not_utf8(setup, tmp_path, monkeypatch, c
     monkeypatch.setattr(VideoQA, "from_pretrained", lambda *a, **k: pytest.fail("model loaded"))
     where = f"{bad}:2" if encoding == "latin-1" else f"{bad}:1"
     _one_line_exit_2(capsys, _args(model, bad, tmp_path / "out"), where, "UTF-8")
+
+
+def test_user_evaluates_every_published_method_with_one_flag(setup, tmp_path):
+    """Each method runs from its name at its own layer (before the decoder, or 2); PDrop's layers fit this 4-layer
+    model through --options; the report holds one row per method at the kept share it was asked for."""
+    model, data = setup
+    out = tmp_path / "out"
+    names = ["divprune", "vidcom2", "fastvid", "dycoke", "downsample", "framefusion", "pdrop", "fastv"]
+    argv = ["eval", "--model", str(model), "--data", str(data), "--methods", ",".join(names), "--retain", "0.25",
+            "--frames", "4", "--max-new-tokens", "2", "--limit", "1", "--dtype", "float32", "--device", "cpu",
+            "--options", '{"pdrop": {"layers": [1, 2, 3]}}', "--out", str(out)]
+    assert cli.main(argv) == 0
+    rows = {r["variant"]: r for r in json.loads((out / "report.json").read_text())["rows"]}
+    assert set(rows) == {"none"} | {f"{n}@0.25" for n in names}
+    for n in names:
+        assert rows[f"{n}@0.25"]["kept_ratio"] == pytest.approx(0.25, abs=0.02), n
+        assert rows[f"{n}@0.25"]["tflops"] < rows["none"]["tflops"], n
