@@ -234,3 +234,13 @@ def test_a_later_turn_the_adapter_cannot_read_is_an_error_not_text(qwen25):
         mask = torch.ones(1, cache.get_seq_length() + ids.shape[1], dtype=torch.long)
         with pytest.raises(sv.InputError, match="missing `mm_token_type_ids`"):
             model(input_ids=ids, attention_mask=mask, cache=cache)
+
+
+def test_user_generates_with_a_static_cache():
+    from cases import BY_NAME, model_and_inputs
+
+    case = BY_NAME["llama_span"]
+    model, inputs = model_and_inputs("llama_span")
+    with case.apply(model, sv.FastV(retain=0.5)), torch.no_grad(), \
+            pytest.raises(sv.InputError, match="StaticCache .* use the default dynamic cache"):
+        model.generate(**inputs, max_new_tokens=2, do_sample=False, cache_implementation="static")

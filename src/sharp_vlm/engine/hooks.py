@@ -236,6 +236,11 @@ class Engine:
         ids = kwargs.get("input_ids", args[0] if args else None)
         ref = embeds if embeds is not None else ids
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache is not None and getattr(cache, "is_compileable", False):
+            raise InputError(
+                f"a {type(cache).__name__} (fixed-size KV cache, e.g. generate(cache_implementation='static')) cannot "
+                "hold a pruned prefill, whose layers keep different numbers of keys; use the default dynamic cache"
+            )
         past = cache.get_seq_length() if cache is not None else 0
         self._pre = self._dec = None
         if past > 0:
