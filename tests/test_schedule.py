@@ -128,3 +128,29 @@ def test_merge_before_a_debiased_stage_is_replayed_in_the_reference_pass():
     # the merge changed the kept rows: they are not the plain embeddings any more
     rows = ~prompt.visual | torch.isin(torch.arange(prompt.embeds.shape[1]), kept0)
     assert not torch.allclose(real, prompt.embeds[:, rows], atol=1e-4)
+
+
+@pytest.mark.parametrize("positions", ["original", "contiguous"])
+def test_trim_kv_after_a_stage_before_the_decoder(positions):
+    """trim_kv trims the layers before the first in-decoder stage to what that stage kept, also when a stage
+    before the decoder already shortened them."""
+    from cases import BY_NAME, model_and_inputs
+
+    case = BY_NAME["llama_span"]
+    model, inputs = model_and_inputs("llama_span")
+    method = sv.Schedule([sv.DivPrune(retain=0.5, positions=positions), sv.FastV(retain=0.25, layer=2)])
+    gen = dict(max_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True,
+               eos_token_id=None, pad_token_id=0)
+    runs = {}
+    for trim in (False, True):
+        with case.apply(model, method, trim_kv=trim) as h, torch.no_grad():
+            runs[trim] = model.generate(**inputs, **gen)
+        kept = h.last_stats.stages[-1].n_kept[0]
+    seq = inputs["input_ids"].shape[1]
+    short = seq - case.n_visual + kept
+    after_first = seq - case.n_visual + sv.keep_count(0.5, case.n_visual)
+    lengths = {t: [layer.keys.shape[-2] for layer in out.past_key_values.layers] for t, out in runs.items()}
+    assert lengths[False] == [after_first + 2] * 2 + [short + 2] * 2
+    assert lengths[True] == [short + 2] * 4
+    # the first token comes from the prefill: trimming changes only what later tokens attend to
+    assert torch.equal(runs[True].logits[0], runs[False].logits[0])

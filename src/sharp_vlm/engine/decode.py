@@ -87,13 +87,18 @@ class Decode:
         return to_attention_mask(allowed, dtype, "additive" if eager else "bool")
 
 
-def trim_shallow(cache: Any, layer_rows: list[torch.Tensor | None], first_stage: int) -> list[torch.Tensor | None]:
-    """Drop pruned tokens from the KV of the layers before the first stage (saves decode memory)."""
-    first = next(r for r in layer_rows if r is not None)
+def trim_shallow(cache: Any, layer_rows: list[torch.Tensor | None], stage_layer: int) -> list[torch.Tensor | None]:
+    """Drop from the KV of the layers before the first in-decoder stage (at `stage_layer`) the tokens it pruned, so
+    that they hold what that stage's layer holds (saves decode memory). A layer already pruned by a stage before
+    the decoder holds a subset of the rows: its keys are found by position among them."""
+    keep = layer_rows[stage_layer]
     out = list(layer_rows)
-    for i in range(first_stage):
+    for i in range(stage_layer):
+        held = layer_rows[i]
+        # (B, T) indices into layer i's cache: the original positions where it holds every row, else their place
+        idx = keep if held is None else torch.stack([torch.searchsorted(h, k) for h, k in zip(held, keep, strict=True)])
         lay = cache.layers[i]
-        lay.keys = take(lay.keys, first, dim=2)
-        lay.values = take(lay.values, first, dim=2)
-        out[i] = first
+        lay.keys = take(lay.keys, idx, dim=2)
+        lay.values = take(lay.values, idx, dim=2)
+        out[i] = keep
     return out

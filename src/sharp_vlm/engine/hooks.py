@@ -96,7 +96,8 @@ class Engine:
         self.windowed = any(adapter.attention_parts(i).sliding_window is not None for i in range(adapter.n_layers))
         self._validate()
         self.stage_at = {s.layer: s for s in self.stages}
-        self.first_stage = self.stages[0].layer if self.stages else adapter.n_layers
+        # trim_kv: the first stage inside the decoder (one before it leaves nothing to trim on its own)
+        self.trim_to = next((s.layer for s in self.stages if s.layer > 0), None)
         self.last_stage = self.stages[-1].layer if self.stages else 0
         masked = [s for s in self.stages if s.segment_mask is not None]
         # a stage's forward-scope segment mask covers every decoder layer before it
@@ -285,8 +286,8 @@ class Engine:
         if pre.position_shift is not None:
             next_pos = next_pos.to(pre.position_shift.device) - pre.position_shift
         layer_rows = [pre.layer_rows.get(i) for i in range(self.adapter.n_layers)]
-        if self.trim_kv and self.stages:
-            layer_rows = trim_shallow(cache, layer_rows, self.first_stage)
+        if self.trim_kv and self.trim_to is not None:
+            layer_rows = trim_shallow(cache, layer_rows, self.trim_to)
         for key, dec in list(self._decodes.items()):
             if dec.cache() is None:
                 del self._decodes[key]
