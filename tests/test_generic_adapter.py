@@ -98,3 +98,25 @@ def test_right_padded_batch_scores_with_the_last_real_token():
         model(input_ids=batch, attention_mask=mask)
     assert torch.equal(handle.last_stats.stages[0].kept[0], kept[0])
     assert torch.equal(handle.last_stats.stages[0].kept[1], kept[1])
+
+
+def test_user_decodes_a_padded_batch_on_a_sliding_window_decoder_longer_than_the_window():
+    """The cache of a sliding-window layer keeps only its last keys: the decode masks follow it (keeping every
+    token, the patched model equals the unpatched one; pruning runs)."""
+    model = _tiny_decoder("mistral", "sdpa")
+    model.config.sliding_window = 32
+    ids = torch.randint(3, 120, (2, SPAN.start + SPAN.n_tokens + 9), generator=torch.Generator().manual_seed(0))
+    ids[0, :2] = 0
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    gen = dict(max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True,
+               eos_token_id=None, pad_token_id=0)
+    with torch.no_grad():
+        ref = model.generate(input_ids=ids, attention_mask=mask, **gen)
+    with sv.apply(model, sv.FastV(retain=1.0, layer=2), span=SPAN), torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, **gen)
+    for a, b in zip(out.logits, ref.logits, strict=True):
+        assert (a - b).abs().max() < 1e-4
+    with sv.apply(model, sv.FastV(retain=0.25, layer=2), span=SPAN), torch.no_grad():
+        pruned = model.generate(input_ids=ids, attention_mask=mask, **gen)
+    assert pruned.sequences.shape == ref.sequences.shape

@@ -76,6 +76,12 @@ class Decode:
             return None
         device = self.next_pos.device
         cols = self.columns(i)  # original positions of this layer's keys after the update
+        cache = self.cache()
+        held = getattr(cache.layers[i], "keys", None) if cache is not None else None
+        if held is not None:
+            # a sliding-window layer keeps only its last keys: the attention sees those and this step's
+            n_keys = held.shape[-2] + q
+            cols = cols[:, -n_keys:] if n_keys < cols.shape[1] else cols
         valid = self.valid(cols)
         if hiding:
             hidden = torch.stack([torch.isin(cols[b], h.to(device)) for b, h in enumerate(self.hidden_positions)])
