@@ -241,6 +241,36 @@ def test_dycoke_matches_by_grid_cell_and_keeps_tokens_without_a_counterpart():
     assert t(1, 5) in keep.tolist() and t(2, 3) not in keep.tolist()
 
 
+def _authors_ttm(x: torch.Tensor, n_frames: int, tpf: int, k: float) -> list[int]:
+    """DyCoke's TTM as the authors' loop does it (llava_arch.py, `dycole_ttm`), on frames of `tpf` tokens: pairs
+    (f1 against f0, f3 against f2 in every window), then the windows of 4 (f2 against f0), each compared frame
+    keeping its int((1 - k) x tpf) tokens least similar to the same index of its reference; kept indices, sorted.
+    The released code skips the last window; here every window is pruned, as `sv.DyCoke` does (a stated
+    deviation)."""
+    frames = [x[i * tpf:(i + 1) * tpf] for i in range(n_frames)]
+    keep_n = int((1 - k) * tpf)
+    kept = {i: torch.arange(tpf) for i in range(n_frames)}
+    for i in range(0, n_frames - 1, 2):  # pairs: the odd frame against the even one before it
+        sim = F.cosine_similarity(F.normalize(frames[i], dim=1), F.normalize(frames[i + 1], dim=1), dim=1)
+        kept[i + 1] = sim.topk(keep_n, largest=False).indices
+    for i in range(0, n_frames - 2, 4):  # windows: f2 against f0
+        sim = F.cosine_similarity(frames[i], frames[i + 2], dim=1)
+        kept[i + 2] = sim.topk(keep_n, largest=False).indices
+    return sorted(int(i * tpf + j) for i, idx in kept.items() for j in idx)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dycoke_keeps_what_the_authors_ttm_keeps(seed):
+    n_frames, side, k = 12, 4, 0.75  # a compared frame keeps int(0.25 x 16) = 4 tokens
+    tpf = side * side
+    lay = _grid(("video", n_frames, side, side))
+    x = torch.randn(lay.n_visual, 16, generator=torch.Generator().manual_seed(seed))
+    want = _authors_ttm(x, n_frames, tpf, k)
+    budget = len(want)  # reference frames whole, the 9 compared frames 4 each: 3 x 16 + 9 x 4
+    assert budget == 3 * tpf + 9 * int((1 - k) * tpf)
+    assert sv.DyCoke(dp=False).select(_view(lay, budget, hidden=x)).tolist() == want
+
+
 # ---------------------------------------------------------------- Downsample
 def test_evenly_spaced_is_the_centre_of_equal_bins():
     assert evenly_spaced(8, 2).tolist() == [2, 6] and evenly_spaced(8, 8).tolist() == list(range(8))
