@@ -194,6 +194,41 @@ def test_vidcom2_with_fewer_tokens_than_frames_keeps_the_most_unique_frames():
     assert keep.numel() == 3 and torch.unique(lay.frame_ids[keep]).numel() <= 3
 
 
+def _authors_vidcom2(x: torch.Tensor, n_frames: int, tpf: int, ratio: float) -> list[int]:
+    """VidCom2 as the authors' loop keeps tokens (vidcom2.py), on frames of `tpf` tokens: frame uniqueness from the
+    video similarity, shares base x (1 + p - mean p) with p = softmax(uniqueness / 0.01), each frame keeping
+    round(share x tpf) (at least 1) of its tokens least similar to the video and frame centres. The token
+    similarities are `vidcom2_scores`, checked against the authors' steps above."""
+    frames = torch.arange(n_frames).repeat_interleave(tpf)
+    vid, frame = vidcom2_scores(x, frames, n_frames)
+    uniqueness = -vid.view(n_frames, tpf).mean(1)
+    p = torch.softmax(uniqueness / 0.01, dim=0)
+    shares = ratio * (1 + p - p.mean())
+    counts = torch.round(shares * tpf).clamp(min=1).long()
+    kept = []
+    for f in range(n_frames):
+        sim = (vid + frame)[f * tpf:(f + 1) * tpf]
+        kept += (f * tpf + torch.topk(sim, int(counts[f]), largest=False).indices).tolist()
+    return sorted(kept)
+
+
+def test_vidcom2_keeps_what_the_authors_loop_keeps_when_their_counts_add_up():
+    """Where the authors' rounded per-frame counts add up to the engine's budget (elsewhere the counts are
+    apportioned to it: a stated deviation), the kept tokens are theirs."""
+    n_frames, side, ratio = 4, 4, 0.25
+    lay = _grid(("video", n_frames, side, side))
+    budget = sv.keep_count(ratio, lay.n_visual)
+    compared = 0
+    for seed in range(12):
+        x = torch.randn(lay.n_visual, 16, generator=torch.Generator().manual_seed(seed))
+        want = _authors_vidcom2(x, n_frames, side * side, ratio)
+        if len(want) != budget:
+            continue
+        assert sv.VidCom2(retain=ratio).select(_view(lay, budget, hidden=x)).keep.tolist() == want, seed
+        compared += 1
+    assert compared >= 6
+
+
 # ---------------------------------------------------------------- DyCoke
 def test_dycoke_windows_of_four():
     assert reference_frames(10).tolist() == [-1, 0, 0, 2, -1, 4, 4, 6, -1, 8]
