@@ -73,7 +73,9 @@ def test_keep_everything_equals_unpatched(family, cfg):
 SCHEDULES = {
     "fastv2": lambda: sv.FastV(retain=0.2, layer=2),
     "random1": lambda: sv.RandomPrune(retain=0.3, layer=1),
-    "uniform0+fastv2": lambda: sv.Schedule([sv.UniformPrune(retain=0.5, layer=0), sv.FastV(retain=0.25, layer=2)]),
+    # original positions: the oracle keeps them (contiguous ones: tests/test_positions_contiguous.py)
+    "uniform0+fastv2": lambda: sv.Schedule([sv.UniformPrune(retain=0.5, layer=0, positions="original"),
+                                            sv.FastV(retain=0.25, layer=2)]),
     "fastv1+fastv3": lambda: sv.Schedule([sv.FastV(retain=0.5, layer=1), sv.FastV(retain=0.25, layer=3)]),
 }
 

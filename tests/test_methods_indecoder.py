@@ -49,14 +49,14 @@ def test_fastv_previous_layer_after_a_pre_llm_stage_matches_the_oracle():
     """Layer K-1 = 0 runs on what the layer-0 stage kept: the engine keeps that input, not the unpruned one."""
     case = BY_NAME["llama_span"]
     model, inputs = model_and_inputs("llama_span")
-    method = sv.Schedule([sv.UniformPrune(retain=0.5, layer=0), sv.FastV(retain=0.25, layer=1)])
+    method = sv.Schedule([sv.UniformPrune(retain=0.5, layer=0, positions="original"), sv.FastV(retain=0.25, layer=1)])
     prefill, stats, out = run_pruned(model, inputs, method, 4, span=case.span)
     assert torch.isin(stats.stages[1].kept[0], stats.stages[0].kept[0]).all()
     stages = [(s.layer, s.kept_positions[0]) for s in stats.stages]
     logits, tokens, _ = staged_forward(model, case.text_model(model), case.prompt(model, inputs), stages, 4)
     assert_matches(prefill, out, logits, tokens, 4)
     # the two rules rank different attention, so on a random model they keep different sets
-    stage_rule = sv.Schedule([sv.UniformPrune(retain=0.5, layer=0),
+    stage_rule = sv.Schedule([sv.UniformPrune(retain=0.5, layer=0, positions="original"),
                               sv.FastV(retain=0.25, layer=1, attention_layer="stage")])
     _, other, _ = run_pruned(model, inputs, stage_rule, 1, span=case.span)
     assert not torch.equal(other.stages[1].kept[0], stats.stages[1].kept[0])

@@ -36,7 +36,8 @@ def _short_prompt_forward(case, model, inputs, kept_positions, n_decode):
 
 
 @pytest.mark.parametrize("name", ONE_D)
-@pytest.mark.parametrize("method", [sv.DivPrune(retain=0.3), sv.VidCom2(retain=0.3)], ids=["divprune", "vidcom2"])
+@pytest.mark.parametrize("method", [sv.DivPrune(retain=0.3), sv.VidCom2(retain=0.3),
+                                    sv.UniformPrune(retain=0.3, layer=0)], ids=["divprune", "vidcom2", "uniform"])
 def test_contiguous_positions_equal_the_prompt_without_the_dropped_tokens(name, method):
     case = BY_NAME[name]
     model, inputs = model_and_inputs(name)

@@ -46,9 +46,10 @@ def methods(draw):
         return lambda: sv.FastV(retain=retain, layer=layer,
                                 query=draw(st.sampled_from(["last", "text", "last", "mean"])))
     if kind == "uniform":
-        return lambda: sv.UniformPrune(retain=retain, layer=layer)
+        # the oracle keeps original positions (contiguous ones: tests/test_positions_contiguous.py)
+        return lambda: sv.UniformPrune(retain=retain, layer=layer, positions="original")
     if kind == "random":
-        return lambda: sv.RandomPrune(retain=retain, layer=layer, seed=draw(st.integers(0, 5)))
+        return lambda: sv.RandomPrune(retain=retain, layer=layer, seed=draw(st.integers(0, 5)), positions="original")
     if kind == "sharp":
         # score scope or no mask: the shallow layers stay causal, so the oracle needs no segment mask
         opts = dict(mask=draw(st.sampled_from(["bidirectional", "local", "off"])), mask_scope="score",
@@ -56,7 +57,8 @@ def methods(draw):
                     dedup=draw(st.booleans()), dedup_tau=draw(st.sampled_from([0.5, 0.9, 1.0, 1.2])))
         return lambda: ShaRPLab(retain=retain, layer=layer, **opts)
     second = draw(retains())
-    return lambda: sv.Schedule([sv.UniformPrune(retain=retain, layer=0), sv.FastV(retain=second, layer=max(layer, 1))])
+    return lambda: sv.Schedule([sv.UniformPrune(retain=retain, layer=0, positions="original"),
+                                sv.FastV(retain=second, layer=max(layer, 1))])
 
 
 @st.composite

@@ -225,8 +225,8 @@ POSITIONS = ("auto", "original", "contiguous")
 
 @dataclass
 class PreLLMMethod(StageMethod):
-    """A method that prunes before the decoder (layer 0) from the decoder's input embeddings at the visual rows
-    (the projector output), with no attention pass.
+    """A method that prunes before the decoder (layer 0 by default; `UniformPrune` and `RandomPrune` default to 2)
+    from the decoder's input embeddings at the visual rows (the projector output), with no attention pass.
 
     positions: what the kept tokens' positions become. "contiguous": renumbered without gaps, as the LLaVA-family
     code of most pre-LLM methods does (the sequence is simply shorter; 1-D rotary positions only); "original":

@@ -8,7 +8,7 @@ import torch
 
 from ..core.select import random_indices, uniform_indices
 from ..errors import ConfigError
-from .base import Method, SampleView, Stage, StageMethod, register
+from .base import Method, PreLLMMethod, SampleView, Stage, register
 
 
 @register("none")
@@ -22,17 +22,16 @@ class NoPrune(Method):
 
 @register("random")
 @dataclass
-class RandomPrune(StageMethod):
+class RandomPrune(PreLLMMethod):
     """Keep a uniformly random subset of the visual tokens (seeded, reproducible).
 
     Every sample draws from a generator seeded with `seed`, so a sample keeps the same tokens alone or in a batch.
+    At layer 0 the kept tokens' positions follow `positions` as for every method before the decoder.
     """
 
     retain: float = 0.25
     layer: int = 2
     seed: int = 0
-    allow_layer_zero = True
-    scores_attention = False
 
     def validate(self) -> None:
         super().validate()
@@ -46,13 +45,12 @@ class RandomPrune(StageMethod):
 
 @register("uniform")
 @dataclass
-class UniformPrune(StageMethod):
-    """Keep evenly spaced tokens in every frame (uniform spatial subsampling at the same budget)."""
+class UniformPrune(PreLLMMethod):
+    """Keep evenly spaced tokens in every frame (uniform spatial subsampling at the same budget). At layer 0 the
+    kept tokens' positions follow `positions` as for every method before the decoder."""
 
     retain: float = 0.25
     layer: int = 2
-    allow_layer_zero = True
-    scores_attention = False
 
     def select(self, view: SampleView) -> torch.Tensor:
         return uniform_indices(view.layout.frame_ids, view.budget)
