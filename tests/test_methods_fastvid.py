@@ -11,10 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import sharp_vlm as sv
-from oracle import assert_matches, qwen_prompt, run_pruned, staged_forward
-from sharp_vlm.core.layout import VisualItem, VisualLayout
+from oracle import assert_matches, run_pruned, staged_forward
 from sharp_vlm.core.selection import check_selection, merge_rows
-from sharp_vlm.methods.base import SampleView
 from sharp_vlm.methods.fastvid import (
     adjacent_similarity,
     anchor_units,
@@ -23,7 +21,7 @@ from sharp_vlm.methods.fastvid import (
     merge_weights,
     segment_counts,
 )
-from views import LAYOUTS, NoScores
+from views import LAYOUTS, merge_by_hand, qwen_answer
 from views import grid as _grid
 from views import view as _view
 
@@ -286,48 +284,13 @@ def test_several_anchor_frames_each_token_merges_once_into_its_most_similar_anch
 
 
 # ---------------------------------------------------------------- through the engine on a tiny Qwen2.5-VL
-QWEN_VIDEO = VisualItem("video", 0, 8, 4, 4)  # the fixture's video: 8 temporal patches of 4 x 4 tokens
-
-
-def _expected(model, inputs, method):
-    """The method's answer computed here on the decoder's input embeddings at the video rows, and the prompt."""
-    prompt = qwen_prompt(model, inputs)
-    rows = torch.nonzero(prompt.visual).flatten()
-    lay = VisualLayout.from_grid(rows, [QWEN_VIDEO])
-    n = rows.numel()
-    view = SampleView(0, 0, sv.keep_count(method.retain, n), lay, prompt.embeds, rows, n, NoScores())
-    return method.select(view), rows, prompt
-
-
-def _merge_fn(sel: sv.Selection, visual_rows: torch.Tensor):
-    """For the oracle: each kept row becomes (h_t + sum w_i h_i) / (1 + sum w_i) over the rows merged into it."""
-
-    def merge(h, rows):
-        out = h.clone()
-        index = {int(p): i for i, p in enumerate(rows)}
-        groups: dict[int, list[tuple[int, float]]] = {}
-        for s, t, w in zip(sel.merge.source.tolist(), sel.merge.target.tolist(), sel.merge.weight.tolist(),
-                           strict=True):
-            groups.setdefault(int(visual_rows[t]), []).append((index[int(visual_rows[s])], w))
-        for t, members in groups.items():
-            acc = h[index[t]].float().clone()
-            total = 1.0
-            for i, w in members:
-                acc += w * h[i].float()
-                total += w
-            out[index[t]] = (acc / total).to(h.dtype)
-        return out
-
-    return merge
-
-
 ENGINE = [sv.FastVID(retain=0.25), sv.FastVID(retain=0.3, min_segments=2, threshold=-1.0, anchor_stride=2)]
 
 
 @pytest.mark.parametrize("method", ENGINE, ids=["default", "long_segments"])
 def test_engine_matches_the_oracle(qwen25, method):
     model, inputs = qwen25
-    want, rows, prompt = _expected(model, inputs, method)
+    want, rows, prompt = qwen_answer(model, inputs, method)
     assert want.merge is not None and want.merge.source.numel() > 0
     prefill, stats, out = run_pruned(model, inputs, method, 4)
     (stage,) = stats.stages
@@ -335,27 +298,5 @@ def test_engine_matches_the_oracle(qwen25, method):
     assert torch.equal(stage.kept_positions[0], rows[want.keep])
     assert stage.n_merged == [want.merge.source.numel()]
     logits, tokens, _ = staged_forward(model, model.model.language_model, prompt, [(0, rows[want.keep])], 4,
-                                       merge={0: _merge_fn(want, rows)})
+                                       merge={0: merge_by_hand(want, rows)})
     assert_matches(prefill, out, logits, tokens, 4)
-
-
-def test_stacked_before_sharp(qwen25):
-    """FastVID then ShaRP at layer 2: the default ShaRP runs; with its mask off (no forward-scope mask) both stages
-    equal the oracle."""
-    model, inputs = qwen25
-    method = sv.FastVID(retain=0.5)
-    _, stats, out = run_pruned(model, inputs, sv.Schedule([method, sv.ShaRP(retain=0.2, layer=2)]), 2)
-    first, second = stats.stages
-    assert (first.layer, second.layer) == (0, 2)
-    assert first.n_kept == [sv.keep_count(0.5, 128)] and second.n_kept == [sv.keep_count(0.2, 128)]
-    assert torch.isin(second.kept_positions[0], first.kept_positions[0]).all()
-    assert out.sequences.shape[1] == inputs["input_ids"].shape[1] + 2
-
-    want, rows, prompt = _expected(model, inputs, method)
-    prefill, stats, out = run_pruned(model, inputs, sv.Schedule([method, sv.ShaRP(retain=0.2, layer=2, mask="off")]),
-                                     3)
-    stages = [(s.layer, s.kept_positions[0]) for s in stats.stages]
-    assert torch.equal(stages[0][1], rows[want.keep])
-    merge = None if want.merge is None else {0: _merge_fn(want, rows)}
-    logits, tokens, _ = staged_forward(model, model.model.language_model, prompt, stages, 3, merge=merge)
-    assert_matches(prefill, out, logits, tokens, 3)

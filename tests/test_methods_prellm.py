@@ -1,6 +1,6 @@
 """The pre-LLM methods (DivPrune, VidCom2, DyCoke's TTM, the downsampling controls): selection invariants on random
 tensors, each method's own rule on a constructed case, option checks, and runs through the engine on a tiny
-Qwen2.5-VL against the hand-written pruned forward (tests/oracle.py), alone and stacked before ShaRP."""
+Qwen2.5-VL against the hand-written pruned forward (tests/oracle.py), alone and (FastVID too) stacked before ShaRP."""
 
 from __future__ import annotations
 
@@ -9,15 +9,14 @@ import torch
 import torch.nn.functional as F
 
 import sharp_vlm as sv
-from oracle import assert_matches, qwen_prompt, run_pruned, staged_forward
-from sharp_vlm.core.layout import VisualItem, VisualLayout
+from oracle import assert_matches, run_pruned, staged_forward
+from sharp_vlm.core.layout import VisualLayout
 from sharp_vlm.core.selection import check_selection, merge_rows
-from sharp_vlm.methods.base import SampleView
 from sharp_vlm.methods.divprune import max_min_diverse
 from sharp_vlm.methods.downsample import evenly_spaced
 from sharp_vlm.methods.dycoke import reference_frames
 from sharp_vlm.methods.vidcom2 import apportion, frame_shares, vidcom2_scores
-from views import LAYOUTS, NoScores
+from views import LAYOUTS, merge_by_hand, qwen_answer
 from views import grid as _grid
 from views import view as _view
 
@@ -367,48 +366,19 @@ def test_both_mode_drops_frames_then_pools():
 
 
 # ---------------------------------------------------------------- through the engine on a tiny Qwen2.5-VL
-QWEN_VIDEO = VisualItem("video", 0, 8, 4, 4)  # the fixture's video: 8 temporal patches of 4 x 4 tokens
-
-
-def _expected(model, inputs, method):
-    """The method's answer computed here on the decoder's input embeddings at the video rows, and the prompt."""
-    prompt = qwen_prompt(model, inputs)
-    rows = torch.nonzero(prompt.visual).flatten()
-    lay = VisualLayout.from_grid(rows, [QWEN_VIDEO])
-    n = rows.numel()
-    view = SampleView(0, 0, sv.keep_count(method.retain, n), lay, prompt.embeds, rows, n, NoScores())
-    return _selection(method, view), rows, prompt
-
-
-def _merge_fn(sel: sv.Selection, visual_rows: torch.Tensor):
-    """For the oracle: each kept row becomes the mean of itself and the rows merged into it (by hand)."""
-
-    def merge(h, rows):
-        out = h.clone()
-        index = {int(p): i for i, p in enumerate(rows)}
-        groups: dict[int, list[int]] = {}
-        for s, t in zip(sel.merge.source.tolist(), sel.merge.target.tolist(), strict=True):
-            groups.setdefault(int(visual_rows[t]), []).append(index[int(visual_rows[s])])
-        for t, members in groups.items():
-            out[index[t]] = h[[index[t], *members]].float().mean(0).to(h.dtype)
-        return out
-
-    return merge
-
-
 # DyCoke's decode-time pruning has its own oracle (tests/test_decode_pruning.py); here its prefill stage alone
 @pytest.mark.parametrize("method", [sv.DivPrune(retain=0.25), sv.VidCom2(retain=0.25), sv.DyCoke(retain=0.4, dp=False),
                                     sv.Downsample(retain=0.3, mode="frames"), sv.Downsample(retain=0.25, mode="pool"),
                                     sv.Downsample(retain=0.2, mode="both")], ids=IDS)
 def test_engine_matches_the_oracle(qwen25, method):
     model, inputs = qwen25
-    want, rows, prompt = _expected(model, inputs, method)
+    want, rows, prompt = qwen_answer(model, inputs, method)
     prefill, stats, out = run_pruned(model, inputs, method, 4)
     (stage,) = stats.stages
     assert stage.layer == 0 and stage.costs.scoring_flops == 0
     assert torch.equal(stage.kept_positions[0], rows[want.keep])
     assert stage.n_merged == [0 if want.merge is None else want.merge.source.numel()]
-    merge = None if want.merge is None else {0: _merge_fn(want, rows)}
+    merge = None if want.merge is None else {0: merge_by_hand(want, rows)}
     logits, tokens, _ = staged_forward(model, model.model.language_model, prompt, [(0, rows[want.keep])], 4,
                                        merge=merge)
     assert_matches(prefill, out, logits, tokens, 4)
@@ -416,7 +386,8 @@ def test_engine_matches_the_oracle(qwen25, method):
 
 @pytest.mark.parametrize("method", [sv.DivPrune(retain=0.5), sv.VidCom2(retain=0.5), sv.DyCoke(retain=0.5, dp=False),
                                     sv.Downsample(retain=0.5, mode="frames"), sv.Downsample(retain=0.25, mode="pool"),
-                                    sv.Downsample(retain=0.5, mode="both")], ids=IDS)
+                                    sv.Downsample(retain=0.5, mode="both"), sv.FastVID(retain=0.5)],
+                         ids=[*IDS, "fastvid"])
 def test_stacked_before_sharp(qwen25, method):
     """A pre-LLM method then ShaRP at layer 2: the default ShaRP runs; with its mask off (no forward-scope mask)
     both stages equal the oracle."""
@@ -428,11 +399,11 @@ def test_stacked_before_sharp(qwen25, method):
     assert torch.isin(second.kept_positions[0], first.kept_positions[0]).all()
     assert out.sequences.shape[1] == inputs["input_ids"].shape[1] + 2
 
-    want, rows, prompt = _expected(model, inputs, method)
+    want, rows, prompt = qwen_answer(model, inputs, method)
     prefill, stats, out = run_pruned(model, inputs, sv.Schedule([method, sv.ShaRP(retain=0.2, layer=2, mask="off")]),
                                      3)
     stages = [(s.layer, s.kept_positions[0]) for s in stats.stages]
     assert torch.equal(stages[0][1], rows[want.keep])
-    merge = None if want.merge is None else {0: _merge_fn(want, rows)}
+    merge = None if want.merge is None else {0: merge_by_hand(want, rows)}
     logits, tokens, _ = staged_forward(model, model.model.language_model, prompt, stages, 3, merge=merge)
     assert_matches(prefill, out, logits, tokens, 3)

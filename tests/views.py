@@ -1,11 +1,14 @@
-"""Sample views over random tensors, for the selection tests of methods that read only the hidden states (the
-methods before the decoder, similarity merges): a grid layout, a view of it, and the layouts every such method is
-checked on."""
+"""Sample views for the selection tests of methods that read only the hidden states (the methods before the
+decoder, similarity merges): a grid layout, a view of it over random tensors, the layouts every such method is
+checked on, and the answer to compare the engine with on the tiny Qwen2.5-VL of `conftest.qwen25`, with its merge
+written out by hand for the oracle."""
 
 from __future__ import annotations
 
 import torch
 
+import sharp_vlm as sv
+from oracle import Prompt, qwen_prompt
 from sharp_vlm.core.layout import VisualItem, VisualLayout
 from sharp_vlm.methods.base import SampleView
 
@@ -55,3 +58,40 @@ LAYOUTS = {
     "a_row_per_frame": grid(("video", 5, 1, 8)),  # a declared span: one row of tokens per frame
     "after_an_earlier_stage": subset_layout(),
 }
+
+
+QWEN_VIDEO = VisualItem("video", 0, 8, 4, 4)  # conftest.qwen25's video: 8 temporal patches of 4 x 4 tokens
+
+
+def qwen_answer(model, inputs, method: sv.StageMethod) -> tuple[sv.Selection, torch.Tensor, Prompt]:
+    """(the method's answer on the decoder's input embeddings at the video rows, those rows, the prompt)."""
+    prompt = qwen_prompt(model, inputs)
+    rows = torch.nonzero(prompt.visual).flatten()
+    lay = VisualLayout.from_grid(rows, [QWEN_VIDEO])
+    n = rows.numel()
+    answer = method.select(SampleView(0, 0, sv.keep_count(method.retain, n), lay, prompt.embeds, rows, n,
+                                      NoScores()))
+    return (answer if isinstance(answer, sv.Selection) else sv.Selection(answer)), rows, prompt
+
+
+def merge_by_hand(sel: sv.Selection, visual_rows: torch.Tensor):
+    """For the oracle (`staged_forward(..., merge=)`): each kept row becomes (h_t + sum w_i h_i) / (1 + sum w_i)
+    over the rows merged into it, every w_i 1 where the merge has no weights."""
+
+    def merge(h, rows):
+        out = h.clone()
+        index = {int(p): i for i, p in enumerate(rows)}
+        weights = [1.0] * sel.merge.source.numel() if sel.merge.weight is None else sel.merge.weight.tolist()
+        groups: dict[int, list[tuple[int, float]]] = {}
+        for s, t, w in zip(sel.merge.source.tolist(), sel.merge.target.tolist(), weights, strict=True):
+            groups.setdefault(int(visual_rows[t]), []).append((index[int(visual_rows[s])], w))
+        for t, members in groups.items():
+            acc = h[index[t]].float().clone()
+            total = 1.0
+            for i, w in members:
+                acc += w * h[i].float()
+                total += w
+            out[index[t]] = (acc / total).to(h.dtype)
+        return out
+
+    return merge
