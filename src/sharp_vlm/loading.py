@@ -40,6 +40,14 @@ def from_dict(data: dict[str, Any]) -> Method:
     return cls(**data)
 
 
+def split_layer(spec: str, label: str | None = None) -> tuple[str, int | None]:
+    """A run's "name@K" as the commands write it: (name, K), or (name, None) without "@"."""
+    name, _, at = spec.partition("@")
+    if at and not at.isdigit():
+        raise ConfigError(f"{(label or spec)!r}: the layer after '@' must be an integer, e.g. uniform@0")
+    return name, int(at) if at else None
+
+
 def build_method(method: str | Method | dict[str, Any], retain: float | None = None, layer: int | None = None,
                  options: dict[str, Any] | None = None, label: str | None = None) -> Method:
     """A checked method config: from a registered name with `retain` / `layer` (set where the method has them)

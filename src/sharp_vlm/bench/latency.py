@@ -23,7 +23,7 @@ from ..engine.bias_cache import BiasCache
 from ..engine.handle import Handle, apply
 from ..errors import ConfigError
 from ..flops import DecoderShape, decode_flops_per_token, method_flops
-from ..loading import Variant, build_method
+from ..loading import Variant, build_method, split_layer
 from ..methods.base import Method
 from ..models.generic import VideoSpan
 from .bare import BareFastV
@@ -79,12 +79,10 @@ _NAMED = {
 def variant(name: str, retain: float, layer: int, options: dict[str, dict[str, Any]] | None = None) -> Variant:
     """A benchmark variant by name: one of the names above, or any registered method; "name@K" at layer K;
     `options`: extra config fields per method name (e.g. {"pdrop": {"layers": [6, 12, 18]}})."""
-    base, _, at = name.partition("@")
-    if at and not at.isdigit():
-        raise ConfigError(f"{name!r}: the layer after '@' must be an integer, e.g. divprune@0")
+    base, at = split_layer(name)
     method, options_named, cached = _NAMED.get(base, (base, {}, False))
     extra = (options or {}).get(method, {})
-    config = build_method(method, retain, int(at) if at else layer, {**options_named, **extra}, label=name)
+    config = build_method(method, retain, layer if at is None else at, {**options_named, **extra}, label=name)
     return Variant(name, config.name, retain, config, bias_cache=cached)
 
 
@@ -205,7 +203,7 @@ def check_bench(cfg: BenchConfig) -> None:
     if cfg.layer >= depth:
         raise ConfigError(f"--layer {cfg.layer} is beyond the model's depth: {cfg.model} has {depth} decoder layers, "
                           f"so use a layer in 1..{depth - 1}")
-    run = {_NAMED.get(n.partition("@")[0], (n.partition("@")[0],))[0] for n in cfg.variants}
+    run = {_NAMED.get(base, (base,))[0] for base in (split_layer(n)[0] for n in cfg.variants)}
     unused = sorted(set(cfg.options) - run)
     if unused:
         raise ConfigError(f"--options names {', '.join(unused)}, which no variant runs: {', '.join(cfg.variants)}")

@@ -16,7 +16,7 @@ from ..core.layout import VisualLayout
 from ..engine.bias_cache import BiasCache
 from ..engine.handle import apply
 from ..errors import ConfigError
-from ..loading import Variant, build_method
+from ..loading import Variant, build_method, split_layer
 from ..methods import NoPrune, Schedule
 from ..methods.base import Method
 from ..models.generic import VideoSpan
@@ -57,7 +57,8 @@ def ablation_label(c1: bool, c2: bool, c3: bool) -> str:
 
 def variants(cfg: ProbeConfig) -> list[Variant]:
     out = [Variant("none", "none", 1.0, NoPrune())]
-    unknown = sorted(set(cfg.options) - {part.partition("@")[0] for spec in cfg.methods for part in spec.split("+")})
+    named = {split_layer(part, spec)[0] for spec in cfg.methods for part in spec.split("+")}
+    unknown = sorted(set(cfg.options) - named)
     if unknown:
         raise ConfigError(f"--options names {', '.join(unknown)}, which is not among the methods run: {cfg.methods}")
     for spec in cfg.methods:
@@ -81,11 +82,9 @@ def _build(spec: str, retain: float, cfg: ProbeConfig) -> Method:
     parts = spec.split("+")
     steps = []
     for i, part in enumerate(parts):
-        name, _, at = part.partition("@")
-        if at and not at.isdigit():
-            raise ConfigError(f"{spec!r}: the layer after '@' must be an integer, e.g. uniform@0")
+        name, at = split_layer(part, spec)
         share = retain if i == len(parts) - 1 else min(1.0, 2 * retain)
-        steps.append(build_method(name, share, int(at) if at else cfg.layer, cfg.options.get(name), label=spec))
+        steps.append(build_method(name, share, cfg.layer if at is None else at, cfg.options.get(name), label=spec))
     if len(steps) == 1:
         return steps[0]
     try:
