@@ -90,3 +90,18 @@ def test_mrope_keeps_its_positions_and_refuses_contiguous():
         sv.apply(model, sv.DivPrune(retain=0.3, positions="contiguous"))
     with pytest.raises(sv.ConfigError, match="layer=0"):
         sv.DivPrune(retain=0.3, layer=2, positions="contiguous")
+
+
+def test_a_custom_method_asking_for_contiguous_positions_inside_the_decoder_is_refused():
+    from dataclasses import dataclass
+
+    @dataclass
+    class Later(sv.StageMethod):  # not a PreLLMMethod: its own validate does not check positions
+        positions: str = "contiguous"
+
+        def select(self, view):
+            return view.top(view.attention_scores())
+
+    model, _ = model_and_inputs("llava_onevision")
+    with pytest.raises(sv.ConfigError, match="needs layer=0, got layer=2"):
+        sv.apply(model, Later(retain=0.5, layer=2))

@@ -94,8 +94,8 @@ class Engine:
         self.decode_pruning = method.decode_pruning()
         # a sliding window counts positions and keeps only the window's keys in the cache
         self.windowed = any(adapter.attention_parts(i).sliding_window is not None for i in range(adapter.n_layers))
-        self._validate()
         self.stage_at = {s.layer: s for s in self.stages}
+        self._validate()
         # trim_kv: the first stage inside the decoder (one before it leaves nothing to trim on its own)
         self.trim_to = next((s.layer for s in self.stages if s.layer > 0), None)
         self.last_stage = self.stages[-1].layer if self.stages else 0
@@ -151,18 +151,21 @@ class Engine:
                 f"{dp.method.name}: decode pruning is not supported on a decoder with sliding-window attention (its "
                 "cache keeps only the window); turn decode pruning off (e.g. sv.DyCoke(dp=False))"
             )
-        zero = next((st for st in self.stages if st.layer == 0), None)
-        if self.windowed and zero is not None and zero.positions == "contiguous":
+        for s in self.stages:
+            if s.layer > 0 and s.positions == "contiguous":
+                raise ConfigError(f"{s.label}: positions='contiguous' renumbers the rows before the decoder; it needs "
+                                  f"layer=0, got layer={s.layer}")
+        zero = self.stage_at.get(0)
+        if zero is not None and zero.positions == "contiguous" and self.adapter.mrope:
+            raise ConfigError(
+                f"{zero.label}: positions='contiguous' renumbers 1-D positions; this model's 3-D M-RoPE positions "
+                "stay original (positions='auto' or 'original')"
+            )
+        if zero is not None and zero.positions == "contiguous" and self.windowed:
             raise ConfigError(
                 f"{zero.label}: positions='contiguous' is not supported on a decoder with sliding-window "
                 "attention (the window would count the original positions); use positions='original'"
             )
-        for s in self.stages:
-            if s.positions == "contiguous" and self.adapter.mrope:
-                raise ConfigError(
-                    f"{s.label}: positions='contiguous' renumbers 1-D positions; this model's 3-D M-RoPE positions "
-                    "stay original (positions='auto' or 'original')"
-                )
 
     def attach(self) -> None:
         tm = self.adapter.text_model()
