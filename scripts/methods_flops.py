@@ -11,6 +11,7 @@ from __future__ import annotations
 import sharp_vlm as sv
 from sharp_vlm.bench.shapes import decoder_config
 from sharp_vlm.flops import DecoderShape, method_flops
+from sharp_vlm.loading import build_run
 
 SHAPE = DecoderShape.from_config(decoder_config("qwen2.5-vl-7b"))
 N_VISUAL, N_TEXT = 32 * 196, 128
@@ -18,12 +19,8 @@ SEQ = N_VISUAL + N_TEXT
 
 
 def build(name: str, retain: float) -> sv.Method:
-    """A method at `retain` (stacks: the pre-LLM stage keeps twice the final share, as `sharp probe` does)."""
-    if "+" in name:
-        first, last = name.split("+")
-        return sv.Schedule([sv.load_config({"method": first, "retain": min(1.0, 2 * retain)}),
-                            sv.load_config({"method": last, "retain": retain})])
-    return sv.load_config({"method": name, "retain": retain})
+    """A method at `retain` as `sharp probe --methods` builds it (stacks: the first stage keeps twice the share)."""
+    return build_run(name, retain)
 
 
 def cost(method: sv.Method, cached: bool = False) -> float:

@@ -12,6 +12,7 @@ from typing import Any
 from . import methods as _builtin  # noqa: F401  (importing registers the built-in methods)
 from .errors import ConfigError
 from .methods.base import Method, check_options, registered
+from .methods.schedule import Schedule
 
 
 def methods() -> list[str]:
@@ -71,6 +72,25 @@ def build_method(method: str | Method | dict[str, Any], retain: float | None = N
         return from_dict({"method": cls.name, **fixed, **options})
     except ConfigError as err:
         raise ConfigError(f"{name}: {err}") from None
+
+
+def build_run(spec: str, retain: float, layer: int | None = None,
+              options: dict[str, dict[str, Any]] | None = None) -> Method:
+    """A run named as `sharp probe --methods` names it: "name", "name@K" (at layer K), or stages joined by "+"
+    ("vidcom2@0+sharp"): a schedule whose last stage keeps `retain` and every earlier one twice that (at most
+    everything). `layer`: of every stage without @K (None: each method's own); `options`: per method name."""
+    parts = spec.split("+")
+    steps = []
+    for i, part in enumerate(parts):
+        name, at = split_layer(part, spec)
+        share = retain if i == len(parts) - 1 else min(1.0, 2 * retain)
+        steps.append(build_method(name, share, layer if at is None else at, (options or {}).get(name), label=spec))
+    if len(steps) == 1:
+        return steps[0]
+    try:
+        return Schedule(steps)  # type: ignore[arg-type]
+    except ConfigError as err:
+        raise ConfigError(f"{spec}: {err}") from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,8 +16,8 @@ from ..core.layout import VisualLayout
 from ..engine.bias_cache import BiasCache
 from ..engine.handle import apply
 from ..errors import ConfigError
-from ..loading import Variant, build_method, split_layer
-from ..methods import NoPrune, Schedule
+from ..loading import Variant, build_method, build_run, split_layer
+from ..methods import NoPrune
 from ..methods.base import Method
 from ..models.generic import VideoSpan
 from .families import families
@@ -65,7 +65,7 @@ def variants(cfg: ProbeConfig) -> list[Variant]:
         if spec == "none":
             continue
         for r in cfg.retains:
-            method = _build(spec, r, cfg)
+            method = build_run(spec, r, cfg.layer, cfg.options)
             out.append(Variant(spec, method.name, r, method))
     if cfg.ablate:
         base = cfg.options.get("sharp", {})
@@ -74,23 +74,6 @@ def variants(cfg: ProbeConfig) -> list[Variant]:
                 label = ablation_label(c1, c2, c3)
                 out.append(Variant(label, "sharp", r, build_method("sharp", r, cfg.layer, {**base, **opts}, label)))
     return out
-
-
-def _build(spec: str, retain: float, cfg: ProbeConfig) -> Method:
-    """One run of `--methods`: "name", "name@K" (at layer K), or stages joined by "+" ("vidcom2@0+sharp"): a
-    schedule whose last stage keeps `retain` and every earlier one twice that (at most everything)."""
-    parts = spec.split("+")
-    steps = []
-    for i, part in enumerate(parts):
-        name, at = split_layer(part, spec)
-        share = retain if i == len(parts) - 1 else min(1.0, 2 * retain)
-        steps.append(build_method(name, share, cfg.layer if at is None else at, cfg.options.get(name), label=spec))
-    if len(steps) == 1:
-        return steps[0]
-    try:
-        return Schedule(steps)  # type: ignore[arg-type]
-    except ConfigError as err:
-        raise ConfigError(f"{spec}: {err}") from None
 
 
 def _run_key(v: Variant) -> str:
