@@ -58,6 +58,8 @@ ROWS = [  # (name, where it cuts, the bias cached)
     ("framefusion", "layers 0-1 (merge), 2 (prune)", False), ("sharp", "layer 2", False),
     ("sharp", "layer 2, bias cached", True), ("vidcom2+sharp", "before the decoder + layer 2", False),
     ("dycoke+sharp", "before the decoder + layer 2", False),
+    ("visionzip", "before the decoder", False), ("holitom", "before the decoder + layer 18 (merge)", False),
+    ("flashvid", "before the decoder (1.25 R) + layer 20", False),
 ]
 
 

@@ -50,6 +50,19 @@ def test_merge_rows_is_a_weighted_mean():
     assert out[0].item() == pytest.approx((1 + 2 + 2 * 4) / 4) and torch.equal(out[1:], h[1:])
 
 
+def test_merge_rows_with_a_target_weight_and_as_a_plain_sum():
+    h = torch.tensor([[1.0], [2.0], [4.0], [8.0]])
+    rows = torch.tensor([0, 1, 2, 3])
+    own = torch.tensor([0.5, 1.0, 3.0, 1.0])
+    mean = sv.Merge(torch.tensor([1, 3]), torch.tensor([0, 2]), torch.tensor([1.0, 1.0]), target_weight=own)
+    out = merge_rows(h, rows, mean)
+    assert out[0].item() == pytest.approx((0.5 * 1 + 2) / 1.5) and out[2].item() == pytest.approx((3 * 4 + 8) / 4)
+    plain = sv.Merge(torch.tensor([1, 3]), torch.tensor([0, 0]), torch.tensor([0.5, 0.5]), normalize=False)
+    out = merge_rows(h, rows, plain)
+    assert out[0].item() == pytest.approx(1 + (2 + 8) / 2)  # VisionZip: target + mean(joined)
+    assert torch.equal(out[1:], h[1:])  # dropped rows are left as they were; a kept row with no source too
+
+
 @pytest.mark.parametrize(
     "sel, message",
     [
@@ -61,6 +74,11 @@ def test_merge_rows_is_a_weighted_mean():
         (sv.Selection(torch.tensor([0, 1, 2]), sv.Merge(torch.tensor([3, 3]), torch.tensor([0, 1]))), "at most once"),
         (sv.Selection(torch.tensor([0, 1, 2]), sv.Merge(torch.tensor([3]), torch.tensor([0]), torch.tensor([-1.0]))),
          "non-negative"),
+        (sv.Selection(torch.tensor([0, 1, 2]), sv.Merge(torch.tensor([3]), torch.tensor([0]),
+                                                        target_weight=torch.ones(3))), "one per visual token"),
+        (sv.Selection(torch.tensor([0, 1, 2]), sv.Merge(torch.tensor([3]), torch.tensor([0]),
+                                                        target_weight=torch.full((8,), float("inf")))),
+         "target_weight"),
     ],
 )
 def test_check_selection_names_the_method(sel, message):
@@ -139,8 +157,15 @@ def test_schedule_config_rules_and_loading(tmp_path):
         sv.Schedule([sv.FastV(retain=0.2, layer=1), sv.FastV(retain=0.5, layer=2)])
     with pytest.raises(sv.ConfigError, match="at least one"):
         sv.Schedule([])
-    with pytest.raises(sv.ConfigError, match="single-stage methods"):
+    with pytest.raises(sv.ConfigError, match="prunes nothing"):
         sv.Schedule([sv.NoPrune()])
+    with pytest.raises(sv.ConfigError, match="methods such as"):
+        sv.Schedule([sv.Schedule([sv.FastV()])])
+    # a method of several stages is a step like any other; its stages join the order and retain rules
+    both = sv.Schedule([sv.HoliTom(retain=0.5, merge_layer=None), sv.PDrop(retain=0.05, layers=[4, 8, 12])])
+    assert [st.layer for st in both.stages()] == [0, 4, 8, 12]
+    with pytest.raises(sv.ConfigError, match="strictly increasing"):
+        sv.Schedule([sv.HoliTom(retain=0.5), sv.FastV(retain=0.1, layer=2)])
     with pytest.raises(sv.ConfigError, match="at most one stage"):
         sv.Schedule([sv.ShaRP(retain=0.5, layer=1), sv.ShaRP(retain=0.2, layer=3)])
     with pytest.raises(sv.ConfigError, match="steps"):

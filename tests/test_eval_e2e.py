@@ -236,3 +236,22 @@ def test_user_evaluates_every_published_method_with_one_flag(setup, tmp_path):
     for n in names:
         assert rows[f"{n}@0.25"]["kept_ratio"] == pytest.approx(0.25, abs=0.02), n
         assert rows[f"{n}@0.25"]["tflops"] < rows["none"]["tflops"], n
+
+
+def test_user_evaluates_the_tower_methods_on_a_llava_onevision(tmp_path):
+    """VisionZip, HoliTom and FlashVID read the vision tower's attention: from their names on a saved
+    LLaVA-OneVision, with their in-LLM layers moved into this 4-layer decoder through --options."""
+    model = save_tiny_checkpoint("llava_onevision", tmp_path / "model")
+    data = write_sample_set(tmp_path / "data", n=1, frames=8)
+    out = tmp_path / "out"
+    names = ["visionzip", "holitom", "flashvid"]
+    argv = ["eval", "--model", str(model), "--data", str(data), "--methods", ",".join(names), "--retain", "0.25",
+            "--frames", "4", "--max-new-tokens", "2", "--dtype", "float32", "--device", "cpu",
+            "--options", '{"holitom": {"merge_layer": 2}, "flashvid": {"prune_layer": 3}}', "--out", str(out)]
+    assert cli.main(argv) == 0
+    rows = {r["variant"]: r for r in json.loads((out / "report.json").read_text())["rows"]}
+    assert set(rows) == {"none"} | {f"{n}@0.25" for n in names}
+    # the share after the last stage: VisionZip's, HoliTom's after its merge (R / 2), FlashVID's (1.25 R x 0.3)
+    for n, kept in zip(names, [0.25, 0.125, 0.25 * 1.25 * 0.3], strict=True):
+        assert rows[f"{n}@0.25"]["tflops"] < rows["none"]["tflops"], n
+        assert rows[f"{n}@0.25"]["kept_ratio"] == pytest.approx(kept, abs=0.02), n

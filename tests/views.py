@@ -75,23 +75,26 @@ def qwen_answer(model, inputs, method: sv.StageMethod) -> tuple[sv.Selection, to
 
 
 def merge_by_hand(sel: sv.Selection, visual_rows: torch.Tensor):
-    """For the oracle (`staged_forward(..., merge=)`): each kept row becomes (h_t + sum w_i h_i) / (1 + sum w_i)
-    over the rows merged into it, every w_i 1 where the merge has no weights."""
+    """For the oracle (`staged_forward(..., merge=)`): each kept row that receives sources becomes
+    (a_t h_t + sum w_i h_i) / (a_t + sum w_i), or the plain sum with `normalize=False`; w_i and a_t are 1 where
+    the merge gives none."""
+    m = sel.merge
 
     def merge(h, rows):
         out = h.clone()
         index = {int(p): i for i, p in enumerate(rows)}
-        weights = [1.0] * sel.merge.source.numel() if sel.merge.weight is None else sel.merge.weight.tolist()
+        weights = [1.0] * m.source.numel() if m.weight is None else m.weight.tolist()
         groups: dict[int, list[tuple[int, float]]] = {}
-        for s, t, w in zip(sel.merge.source.tolist(), sel.merge.target.tolist(), weights, strict=True):
-            groups.setdefault(int(visual_rows[t]), []).append((index[int(visual_rows[s])], w))
+        for s, t, w in zip(m.source.tolist(), m.target.tolist(), weights, strict=True):
+            groups.setdefault(t, []).append((index[int(visual_rows[s])], w))
         for t, members in groups.items():
-            acc = h[index[t]].float().clone()
-            total = 1.0
+            own = 1.0 if m.target_weight is None else float(m.target_weight[t])
+            acc = own * h[index[int(visual_rows[t])]].float()
+            total = own
             for i, w in members:
-                acc += w * h[i].float()
+                acc = acc + w * h[i].float()
                 total += w
-            out[index[t]] = (acc / total).to(h.dtype)
+            out[index[int(visual_rows[t])]] = (acc / total if m.normalize else acc).to(h.dtype)
         return out
 
     return merge

@@ -9,11 +9,12 @@
 # the subpackage `methods` is imported first so that the function `methods` below takes the name
 from .methods import FastV, NoPrune, PDrop, RandomPrune, Schedule, ShaRP, UniformPrune  # isort: skip
 from .methods import DivPrune, Downsample, DyCoke, FrameFusion, VidCom2  # isort: skip
-from .methods import FastVID  # isort: skip
+from .methods import FastVID, FlashVID, HoliTom, VisionZip  # isort: skip
 from .loading import load_config, methods  # isort: skip
 from .core.budget import keep_count
 from .core.layout import VisualItem, VisualLayout
 from .core.selection import DedupCounts, Merge, Selection
+from .core.tower import TowerFeatures
 from .engine.bias_cache import BiasCache
 from .engine.handle import Handle, apply
 from .engine.stats import CallStats, SampleRecord, StageCosts, StageStats
@@ -46,8 +47,10 @@ __all__ = [
     "DyCoke",
     "FastV",
     "FastVID",
+    "FlashVID",
     "FrameFusion",
     "Handle",
+    "HoliTom",
     "InputError",
     "Merge",
     "MethodError",
@@ -68,11 +71,13 @@ __all__ = [
     "StageCosts",
     "StageMethod",
     "StageStats",
+    "TowerFeatures",
     "TruncatedVideoWarning",
     "UniformPrune",
     "UnsupportedModelError",
     "VideoSpan",
     "VidCom2",
+    "VisionZip",
     "VisualItem",
     "VisualLayout",
     "apply",

@@ -19,6 +19,7 @@ import torch
 from ..checkpoint import cpu_has_native_bf16, cpu_info, dtype_choice
 from ..checks import check_retain, check_unique
 from ..core.budget import keep_count
+from ..core.tower import TowerFeatures
 from ..engine.bias_cache import BiasCache
 from ..engine.handle import Handle, apply
 from ..errors import ConfigError
@@ -275,7 +276,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     seq = cfg.prefix + n_visual + cfg.question
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(10, model.config.vocab_size - 10, (1, seq), generator=gen).to(cfg.device)
-    span = VideoSpan(cfg.prefix, cfg.frames, cfg.tokens_per_frame)
+    span = VideoSpan(cfg.prefix, cfg.frames, cfg.tokens_per_frame, tower=stand_in_tower(n_visual))
     results: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]] = [([], []) for _ in plan]
     bar = tqdm(total=len(plan) * (cfg.warmup + cfg.repeats), desc="bench", unit="run", disable=not progress)
     # Rounds over all variants rather than all repeats of one variant, so that a slow drift of the machine
@@ -324,7 +325,18 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     _derive(rows, vision)
     info = machine(cfg, dtype, dtype_reason)
     return {"config": asdict(cfg), "machine": info, "seq_len": seq, "n_visual": n_visual, "rows": rows,
-            "vision": vision}
+            "vision": vision, "tower_attention": TOWER_NOTE}
+
+
+TOWER_NOTE = ("methods that read the vision tower's attention (visionzip, holitom, flashvid) get a random stand-in: "
+              "the benchmark's decoder-only model has no tower; it changes which tokens they keep, not the decoder's "
+              "cost, and the capture's own cost in the tower is not timed")
+
+
+def stand_in_tower(n_visual: int) -> TowerFeatures:
+    """Seeded random tower attention and keys for the benchmark's span."""
+    gen = torch.Generator().manual_seed(1)
+    return TowerFeatures(torch.rand(n_visual, generator=gen), None, torch.randn(n_visual, 64, generator=gen))
 
 
 def _derive(rows: list[dict[str, Any]], vision: dict[str, Any] | None) -> None:

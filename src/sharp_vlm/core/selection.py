@@ -18,14 +18,19 @@ class Merge:
     """Dropped visual tokens folded into kept ones before the drop.
 
     source: (M,) visual indices of dropped tokens; target: (M,) visual indices of the kept tokens they go into;
-    weight: (M,) non-negative weights (default 1). A kept token t becomes
-    ``(h_t + sum_i w_i h_i) / (1 + sum_i w_i)`` over the sources i merged into it: with unit weights, the mean of
-    the token and everything merged into it.
+    weight: (M,) non-negative weights (default 1); target_weight: (N,) non-negative weight of each kept token's own
+    state, indexed by visual index like `source` (default 1; only kept tokens that receive a merge are read).
+    A kept token t that receives sources i becomes ``(a_t h_t + sum_i w_i h_i) / (a_t + sum_i w_i)`` (a weighted
+    mean; with unit weights, the mean of the token and everything merged into it), or with ``normalize=False`` the
+    plain sum ``a_t h_t + sum_i w_i h_i`` (e.g. VisionZip's ``target + mean(assigned)``: w_i = 1 / count). A kept
+    token that receives nothing is unchanged.
     """
 
     source: torch.Tensor
     target: torch.Tensor
     weight: torch.Tensor | None = None
+    target_weight: torch.Tensor | None = None
+    normalize: bool = True
 
 
 @dataclass
@@ -75,9 +80,13 @@ def check_selection(sel: Selection, n: int, budget: int, label: str, sample: int
         raise MethodError(f"{where}: merge weights must be a tensor")
     if m.source.dim() != 1 or m.target.shape != m.source.shape:
         raise MethodError(f"{where}: merge source and target must be 1-D tensors of one length")
-    if m.weight is not None and (m.weight.shape != m.source.shape or not bool((m.weight >= 0).all())
-                                 or not bool(torch.isfinite(m.weight).all())):
+    if m.weight is not None and not _weights_ok(m.weight, m.source.shape):
         raise MethodError(f"{where}: merge weights must be finite and non-negative, one per source")
+    if m.target_weight is not None and not _weights_ok(m.target_weight, (n,)):
+        raise MethodError(f"{where}: merge target_weight must be a tensor of finite non-negative weights, one per "
+                          f"visual token ({n})")
+    if not isinstance(m.normalize, bool):
+        raise MethodError(f"{where}: merge normalize must be True or False")
     kept = torch.zeros(n, dtype=torch.bool, device=k.device)
     kept[k] = True
     src, dst = m.source.to(k.device), m.target.to(k.device)
@@ -89,6 +98,11 @@ def check_selection(sel: Selection, n: int, budget: int, label: str, sample: int
         raise MethodError(f"{where}: each dropped token merges at most once")
 
 
+def _weights_ok(w: object, shape: tuple) -> bool:
+    return (isinstance(w, torch.Tensor) and tuple(w.shape) == tuple(shape) and bool((w >= 0).all())
+            and bool(torch.isfinite(w).all()))
+
+
 def merge_rows(hidden: torch.Tensor, rows: torch.Tensor, merge: Merge) -> torch.Tensor:
     """Apply `merge` to (S, D) hidden states whose visual token i sits at row rows[i]; returns a new tensor."""
     if merge.source.numel() == 0:
@@ -97,7 +111,16 @@ def merge_rows(hidden: torch.Tensor, rows: torch.Tensor, merge: Merge) -> torch.
     dst = rows[merge.target.to(rows.device)]
     w = (merge.weight if merge.weight is not None else torch.ones(src.numel(), dtype=torch.float32))
     w = w.to(hidden.device, torch.float32)
-    acc = hidden.float().clone()
+    own = torch.ones(hidden.shape[0], device=hidden.device, dtype=torch.float32)
+    if merge.target_weight is not None:
+        receiving = torch.unique(merge.target.to(rows.device))
+        own[rows[receiving]] = merge.target_weight.to(hidden.device, torch.float32)[receiving.to(hidden.device)]
+    acc = hidden.float() * own[:, None]
     acc.index_add_(0, dst, hidden[src].float() * w[:, None])
-    total = torch.ones(hidden.shape[0], device=hidden.device, dtype=torch.float32).index_add_(0, dst, w)
+    if not merge.normalize:
+        return acc.to(hidden.dtype)
+    total = own.clone().index_add_(0, dst, w)
+    # a kept token whose own and merged weights are all 0 has no state to take: it stays as it was
+    empty = total == 0
+    acc[empty], total[empty] = hidden[empty].float(), 1.0
     return (acc / total[:, None]).to(hidden.dtype)

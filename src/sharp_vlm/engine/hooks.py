@@ -96,6 +96,9 @@ class Engine:
         self.windowed = any(adapter.attention_parts(i).sliding_window is not None for i in range(adapter.n_layers))
         self.stage_at = {s.layer: s for s in self.stages}
         self._validate()
+        # a stage that reads the vision tower's attention: the adapter captures it while the tower runs
+        reader = next((s for s in self.stages if s.reads_vision), None)
+        self.tower = adapter.vision_attention(reader.label) if reader is not None else None
         # trim_kv: the first stage inside the decoder (one before it leaves nothing to trim on its own)
         self.trim_to = next((s.layer for s in self.stages if s.layer > 0), None)
         self.last_stage = self.stages[-1].layer if self.stages else 0
@@ -173,6 +176,8 @@ class Engine:
         # always_call: a call that raised still frees the model for the next one
         self._handles.append(self.model.register_forward_hook(self._outer_post, always_call=True))
         self._handles.append(tm.register_forward_pre_hook(self._decoder_pre, with_kwargs=True))
+        if self.tower is not None:
+            self._handles.append(self.tower.attach())
         self._handles.append(tm.register_forward_hook(self._decoder_post, with_kwargs=True))
         for i, layer in enumerate(self.adapter.layers()):
             self._handles.append(layer.register_forward_pre_hook(self._layer_pre(i), with_kwargs=True))
@@ -233,6 +238,8 @@ class Engine:
         self._call = call
 
     def _outer_post(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self.tower is not None:
+            self.tower.clear()
         self.guard.exit()
 
     def _decoder_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
@@ -268,6 +275,8 @@ class Engine:
                 )
             return None
         self._start_prefill(ref)
+        if self.tower is not None:
+            self._pre.tower, self._pre.tower_frames = self.tower, self.tower.take()
         # the decoder input, for a reference pass; input ids are embedded only when one runs
         self._pre.decoder_input = embeds if embeds is not None else ids
         kwargs, self._pre.adapter_state = self.adapter.prefill_state(kwargs)

@@ -9,9 +9,11 @@ from typing import Any
 import torch
 
 from ..core.layout import VisualLayout
+from ..core.tower import TowerFeatures
 from ..errors import InputError, NoVisualTokensError
 from ..methods.base import TARGET_KINDS
 from ..models.base import Adapter
+from ..models.vision_attention import TowerAttention
 from .rows import PrefillRows, RowOp
 from .stats import CallStats
 
@@ -40,6 +42,21 @@ class Prefill:
     previous_hidden: torch.Tensor | None = None  # input of layer K-1, for a stage that scores with its attention
     position_ids: torch.Tensor | None = None  # (B, S) renumbered positions over the original rows (contiguous)
     position_shift: torch.Tensor | None = None  # (B,) how much earlier decoding continues (contiguous)
+    tower: TowerAttention | None = None  # the capture of the vision tower's attention, when a stage reads it
+    tower_frames: torch.Tensor | None = None  # what it captured for this prompt, per frame
+    tower_features: list[TowerFeatures] | None = None  # ... per sample over its original visual tokens
+
+    def vision(self, index: int) -> TowerFeatures:
+        """Sample `index`'s tower attention over its current visual tokens."""
+        if self.tower_features is None:
+            full = self.full_layouts or self.layouts
+            try:  # generate() may repeat the pixel values for beams (the tower then saw every row's frames)
+                self.tower_features = self.tower.features(self.tower_frames, full)
+            except InputError:
+                self.tower_features = [f for f in self.tower.features(self.tower_frames, full[:: self.expand])
+                                       for _ in range(self.expand)]
+        return self.tower_features[index].subset(self.rows.visual_orig[index].to(
+            self.tower_features[index].received.device))
 
     @property
     def pruned(self) -> bool:

@@ -51,7 +51,9 @@ def bias_key(weights: list[torch.Tensor], layer: int, query: str, rope: bool, ma
         ops.append(op.idx)
         for m in op.merges:
             if m is not None:
-                ops += [m[0], m[1].source, m[1].target] + ([m[1].weight] if m[1].weight is not None else [])
+                merge = m[1]
+                ops += [m[0], merge.source, merge.target, merge.normalize, "weight", merge.weight, "target_weight",
+                        merge.target_weight]
     visual = [reference[i, lay.positions] for i, lay in enumerate(pre.full_layouts[:: pre.expand])]
     return BiasCache.key(
         *weights, layer, query, rope, mask, pre.rows.rows, pre.rows.query_last,

@@ -14,6 +14,7 @@ import torch
 
 from ..core.budget import keep_count
 from ..core.selection import Selection, check_selection
+from ..core.tower import TowerFeatures
 from ..errors import ConfigError
 from ..flops import DecoderShape, prefill_flops, scoring_flops
 from ..methods.base import SampleView, SegmentMask, Stage
@@ -86,6 +87,12 @@ class StageScorer:
             self.costs.scoring_seconds += time.perf_counter() - t
             self.costs.scoring_flops += self._flops(query)
         return self._memo[key]
+
+    def vision(self, index: int) -> TowerFeatures:
+        if self.pre.tower is None:
+            raise ConfigError(f"{self.stage.label} asks for the vision tower's attention but does not say "
+                              "reads_vision, so the engine did not capture it")
+        return self.pre.vision(index)
 
     def reference(self, query: str, mask: SegmentMask | None, rope: bool) -> torch.Tensor:
         self._check_layer()

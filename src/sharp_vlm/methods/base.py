@@ -21,6 +21,7 @@ from ..checks import check_choice, check_layer, check_retain
 from ..core.layout import VisualLayout
 from ..core.select import top_indices
 from ..core.selection import Selection
+from ..core.tower import TowerFeatures
 from ..errors import ConfigError
 
 _REGISTRY: dict[str, type[Method]] = {}
@@ -106,6 +107,8 @@ class Stage:
     # positions of the rows after a stage before the decoder: "original", "contiguous" (renumbered without gaps,
     # 1-D rotary positions only) or "auto" (contiguous where positions are 1-D, original for M-RoPE)
     positions: str = "original"
+    # the method reads the vision tower's attention (`SampleView.vision_attention`): the engine captures it
+    reads_vision: bool = False
 
 
 @dataclass
@@ -146,6 +149,8 @@ class StageMethod(Method):
     allow_layer_zero: ClassVar[bool] = False
     scores_attention: ClassVar[bool] = True  # runs the scoring side pass (counted in its FLOPs)
     reference_pass: ClassVar[bool] = False  # runs a per-request reference pass (counted in its FLOPs)
+    # reads the vision tower's attention (`SampleView.vision_attention` / `vision_keys`); the adapter must expose it
+    reads_vision: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -186,7 +191,7 @@ class StageMethod(Method):
         # only a forward-scope mask that masks something changes the shallow layers
         forward = mask if mask is not None and mask.scope == "forward" and mask.mode != "off" else None
         return [Stage(self.layer, float(self.retain), self, self.name, forward, self.targets,
-                      self.scores_previous_layer, getattr(self, "positions", "original"))]
+                      self.scores_previous_layer, getattr(self, "positions", "original"), self.reads_vision)]
 
 
 @dataclass(frozen=True)
@@ -257,6 +262,8 @@ class ScoreSource(Protocol):
                   previous: bool = False) -> torch.Tensor: ...
 
     def reference(self, query: str, mask: SegmentMask | None, rope: bool) -> torch.Tensor: ...
+
+    def vision(self, index: int) -> TowerFeatures: ...
 
 
 class SampleView:
@@ -331,6 +338,22 @@ class SampleView:
         """
         self.bias = self._scores.reference(query, mask, rope)[self.index]
         return self.bias
+
+    def vision_attention(self, query: str = "cls") -> torch.Tensor:
+        """(N,) the attention each visual token received in the vision tower, at the layer whose output the
+        projector reads, mapped onto the decoder's tokens with the model's own pooling (the method must say
+        `reads_vision`; the adapter must expose the tower: LLaVA-OneVision / LLaVA-Video, LLaVA-NeXT-Video, InternVL).
+
+        query="cls": from the [CLS] query, mean over heads (VisionZip's rule); on a tower without [CLS] (SigLIP) the
+        mean over all queries instead. "mean": mean over heads and all queries (HoliTom's and FlashVID's rule).
+        """
+        check_choice(query, ("cls", "mean"), "query")
+        feats = self._scores.vision(self.index)
+        return feats.cls if query == "cls" and feats.cls is not None else feats.received
+
+    def vision_keys(self) -> torch.Tensor:
+        """(N, head_dim) the same tower layer's keys, mean over heads, mapped onto the tokens (VisionZip's metric)."""
+        return self._scores.vision(self.index).keys
 
     def positional_prior(self, query: str = "last", mask: SegmentMask | None = None) -> torch.Tensor:
         """(N,) scores from content-free queries and keys at the real positions (RoPE only)."""

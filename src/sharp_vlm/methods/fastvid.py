@@ -144,17 +144,17 @@ def segment_counts(sizes: torch.Tensor, representative: torch.Tensor, budget: in
     return salient, context
 
 
-def density_peaks(features: torch.Tensor) -> torch.Tensor:
-    """(m,) the authors' DPC-KNN score ``delta x density`` of the rows of `features` (m, D).
+def density_peaks(features: torch.Tensor, knn: int = KNN) -> torch.Tensor:
+    """(m,) the DPC-KNN score ``delta x density`` of the rows of `features` (m, D) (FastVID's, HoliTom's, FlashVID's).
 
-    Distances ``||x_i - x_j|| / sqrt(D)``; density ``exp(-mean squared distance to the KNN nearest rows, itself
+    Distances ``||x_i - x_j|| / sqrt(D)``; density ``exp(-mean squared distance to the knn nearest rows, itself
     included)``; delta: the distance to the nearest denser row (ties in density: the lower index is denser), or
     the largest distance of all for the densest row.
     """
     x = features.float()
     m, d = x.shape
     dist = torch.cdist(x[None], x[None])[0] / math.sqrt(d)
-    near = torch.topk(dist, min(KNN, m), dim=-1, largest=False).values
+    near = torch.topk(dist, min(knn, m), dim=-1, largest=False).values
     density = torch.exp(-(near**2).mean(-1))
     rank = torch.empty(m, dtype=torch.long, device=x.device)
     rank[torch.sort(-density, stable=True).indices] = torch.arange(m, device=x.device)

@@ -13,7 +13,7 @@ from .base import DecodePruning, Method, Stage, StageMethod, register
 @register("schedule")
 @dataclass
 class Schedule(Method):
-    """Stage methods run in order of strictly increasing layer, each on what the previous ones kept.
+    """Methods whose stages run in order of strictly increasing layer, each on what the previous ones kept.
 
     Every stage's `retain` is a share of the prompt's *original* visual tokens, so the retains must not increase:
     `Schedule([UniformPrune(retain=0.5, layer=0), ShaRP(retain=0.2, layer=2)])` keeps half the video before the
@@ -21,7 +21,7 @@ class Schedule(Method):
     a forward-scope segment mask; it covers the decoder layers before that stage.
     """
 
-    steps: list[StageMethod] = field(default_factory=list)
+    steps: list[Method] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -30,31 +30,34 @@ class Schedule(Method):
         if not self.steps:
             raise ConfigError("a Schedule needs at least one stage method, e.g. Schedule([FastV(retain=0.5, layer=1)])")
         for s in self.steps:
-            if not isinstance(s, StageMethod):
+            if not isinstance(s, Method) or isinstance(s, Schedule):
                 raise ConfigError(
-                    f"Schedule stages must be single-stage methods such as sv.FastV(...), got {type(s).__name__}"
+                    f"Schedule steps must be methods such as sv.FastV(...) or sv.HoliTom(...), got {type(s).__name__}"
                 )
-            s.validate()
-        layers = [s.layer for s in self.steps]
+            if isinstance(s, StageMethod):
+                s.validate()
+            if not s.stages():
+                raise ConfigError(f"Schedule step {s.name} prunes nothing (it has no stages); leave it out")
+        stages = [st for s in self.steps for st in s.stages()]
+        layers = [st.layer for st in stages]
         if layers != sorted(set(layers)):
             raise ConfigError(f"Schedule stage layers must be strictly increasing, got {layers}")
-        retains = [float(s.retain) for s in self.steps]
+        retains = [float(st.retain) for st in stages]
         if any(b > a for a, b in zip(retains, retains[1:], strict=False)):
             raise ConfigError(
                 f"Schedule retains must not increase, got {retains}: each is a share of the original visual tokens"
             )
-        if len({s.targets for s in self.steps}) > 1:
+        if len({st.targets for st in stages}) > 1:
             raise ConfigError(
-                f"the stages of a Schedule must prune the same targets, got {[s.targets for s in self.steps]}"
-            )
+                f"the stages of a Schedule must prune the same targets, got {[st.targets for st in stages]}")
         if sum(s.decode_pruning() is not None for s in self.steps) > 1:
             raise ConfigError("at most one stage of a Schedule may prune attention while decoding")
-        if sum(st.segment_mask is not None for s in self.steps for st in s.stages()) > 1:
+        if sum(st.segment_mask is not None for st in stages) > 1:
             raise ConfigError("at most one stage of a Schedule may use a forward-scope segment mask")
-        for i, s in enumerate(self.steps):
-            if s.uses_reference and any(p.layer > 0 for p in self.steps[:i]):
+        for i, st in enumerate(stages):
+            if st.method.uses_reference and any(p.layer > 0 for p in stages[:i]):
                 raise ConfigError(
-                    f"{s.name} at layer {s.layer} debiases with a reference pass, which cannot follow an in-decoder "
+                    f"{st.label} at layer {st.layer} debiases with a reference pass, which cannot follow an in-decoder "
                     "stage (the reference prompt would need the earlier stage's choices); put it first, or after "
                     "layer-0 stages only"
                 )

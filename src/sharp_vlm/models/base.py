@@ -18,6 +18,7 @@ from torch import nn
 from ..core.layout import VisualLayout
 from ..core.scoring import apply_rotary
 from ..errors import ConfigError, NoVisualTokensError, UnsupportedModelError
+from .vision_attention import TowerAttention
 
 ReferenceFn = Callable[[torch.Tensor, list[VisualLayout], dict[str, Any]], torch.Tensor]
 Take = Callable[[torch.Tensor, int], torch.Tensor]  # (tensor, dim) -> the tensor gathered to the current rows
@@ -201,6 +202,19 @@ class Adapter:
         The engine already gathers the hidden states, position ids and embeddings and 4-D masks.
         """
         return kwargs
+
+    # ---------------------------------------------------------------- the vision tower
+    # families whose adapters expose the tower's attention (named in the error of the others)
+    TOWER_FAMILIES = "LLaVA-OneVision, LLaVA-Video, LLaVA-NeXT-Video and InternVL"
+
+    def vision_attention(self, label: str) -> TowerAttention:
+        """The capture of the vision tower's attention at the layer the projector reads, for a method (`label`)
+        that ranks or merges by it. Default: this family does not expose it."""
+        raise UnsupportedModelError(
+            f"{label} reads the vision tower's attention, which the {type(self.model).__name__} adapter does not "
+            f"expose (a decoder-only LM has no tower unless its VideoSpan declares one with tower=); run it on "
+            f"{self.TOWER_FAMILIES}, or pick a method that reads the decoder's input (e.g. sv.DivPrune, sv.VidCom2)"
+        )
 
     # ---------------------------------------------------------------- positions
     def next_positions(self, position_ids: torch.Tensor | None, batch: int, seq_len: int) -> torch.Tensor:

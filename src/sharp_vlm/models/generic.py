@@ -7,30 +7,41 @@ the caller says where the video is, the engine prunes it like a Video LLM's.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..core.layout import VisualItem, VisualLayout
-from ..errors import ConfigError, InputError
+from ..core.tower import TowerFeatures
+from ..errors import ConfigError, InputError, UnsupportedModelError
 from .base import Adapter
+from .vision_attention import GivenTower
 
 
 @dataclass(frozen=True)
 class VideoSpan:
-    """A video of `n_frames` frames x `tokens_per_frame` tokens starting at sequence position `start`."""
+    """A video of `n_frames` frames x `tokens_per_frame` tokens starting at sequence position `start`.
+
+    tower: what a vision tower's attention would say about each of the span's tokens, for methods that read it
+    (VisionZip, HoliTom, FlashVID); a decoder-only LM has no tower, so without it those methods refuse to run.
+    `sharp bench` passes a random stand-in (the decoder's cost does not depend on which tokens are kept).
+    """
 
     start: int
     n_frames: int
     tokens_per_frame: int
+    tower: TowerFeatures | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for name, low in (("start", 0), ("n_frames", 1), ("tokens_per_frame", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ConfigError(f"VideoSpan {name}={value!r} must be an integer >= {low}")
+        if self.tower is not None and (not isinstance(self.tower, TowerFeatures)
+                                       or self.tower.received.numel() != self.n_tokens):
+            raise ConfigError(f"VideoSpan tower must be a TowerFeatures over the span's {self.n_tokens} tokens")
 
     @property
     def n_tokens(self) -> int:
@@ -50,6 +61,7 @@ class GenericAdapter(Adapter):
     def __init__(self, model: nn.Module, span: SpanSource | None):
         super().__init__(model)
         self.span = span
+        self.last_span: VideoSpan | None = None  # the span of the latest prompt (its tower, if declared)
 
     def text_model(self) -> nn.Module:
         return self.model.model
@@ -75,7 +87,24 @@ class GenericAdapter(Adapter):
         if mask is not None and not bool(mask[:, span.start : span.start + span.n_tokens].all()):
             raise InputError("the declared video span covers padding tokens; left-pad so the spans align")
         device = next(self.model.parameters()).device
+        self.last_span = span
         return [span.layout(device) for _ in range(batch)]
+
+    def vision_attention(self, label: str) -> GivenTower:
+        """No tower runs: the attention comes with the declared span (`VideoSpan.tower`), or the method refuses."""
+        if isinstance(self.span, VideoSpan) and self.span.tower is None:
+            super().vision_attention(label)
+
+        def declared() -> TowerFeatures:
+            span = self.last_span
+            if span is None or span.tower is None:
+                raise UnsupportedModelError(
+                    f"{label} reads the vision tower's attention; this prompt's VideoSpan declares none (a "
+                    "decoder-only LM has no tower): pass VideoSpan(..., tower=sv.TowerFeatures(...))"
+                )
+            return span.tower
+
+        return GivenTower(declared)
 
     def continuation_has_visual(self, call: dict[str, Any], seq_len: int, batch: int) -> bool:
         """Never: the declared span locates the video of a prompt that starts from an empty cache, so the tokens

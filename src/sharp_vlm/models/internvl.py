@@ -63,6 +63,7 @@ from ..errors import InputError, UnsupportedModelError
 from .base import Adapter
 from .pixel_norms import IMAGENET_MEAN, IMAGENET_STD
 from .reference import FeatureCache, black_pixel, place_reference
+from .vision_attention import TowerAttention, check_patch_features, feature_layer
 
 
 @dataclass(frozen=True)
@@ -275,6 +276,23 @@ class InternVLAdapter(Adapter):
             pos = torch.cat(positions) if positions else torch.zeros(0, dtype=torch.long)
             layouts.append(VisualLayout.from_grid(pos.to(ids.device), items))
         return layouts
+
+    # ---------------------------------------------------------------- the tower's attention
+    def vision_attention(self, label: str) -> TowerAttention:
+        cfg = self.model.config
+        tower = self.model.model.vision_tower
+        check_patch_features(cfg.vision_feature_select_strategy, label, "InternVL")
+        index = feature_layer(cfg.vision_feature_layer, len(tower.encoder.layer), "InternVL")
+        return TowerAttention(tower.encoder.layer[index].attention, True, self._shuffle_patches, "InternVL")
+
+    def _shuffle_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """(F, P, C) per patch -> (F, n, C) per token: the mean over the patches the model's pixel shuffle joins
+        into one token (they arrive as consecutive C-wide blocks of its channels)."""
+        side = math.isqrt(x.shape[1])
+        joined = self.model.model.pixel_shuffle(x.reshape(x.shape[0], side, side, -1),
+                                                scale_factor=self.model.config.downsample_ratio)
+        tokens = joined.reshape(x.shape[0], -1, joined.shape[-1])
+        return tokens.reshape(*tokens.shape[:2], -1, x.shape[-1]).mean(2)
 
     # ---------------------------------------------------------------- reference input
     def _black_tile(self, px: int, kind: str, call: dict[str, Any]) -> torch.Tensor:

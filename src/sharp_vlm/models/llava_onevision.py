@@ -40,6 +40,7 @@ from ..errors import InputError
 from .base import Adapter
 from .pixel_norms import CLIP_MEAN, CLIP_STD
 from .reference import FeatureCache, black_pixel
+from .vision_attention import TowerAttention, check_patch_features, feature_layer
 
 _IMAGE, _VIDEO = 1, 2
 _KIND = {_IMAGE: "image", _VIDEO: "video"}
@@ -237,6 +238,21 @@ class LlavaAdapter(Adapter):
             layouts.append(VisualLayout.from_grid(pos.to(device), items))
         return layouts
 
+    # ---------------------------------------------------------------- the tower's attention
+    def _pool_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """(F, P, C) per-patch values -> (F, n, C) per video token, as the model pools a frame's features."""
+        raise NotImplementedError
+
+    def vision_attention(self, label: str) -> TowerAttention:
+        cfg = self.model.config
+        tower = self.model.model.vision_tower
+        vision = getattr(tower, "vision_model", tower)  # transformers 5 keeps the encoder on the tower itself
+        has_cls = hasattr(vision.embeddings, "class_embedding")
+        if has_cls:
+            check_patch_features(cfg.vision_feature_select_strategy, label, self.family)
+        index = feature_layer(cfg.vision_feature_layer, len(vision.encoder.layers), self.family)
+        return TowerAttention(vision.encoder.layers[index].self_attn, has_cls, self._pool_patches, self.family)
+
     # ---------------------------------------------------------------- reference input
     def _tower_device(self) -> torch.device:
         return next(self.model.model.vision_tower.parameters()).device
@@ -341,6 +357,9 @@ class LlavaOnevisionAdapter(LlavaAdapter):
 
         return sample
 
+    def _pool_patches(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.model.apply_pooling(x)  # bilinear to ceil(p/2) x ceil(p/2), over any width
+
     def _video_features(self, frame_hw: tuple[int, int] | None) -> torch.Tensor:
         s = int(self.model.config.vision_config.image_size)
         c = int(getattr(self.model.config.vision_config, "num_channels", 3))
@@ -386,6 +405,15 @@ class LlavaNextVideoAdapter(LlavaAdapter):
     def _frames_from_run(self, length: int) -> int | None:
         per = self._pooled(None) ** 2
         return length // per if length and length % per == 0 else None
+
+    def _pool_patches(self, x: torch.Tensor) -> torch.Tensor:
+        pooler = self.model.model.vision_resampler
+        if isinstance(pooler.pool, nn.Conv2d):  # a learned pooling over the tower's width: average its window
+            stride = int(self.model.config.spatial_pool_stride)
+            side = math.isqrt(x.shape[1])
+            grid = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], side, side)
+            return nn.functional.avg_pool2d(grid, stride, stride).flatten(2).transpose(1, 2)
+        return pooler(x)  # average or max pooling by the spatial stride, over any width
 
     def _video_features(self, frame_hw: tuple[int, int] | None) -> torch.Tensor:
         vc = self.model.config.vision_config

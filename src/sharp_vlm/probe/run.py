@@ -101,6 +101,13 @@ def check_probe(cfg: ProbeConfig, n_layers: int | None = None) -> list[Variant]:
     # "Sharp" and "sharp@2" name the run of "sharp" (its default layer is 2)
     first = [v for v in plan if v.retain == cfg.retains[0] and v.label in cfg.methods]
     check_unique([_run_key(v) for v in first], "--methods (as name@layer)")
+    tower = sorted({v.label for v in plan for st in v.config.stages() if st.reads_vision})
+    if tower:
+        raise ConfigError(
+            f"{', '.join(tower)} read the vision tower's attention; the probe's frames are text in a decoder-only "
+            "LM, which has no tower. Compare them with `sharp eval` on a Video LLM (LLaVA-OneVision, LLaVA-Video, "
+            "LLaVA-NeXT-Video, InternVL)"
+        )
     available = len(seeds(cfg.split))
     if cfg.n > available:
         raise ConfigError(f"--n {cfg.n}: the {cfg.split} split has {available} samples")
