@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import sharp_vlm as sv
+from cases import BY_NAME, assert_batch_equals_one_by_one
 from oracle import assert_matches, decoder_prompt, run_pruned, staged_forward
 from sharp_vlm.core.layout import VisualItem, VisualLayout
 from sharp_vlm.core.selection import check_selection, merge_rows
@@ -17,6 +18,7 @@ from sharp_vlm.methods.base import SampleView
 from sharp_vlm.methods.flashvid import adts
 from sharp_vlm.methods.holitom import running_average, static_windows
 from sharp_vlm.methods.visionzip import evenly_spaced_targets
+from sharp_vlm.testing import tiny_llava_inputs
 from tower import FAMILIES, TowerScores
 from views import grid, merge_by_hand
 
@@ -502,3 +504,24 @@ def test_flashvid_states_both_retentions():
     assert sv.FlashVID(retain=0.9).input_retention == 1.0  # everything reaches the decoder
     with pytest.raises(sv.ConfigError, match="expansion"):
         sv.FlashVID(expansion=0)
+
+
+FULL = {  # each method whole, its in-LLM stage moved into the tiny 4-layer decoders
+    "visionzip": lambda: sv.VisionZip(retain=0.3),
+    "holitom": lambda: sv.HoliTom(retain=0.4, merge_layer=2),
+    "flashvid": lambda: sv.FlashVID(retain=0.3, prune_layer=3, min_segments=2),
+}
+
+
+@pytest.mark.parametrize("case_name", ["llava_onevision", "internvl_qwen2"])
+@pytest.mark.parametrize("name", list(FULL))
+def test_batch_equals_one_by_one(case_name, name):
+    """Two videos of different prompts, left-padded: kept sets, logits and greedy tokens as one at a time."""
+    case = BY_NAME[case_name]
+    model = case.build(0, "sdpa")
+    if case_name == "llava_onevision":  # the case's own samples have images beside the video
+        samples = [tiny_llava_inputs(model, frames=8, seed=1, question=7),
+                   tiny_llava_inputs(model, frames=8, seed=2, question=3)]
+    else:
+        samples = case.samples(model)
+    assert_batch_equals_one_by_one(case, model, samples, FULL[name](), n=3)
