@@ -86,6 +86,9 @@ def _probe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--families", default=None,
                    help="probe families (comma list, or all): each family fixes its own video shape and kinds, "
                         "so --frames/--tokens-per-frame are not used")
+    p.add_argument("--styles", default=None,
+                   help="probe styles written in other words (comma list, or dev / heldout for a split's styles; "
+                        "docs/probe.md): beside --families, or alone")
     p.add_argument("--ablate", action="store_true", help="also run ShaRP's 8 on/off combinations of C1/C2/C3")
     p.add_argument("--bias-cache", action="store_true",
                    help="share one bias cache over the run: each sample's reference pass is paid once")
@@ -109,6 +112,7 @@ def _probe_config(a: argparse.Namespace):
         split=a.split, n_frames=a.frames, tokens_per_frame=a.tokens_per_frame, ablate=a.ablate,
         options=a.options, trim_kv=a.trim_kv, bias_cache=a.bias_cache,
         families=None if a.families is None else [f for f in a.families.split(",") if f],
+        styles=None if a.styles is None else [f for f in a.styles.split(",") if f],
     )
     if a.diagnose:  # first: it runs ShaRP alone, so its flags are checked before those of a probe run
         from .probe.diagnose import check_diagnose
@@ -332,7 +336,8 @@ _ALONE = {
     "render": ("only redraws the reports of an earlier run", {"threads"}),
     "lmms_runs": ("only tabulates earlier lmms-eval runs", {"threads"}),
     "diagnose": ("runs ShaRP alone on one video shape", {"retain", "layer", "n", "split", "frames",
-                                                         "tokens_per_frame", "families", "options", "threads", "out"}),
+                                                         "tokens_per_frame", "families", "styles", "options", "threads",
+                                                         "out"}),
 }
 
 

@@ -22,6 +22,7 @@ from ..methods.base import Method
 from ..models.generic import VideoSpan
 from .families import families
 from .generator import MAX_FRAMES, MAX_TPF, MIN_FRAMES, MIN_TPF, ProbeSample, check_answer, make_sample, seeds
+from .styles import styles
 
 
 @dataclass
@@ -42,6 +43,8 @@ class ProbeConfig:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per method name: extra config fields
     # probe families (probe/families.py) instead of one video shape; "all" for every family
     families: list[str] | None = None
+    # probe styles (probe/styles.py), beside or instead of the families; "dev" / "heldout" for a split's styles
+    styles: list[str] | None = None
 
 
 ABLATIONS = {  # C1 mask, C2 debias, C3 dedup
@@ -91,11 +94,13 @@ def check_probe(cfg: ProbeConfig, n_layers: int | None = None) -> list[Variant]:
     if not MIN_FRAMES <= cfg.n_frames <= MAX_FRAMES or not MIN_TPF <= cfg.tokens_per_frame <= MAX_TPF:
         raise ConfigError(f"the probe's videos have {MIN_FRAMES}-{MAX_FRAMES} frames of {MIN_TPF}-{MAX_TPF} tokens; "
                           f"got {cfg.n_frames} x {cfg.tokens_per_frame}")
-    if cfg.families is not None:
-        try:
+    try:
+        if cfg.families is not None:
             families(cfg.families)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
+        if cfg.styles is not None:
+            styles(cfg.styles)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     check_unique([f"{float(r):g}" for r in cfg.retains], "--retain")  # two that print alike are one run to a reader
     plan = variants(cfg)
     # "Sharp" and "sharp@2" name the run of "sharp" (its default layer is 2)
@@ -160,13 +165,23 @@ def answer(model: Any, tok: Any, sample: ProbeSample, method: Method, max_new_to
 
 
 def sample_sources(cfg: ProbeConfig) -> list[tuple[str, Callable[[int, Any], ProbeSample]]]:
-    """(family name, seed -> sample) for each family run; the plain probe is one family named by its shape."""
-    if cfg.families is None:
+    """(family or style name, seed -> sample) for each family and style run; the plain probe (neither given) is one
+    family named by its shape."""
+    if cfg.families is None and cfg.styles is None:
         def plain(seed: int, tok: Any) -> ProbeSample:
             return make_sample(seed, tok, n_frames=cfg.n_frames, tokens_per_frame=cfg.tokens_per_frame)
 
         return [(f"{cfg.n_frames}x{cfg.tokens_per_frame}", plain)]
-    return [(f.name, f.sample) for f in families(cfg.families)]
+    return ([(f.name, f.sample) for f in families(cfg.families)] if cfg.families is not None else []) + \
+        ([(s.name, s.sample) for s in styles(cfg.styles)] if cfg.styles is not None else [])
+
+
+def described_sources(cfg: ProbeConfig) -> dict[str, str] | None:
+    """What each family and style of the run is (None for the plain probe)."""
+    if cfg.families is None and cfg.styles is None:
+        return None
+    out = {f.name: f.describe() for f in families(cfg.families)} if cfg.families is not None else {}
+    return out | ({s.name: s.describe() for s in styles(cfg.styles)} if cfg.styles is not None else {})
 
 
 def run_probe(cfg: ProbeConfig, model: Any, tok: Any, progress: bool = True) -> dict[str, Any]:
@@ -208,8 +223,7 @@ def run_probe(cfg: ProbeConfig, model: Any, tok: Any, progress: bool = True) -> 
             })
             bar.update(1)
     bar.close()
-    described = None if cfg.families is None else {f.name: f.describe() for f in families(cfg.families)}
-    return {"config": asdict(cfg), "records": records, **analyse(records, described)}
+    return {"config": asdict(cfg), "records": records, **analyse(records, described_sources(cfg))}
 
 
 def analyse(records: list[dict[str, Any]], described: dict[str, str] | None = None) -> dict[str, Any]:
