@@ -325,11 +325,12 @@ def _fit_frame(
     scene_text: str,
     tokens_per_frame: int,
     n_frames: int,
+    tail: str = _NEUTRAL_TAIL,
 ) -> tuple[list[int], tuple[int, int]]:
     """Token ids of one frame, exactly ``tokens_per_frame`` long, and the fact caption's token span.
 
     Layout: ``Frame {index+1}:`` + optional needle (event sentence + fact caption) + scene text (cut at a
-    token boundary, extended with the neutral tail when short) + ``\\n``. The fact is never cut; the
+    token boundary, extended with `tail` when short) + ``\\n``. The fact is never cut; the
     event sentence is dropped when both do not fit behind the widest header of the video, so all needle
     frames of a sample use the same form.
     """
@@ -349,9 +350,9 @@ def _fit_frame(
     used = len(header) + len(event_ids) + len(fact_ids)
     room = tokens_per_frame - used - len(newline)
     scene_ids = _encode(tokenizer, " " + scene_text)
-    tail = _encode(tokenizer, _NEUTRAL_TAIL)
+    pad = _encode(tokenizer, tail)
     while len(scene_ids) < room:
-        scene_ids += tail
+        scene_ids += pad
     ids = header + event_ids + fact_ids + scene_ids[:room] + newline
     return ids, (used - len(fact_ids), used)
 

@@ -17,7 +17,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from .generator import SYSTEM_PROMPT, ProbeSample, _encode, _with_article
+from .generator import SYSTEM_PROMPT, ProbeSample, _encode, _fit_frame, _with_article
 
 # the share of filler frames that name a distractor (chosen for the unpruned model, not for any method): at 0.3
 # SmolLM2-135M unpruned answers 10-90% of the styles' development samples (mean 43%; it names the most repeated
@@ -74,7 +74,8 @@ class Style:
             if i in needles:
                 value = answer if (not order or i == needles[-1]) else first
                 needle = tuple(_with_article(t.format(a=value)) for t in self.needle)
-            ids, span = _fit(tokenizer, i, needle, text, self.tail, self.tokens_per_frame, self.n_frames)
+            ids, span = _fit_frame(tokenizer, i, needle, text, self.tokens_per_frame, self.n_frames,
+                                   " " + self.tail)
             frames.append(ids)
             if needle is not None:
                 spans.append(span)
@@ -88,31 +89,6 @@ class Style:
     def describe(self) -> str:
         return (f"{self.split} style, {self.n_frames} frames x {self.tokens_per_frame} tokens, {self.kind}; "
                 f"{self.about}")
-
-
-def _fit(tokenizer: Any, index: int, needle: tuple[str, ...] | None, text: str, tail: str, tokens_per_frame: int,
-         n_frames: int) -> tuple[list[int], tuple[int, int]]:
-    """One frame of exactly `tokens_per_frame` ids: header, the needle (event, then fact) right after it, the
-    scene text padded with `tail` and cut, a newline; and the fact's span inside the frame."""
-    header = _encode(tokenizer, f"Frame {index + 1}:")
-    newline = _encode(tokenizer, "\n")
-    widest = len(_encode(tokenizer, f"Frame {n_frames}:"))
-    event_ids, fact_ids = [], []
-    if needle is not None:
-        event, fact = needle
-        event_ids = _encode(tokenizer, " " + event) if event else []
-        fact_ids = _encode(tokenizer, " " + fact)
-        if len(event_ids) + len(fact_ids) > tokens_per_frame - widest - len(newline):
-            event_ids = []
-    used = len(header) + len(event_ids) + len(fact_ids)
-    room = tokens_per_frame - used - len(newline)
-    if room < 0:
-        raise ValueError(f"tokens_per_frame={tokens_per_frame} is too small for the needle {needle!r}")
-    scene = _encode(tokenizer, " " + text)
-    pad = _encode(tokenizer, " " + tail)
-    while len(scene) < room:
-        scene += pad
-    return header + event_ids + fact_ids + scene[:room] + newline, (used - len(fact_ids), used)
 
 
 KITCHEN = ("kettle", "toaster", "mug", "bowl", "teapot", "blender", "jug", "pan", "plate", "ladle")
