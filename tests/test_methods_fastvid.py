@@ -19,6 +19,7 @@ from sharp_vlm.methods.fastvid import (
     density_peaks,
     dynamic_segments,
     merge_weights,
+    scaled_distances,
     segment_counts,
 )
 from views import LAYOUTS, merge_by_hand, qwen_answer
@@ -219,10 +220,10 @@ def test_density_peaks_follow_the_authors_formula():
     density = torch.exp(-(torch.sort(dist, dim=1).values[:, :4] ** 2).mean(1))
     delta = torch.tensor([min([float(dist[i, j]) for j in range(30) if density[j] > density[i]],
                               default=float(dist.max())) for i in range(30)])
-    assert torch.allclose(density_peaks(x), delta * density, atol=1e-5)
+    assert torch.allclose(density_peaks(scaled_distances(x)), delta * density, atol=1e-5)
     # fewer than 4 tokens, and exact duplicates (a tie in density: the lower index is the denser)
-    assert density_peaks(torch.ones(2, 3)).tolist() == [0.0, 0.0]
-    score = density_peaks(torch.tensor([[0.0, 0.0], [0.0, 0.0], [3.0, 0.0]]))
+    assert density_peaks(scaled_distances(torch.ones(2, 3))).tolist() == [0.0, 0.0]
+    score = density_peaks(scaled_distances(torch.tensor([[0.0, 0.0], [0.0, 0.0], [3.0, 0.0]])))
     assert float(score[0]) > float(score[2]) > float(score[1]) == 0.0
 
 
@@ -243,7 +244,7 @@ def test_a_dense_cluster_is_merged_into_its_anchor(beta):
     x, big, small = _two_clusters()
     lay = _grid(("video", 1, 3, 5))
     sel = sv.FastVID(density_share=1.0, beta=beta).select(_view(lay, 2, hidden=x))
-    score = density_peaks(x)
+    score = density_peaks(scaled_distances(x))
     anchors = sel.keep.tolist()
     # each cluster's anchor is its densest token (the highest density peak score)
     assert anchors == sorted([max(big, key=lambda i: float(score[i])), max(small, key=lambda i: float(score[i]))])

@@ -116,3 +116,16 @@ def test_a_declared_span_without_a_tower_is_refused_and_one_with_a_tower_runs():
     assert torch.equal(method.seen[0][0], received)
     with pytest.raises(sv.ConfigError, match="32 tokens"):
         sv.VideoSpan(2, 4, 8, tower=sv.TowerFeatures(received[:5], None, torch.randn(5, 4)))
+
+
+def test_beams_repeat_each_prompt_s_tower_attention():
+    """generate() encodes the video once per prompt, then repeats the prompt for beams: every beam row ranks by
+    its prompt's attention, and keeps what the prompt keeps alone."""
+    model = tiny_llava_onevision()
+    inputs = tiny_llava_inputs(model, frames=4)
+    with sv.apply(model, sv.VisionZip(retain=0.5)) as handle, torch.no_grad():
+        model(**inputs)
+        alone = handle.last_stats.stages[0].kept[0]
+        model.generate(**inputs, max_new_tokens=2, num_beams=2, do_sample=False)
+        beams = handle.last_stats.stages[0].kept
+    assert len(beams) == 2 and all(torch.equal(k, alone) for k in beams)

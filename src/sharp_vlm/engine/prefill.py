@@ -50,11 +50,13 @@ class Prefill:
         """Sample `index`'s tower attention over its current visual tokens."""
         if self.tower_features is None:
             full = self.full_layouts or self.layouts
-            try:  # generate() may repeat the pixel values for beams (the tower then saw every row's frames)
-                self.tower_features = self.tower.features(self.tower_frames, full)
-            except InputError:
+            frames = sum(it.t for lay in full for it in lay.items)
+            if self.expand > 1 and self.tower_frames is not None and self.tower_frames.shape[0] != frames:
+                # generate() repeated the prompts for beams after the tower encoded them once each
                 self.tower_features = [f for f in self.tower.features(self.tower_frames, full[:: self.expand])
                                        for _ in range(self.expand)]
+            else:
+                self.tower_features = self.tower.features(self.tower_frames, full)
         return self.tower_features[index].subset(self.rows.visual_orig[index].to(
             self.tower_features[index].received.device))
 

@@ -86,7 +86,7 @@ import torch.nn.functional as F
 from ..checks import check_int, check_number
 from ..core.selection import Merge, Selection
 from .base import PreLLMMethod, SampleView, register
-from .vidcom2 import apportion, rank_within_groups
+from .vidcom2 import proportional, rank_within_groups
 
 KNN = 4  # the authors' neighbourhood of the density: the token itself and its 3 nearest tokens
 
@@ -130,34 +130,36 @@ def segment_counts(sizes: torch.Tensor, representative: torch.Tensor, budget: in
     rep = torch.nonzero(representative.cpu()).flatten()
     high = sizes[rep]
     s_total = min(budget - context_total, int(high.sum()))
-    salient[rep] = apportion(s_total * high.double() / high.sum(), torch.zeros_like(high), high, s_total)
+    salient[rep] = proportional(s_total, high)
     anchors = rep[anchor_units(rep.numel(), stride)].flip(0)  # latest first: the remainder goes there first
     room = sizes[anchors] - salient[anchors]
     c_total = min(context_total, int(room.sum()))
     if c_total:
-        share = sizes[anchors].double()
-        context[anchors] = apportion(c_total * share / share.sum(), torch.zeros_like(room), room, c_total)
+        context[anchors] = proportional(c_total, sizes[anchors], room)
     left = budget - int(salient.sum()) - int(context.sum())
     if left:
         room = sizes - salient - context
-        salient += apportion(left * room.double() / room.sum(), torch.zeros_like(room), room, left)
+        salient += proportional(left, room)
     return salient, context
 
 
-def density_peaks(features: torch.Tensor, knn: int = KNN) -> torch.Tensor:
-    """(m,) the DPC-KNN score ``delta x density`` of the rows of `features` (m, D) (FastVID's, HoliTom's, FlashVID's).
-
-    Distances ``||x_i - x_j|| / sqrt(D)``; density ``exp(-mean squared distance to the knn nearest rows, itself
-    included)``; delta: the distance to the nearest denser row (ties in density: the lower index is denser), or
-    the largest distance of all for the densest row.
-    """
+def scaled_distances(features: torch.Tensor) -> torch.Tensor:
+    """(m, m) ``||x_i - x_j|| / sqrt(D)`` between the rows of `features` (m, D): the distances of DPC-KNN."""
     x = features.float()
-    m, d = x.shape
-    dist = torch.cdist(x[None], x[None])[0] / math.sqrt(d)
+    return torch.cdist(x[None], x[None])[0] / math.sqrt(x.shape[1])
+
+
+def density_peaks(dist: torch.Tensor, knn: int = KNN) -> torch.Tensor:
+    """(m,) the DPC-KNN score ``delta x density`` of m rows from their `scaled_distances` (FastVID's, HoliTom's,
+    FlashVID's): density ``exp(-mean squared distance to the knn nearest rows, itself included)``; delta: the
+    distance to the nearest denser row (ties in density: the lower index is denser), or the largest distance of
+    all for the densest row.
+    """
+    m = dist.shape[0]
     near = torch.topk(dist, min(knn, m), dim=-1, largest=False).values
     density = torch.exp(-(near**2).mean(-1))
-    rank = torch.empty(m, dtype=torch.long, device=x.device)
-    rank[torch.sort(-density, stable=True).indices] = torch.arange(m, device=x.device)
+    rank = torch.empty(m, dtype=torch.long, device=dist.device)
+    rank[torch.sort(-density, stable=True).indices] = torch.arange(m, device=dist.device)
     denser = rank[None, :] < rank[:, None]  # [i, j]: j is denser than i
     delta = torch.where(denser, dist, dist.max()).min(-1).values
     return delta * density
@@ -227,7 +229,7 @@ class FastVID(PreLLMMethod):
         n_segments = int(segments.max()) + 1
         sizes_cpu = sizes.cpu()
         seg_sizes = torch.zeros(n_segments, dtype=torch.long).index_add_(0, segments, sizes_cpu)
-        seg_budget = apportion(budget * seg_sizes.double() / n, torch.zeros_like(seg_sizes), seg_sizes, budget)
+        seg_budget = proportional(budget, seg_sizes)
         salient_count = torch.zeros(n_frames, dtype=torch.long)
         context_count = torch.zeros(n_frames, dtype=torch.long)
         for s in range(n_segments):
@@ -241,7 +243,7 @@ class FastVID(PreLLMMethod):
         is_anchor = torch.zeros(n, dtype=torch.bool, device=dev)
         for f in torch.nonzero(context_count).flatten().tolist():
             candidates = torch.nonzero((frames == f) & ~kept).flatten()
-            score = density_peaks(x[candidates])
+            score = density_peaks(scaled_distances(x[candidates]))
             is_anchor[candidates[torch.sort(-score, stable=True).indices[: int(context_count[f])]]] = True
         kept |= is_anchor
 

@@ -64,7 +64,7 @@ from .base import POSITIONS, TARGETS, Method, PreLLMMethod, SampleView, Stage, r
 from .fastv import FastV
 from .fastvid import adjacent_similarity, dynamic_segments
 from .holitom import cluster
-from .vidcom2 import apportion
+from .vidcom2 import authors_or_proportional, proportional
 
 AUTHORS_LAYERS = 28  # the Qwen2-7B decoder of the authors' LLaVA-OneVision / LLaVA-Video
 
@@ -133,7 +133,7 @@ class _Outer(PreLLMMethod):
         means = torch.zeros(t, x.shape[1], device=dev).index_add_(0, frames, x) / sizes[:, None]
         segments = dynamic_segments(adjacent_similarity(means), self.min_segments, float(self.segment_threshold))
         sizes_cpu = sizes.cpu()
-        budgets = apportion(view.budget * sizes_cpu.double() / n, torch.zeros_like(sizes_cpu), sizes_cpu, view.budget)
+        budgets = proportional(view.budget, sizes_cpu)
         keep = torch.zeros(n, dtype=torch.bool, device=dev)
         own = torch.ones(n, device=dev)
         weight = torch.zeros(n, device=dev)
@@ -194,10 +194,7 @@ class _Outer(PreLLMMethod):
             clusters = per_frame
         else:
             wanted = torch.ceil(per_frame.double() * ratio).long().cpu()
-            room = per_frame.cpu()
-            clusters = (wanted if int(wanted.sum()) == total
-                        else apportion(total * wanted.double() / max(int(wanted.sum()), 1), torch.zeros_like(room),
-                                       room, total))
+            clusters = authors_or_proportional(wanted, per_frame.cpu(), total)
         centre_of = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
         for f, c in enumerate(clusters.tolist()):
             mine = root_index[frames[root_index] == f]

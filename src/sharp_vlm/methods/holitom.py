@@ -59,8 +59,8 @@ from ..core.layout import VisualLayout
 from ..core.selection import Merge, Selection
 from ..errors import InputError
 from .base import POSITIONS, TARGETS, Method, PreLLMMethod, SampleView, Stage, StageMethod, register
-from .fastvid import density_peaks
-from .vidcom2 import apportion
+from .fastvid import density_peaks, scaled_distances
+from .vidcom2 import authors_or_proportional, proportional
 
 AUTHORS_LAYERS = 28  # the Qwen2-7B decoder of the authors' LLaVA-OneVision / LLaVA-Video
 
@@ -92,9 +92,9 @@ def static_windows(similarity: torch.Tensor, tau: float) -> tuple[list[tuple[int
 
 def cluster(features: torch.Tensor, count: int, knn: int) -> tuple[torch.Tensor, torch.Tensor]:
     """DPC-KNN: (sorted centre indices, the centre index each row joins) for `count` centres."""
-    score = density_peaks(features, min(knn, count))
+    dist = scaled_distances(features)
+    score = density_peaks(dist, min(knn, count))
     centres = torch.sort(torch.sort(-score, stable=True).indices[:count]).values
-    dist = torch.cdist(features.float()[None], features.float()[None])[0]
     return centres, centres[torch.argmin(dist[:, centres], dim=1)]
 
 
@@ -116,7 +116,7 @@ class _Outer(PreLLMMethod):
         video = torch.bucketize(lay.frame_ids.to(dev), ends, right=True)  # the item each token's frame belongs to
         members = [torch.nonzero(video == v).flatten() for v in torch.unique(video).tolist()]
         sizes = torch.tensor([m.numel() for m in members])
-        budgets = apportion(view.budget * sizes.double() / n, torch.zeros_like(sizes), sizes, view.budget)
+        budgets = proportional(view.budget, sizes)
         plan = Plan(n)
         for idx, budget in zip(members, budgets.tolist(), strict=True):
             self._video(x[idx], attention[idx], lay.subset(idx), idx, budget, plan)
@@ -152,11 +152,9 @@ class _Outer(PreLLMMethod):
         room = torch.tensor([g.room for _, g in groups], dtype=torch.long)
         wanted = torch.tensor([w for w, _ in groups], dtype=torch.long).clamp(max=room)
         target = min(budget, int(room.sum()))
-        counts = (wanted if int(wanted.sum()) == target
-                  else apportion(target * wanted.double() / max(int(wanted.sum()), 1), torch.zeros_like(room), room,
-                                 target))
+        counts = authors_or_proportional(wanted, room, target)
         for (_, group), count in zip(groups, counts.tolist(), strict=True):
-            group(count, plan)
+            group.keep(count, plan)
         plan.extra += budget - target  # more than the merged video holds: un-merge the most attended tokens
 
     def _static(self, grid: torch.Tensor, idx: torch.Tensor, s: int, e: int, positions: torch.Tensor) -> Group:
@@ -207,11 +205,8 @@ class _Outer(PreLLMMethod):
 class Group:
     """One of the authors' count groups: a segment's static tokens, or one frame's dynamic tokens."""
 
-    keep: Any  # (count, plan) -> None
+    keep: Any  # (count, plan) -> None: keep `count` of the group's tokens in the plan
     room: int
-
-    def __call__(self, count: int, plan: Plan) -> None:
-        self.keep(count, plan)
 
 
 class Plan:

@@ -79,6 +79,19 @@ def apportion(targets: torch.Tensor, low: torch.Tensor, high: torch.Tensor, tota
     return k
 
 
+def proportional(total: int, weights: torch.Tensor, high: torch.Tensor | None = None) -> torch.Tensor:
+    """Integer counts summing to exactly `total`, in proportion to `weights` (`apportion`: largest remainder), each
+    in [0, high] (default: the weights themselves, e.g. the tokens of each frame)."""
+    high = weights if high is None else high
+    return apportion(total * weights.double() / weights.sum().clamp(min=1), torch.zeros_like(high), high, total)
+
+
+def authors_or_proportional(wanted: torch.Tensor, room: torch.Tensor, total: int) -> torch.Tensor:
+    """An author's per-group counts `wanted` where they add up to `total`, else `total` spread in proportion to
+    them (each group at most its `room`)."""
+    return wanted if int(wanted.sum()) == total else proportional(total, wanted, room)
+
+
 def rank_within_groups(groups: torch.Tensor, scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Indices of the `counts[g]` lowest `scores` of each group g (ties: lower index), sorted ascending.
 

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from ..checks import check_number
 from ..core.selection import Merge, Selection
 from .base import PreLLMMethod, SampleView, register
-from .vidcom2 import apportion
+from .vidcom2 import proportional
 
 CONTEXTUAL_SHARE = 10 / 64  # the authors' 54 + 10 / 108 + 20 / 162 + 30
 
@@ -87,12 +87,12 @@ class VisionZip(PreLLMMethod):
         check_number(self.contextual_share, "contextual_share", 0.0, 1.0)
 
     def select(self, view: SampleView) -> Selection:
-        n, budget, dev = view.n_visual, view.budget, view.device
+        budget, dev = view.budget, view.device
         attention = view.vision_attention("cls").to(dev)
         keys = view.vision_keys().to(dev)
         _, frames = torch.unique(view.layout.frame_ids.to(dev), return_inverse=True)
         sizes = torch.bincount(frames).cpu()
-        counts = apportion(budget * sizes.double() / n, torch.zeros_like(sizes), sizes, budget)
+        counts = proportional(budget, sizes)
         keep, merges = [], []
         for f in range(sizes.numel()):
             members = torch.nonzero(frames == f).flatten()
