@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
-from torch.nn.functional import pad
 
 import sharp_vlm as sv
 from oracle import Prompt, decoder_input, decoder_prompt
@@ -33,6 +32,7 @@ from sharp_vlm.testing import (
     tiny_smolvlm_inputs,
     tiny_video_inputs,
 )
+from sharp_vlm.video.processor import batch_kwargs
 
 Inputs = dict[str, Any]
 SPAN = sv.VideoSpan(start=6, n_frames=16, tokens_per_frame=8)
@@ -71,22 +71,9 @@ class Case:
 
 
 def left_pad(samples: list[Inputs]) -> Inputs:
-    """A processor-like batch: token rows left-padded; other tensors zero-padded at the end of every dimension
-    past the first (LLaVA's image tiles) and stacked."""
-    out = {}
-    for k in samples[0]:
-        xs = [x[k] for x in samples]
-        if k in ("input_ids", "attention_mask", "mm_token_type_ids"):
-            width = max(x.shape[1] for x in xs)
-            out[k] = torch.cat([pad(x, (width - x.shape[1], 0)) for x in xs])
-            continue
-        shape = [max(x.shape[d] for x in xs) for d in range(1, xs[0].dim())]
-        padded = []
-        for x in xs:
-            widths = [w for d in reversed(range(1, x.dim())) for w in (0, shape[d - 1] - x.shape[d])]
-            padded.append(pad(x, widths))
-        out[k] = torch.cat(padded)
-    return out
+    """A processor-like batch (`VideoProcessor.batch`'s rule): token rows left-padded with id 0; other tensors
+    zero-padded at the end of every dimension past the first (LLaVA's image tiles) and joined along the first."""
+    return batch_kwargs(samples, pad_id=0)
 
 
 # ---------------------------------------------------------------- the visual rows, read without the adapter

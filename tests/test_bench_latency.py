@@ -9,7 +9,7 @@ import torch
 
 import sharp_vlm.bench.latency as latency
 from sharp_vlm import checkpoint
-from sharp_vlm.bench.latency import BenchConfig, run_bench, variant
+from sharp_vlm.bench.latency import BenchConfig, check_bench, run_bench, variant
 from sharp_vlm.bench.memory import PeakMemory
 from sharp_vlm.bench.report import table, write
 from sharp_vlm.bench.vision import time_vision, vision_input
@@ -142,6 +142,35 @@ def test_video_llm_folder_is_refused_before_building(tmp_path):
     }))
     with pytest.raises(ConfigError, match="Video LLM checkpoint .*--model qwen2.5-vl-7b"):
         latency.build_model(BenchConfig(model=str(tmp_path)), "float32")
+
+
+def test_bench_at_several_batch_sizes(tmp_path, tiny_shapes):
+    """--batch 1,3: every variant at each size beside the unpruned one of that size; throughput, the prefill's
+    split around the stage and time to first token with the tower paid per video."""
+    cfg = BenchConfig(model="tiny-vlm", frames=4, tokens_per_frame=8, prefix=2, question=3, dtype="float32",
+                      repeats=1, warmup=0, decode_tokens=1, variants=["none", "fastv"], batch=[1, 3],
+                      vision_frames=1)
+    result = run_bench(cfg, progress=False)
+    rows = {(r["batch"], r["variant"]): r for r in result["rows"]}
+    assert list(rows) == [(1, "none"), (1, "fastv"), (1, "fastv+trim_kv"), (3, "none"), (3, "fastv"),
+                          (3, "fastv+trim_kv")]
+    for (batch, _), r in rows.items():
+        dense = rows[(batch, "none")]["prefill_s"]["median"]
+        assert r["speedup"] == pytest.approx(dense / r["prefill_s"]["median"])
+        assert r["videos_per_s"] == pytest.approx(batch / r["prefill_s"]["median"])
+        assert r["tower_s"] == pytest.approx(batch * result["vision"]["seconds"]["median"])
+        assert r["ttft_s"] == pytest.approx(r["tower_s"] + r["prefill_s"]["median"])
+        assert r["flops_per_batch"]["dense"] == batch * r["flops"]["dense"]
+        parts = r["layers_before_s"]["median"] + r["stage_s"]["median"] + r["after_stages_s"]
+        assert parts == pytest.approx(r["prefill_s"]["median"])
+    assert rows[(3, "fastv")]["layers_before_s"]["median"] > 0 and rows[(3, "none")]["layers_before_s"]["median"] == 0
+    # a batch of three holds three prompts' KV
+    assert rows[(3, "none")]["kv_bytes"] == 3 * rows[(1, "none")]["kv_bytes"]
+    text = table(result)
+    assert "| fastv x3 |" in text and "| 3 | fastv |" in text and "videos/s" in text
+    assert write(result, tmp_path)["plot"].stat().st_size > 0
+    with pytest.raises(ConfigError, match="batch"):
+        check_bench(BenchConfig(model="tiny-lm", batch=[0]))
 
 
 @pytest.mark.parametrize(

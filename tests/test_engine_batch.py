@@ -1,5 +1,6 @@
 """A left-padded batch gives what each sample gives alone; beams and several return sequences prune each as its
-source prompt. (FastV, ShaRP and a schedule in a batch, per family: tests/test_adapter_exactness.py.)"""
+source prompt. (FastV, ShaRP and a schedule in a batch, per family: tests/test_adapter_exactness.py; batches of
+different videos: tests/test_batch_videos.py.)"""
 
 from __future__ import annotations
 
@@ -8,12 +9,7 @@ import torch
 
 import sharp_vlm as sv
 from cases import BY_NAME, assert_batch_equals_one_by_one, left_pad, model_and_inputs
-from sharp_vlm.testing import tiny_qwen_vl, tiny_video_inputs
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_qwen_vl("qwen2_5_vl", seed=11)
+from sharp_vlm.testing import tiny_llava_inputs, tiny_llava_onevision
 
 
 @pytest.mark.parametrize("cfg", [sv.NoPrune(), sv.FastV(retain=0.3, layer=1, query="text"),
@@ -28,12 +24,18 @@ def test_batched_equals_one_by_one(cfg):
     assert_batch_equals_one_by_one(case, model, case.samples(model), cfg, n=5)
 
 
-def test_batch_of_different_video_sizes_is_refused(model):
-    a = tiny_video_inputs(model, frames=16, seed=1).as_kwargs()
-    b = tiny_video_inputs(model, frames=8, seed=2).as_kwargs()
+def test_llava_batch_of_different_frame_counts_is_refused_before_the_tower_runs():
+    """LLaVA-OneVision stacks a batch's videos into one tensor: different frame counts cannot batch."""
+    model = tiny_llava_onevision(seed=0)
+    calls = []
+    model.model.vision_tower.register_forward_hook(lambda *a: calls.append(1))
+    batch = left_pad([tiny_llava_inputs(model, frames=8, seed=1), tiny_llava_inputs(model, frames=4, seed=2)])
     with sv.apply(model, sv.FastV(retain=0.25)), torch.no_grad():
-        with pytest.raises(sv.InputError, match="different token counts"):
-            model(**left_pad([a, b]))
+        with pytest.raises(sv.InputError, match="same frame count"):
+            model.generate(**batch, max_new_tokens=2)
+        assert not calls
+        model.generate(**tiny_llava_inputs(model, frames=4, seed=2), max_new_tokens=2)  # the handle still serves
+    assert calls
 
 
 @pytest.mark.parametrize("how", [{"num_beams": 2}, {"num_return_sequences": 2, "do_sample": True, "top_k": 5}])

@@ -255,3 +255,22 @@ def test_user_evaluates_the_tower_methods_on_a_llava_onevision(tmp_path):
     for n, kept in zip(names, [0.25, 0.125, 0.25 * 1.25 * 0.3], strict=True):
         assert rows[f"{n}@0.25"]["tflops"] < rows["none"]["tflops"], n
         assert rows[f"{n}@0.25"]["kept_ratio"] == pytest.approx(kept, abs=0.02), n
+
+
+def test_user_evaluates_in_batches(setup, tmp_path):
+    """--batch-size 2: the same replies and kept counts as one at a time, one record per sample, resumable (a
+    first run of one sample, then the rest in batches)."""
+    model, data = setup
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert cli.main(_args(model, data, one)) == 0
+    assert cli.main(_args(model, data, two, "--batch-size", "2", "--limit", "1")) == 0
+    assert cli.main(_args(model, data, two, "--batch-size", "2")) == 0
+    alone, batched = ({(r["id"], r["variant"]): r for r in map(json.loads, (out / "records.jsonl").read_text()
+                                                                 .splitlines())} for out in (one, two))
+    assert len(batched) == len(alone) == 12 and set(batched) == set(alone)
+    for key, r in alone.items():
+        assert (batched[key]["reply"], batched[key]["n_kept"], batched[key]["kept_per_stage"]) == (
+            r["reply"], r["n_kept"], r["kept_per_stage"])
+    assert {r["batch_size"] for r in batched.values()} == {1, 2}  # the first run's sample alone, then pairs
+    with pytest.raises(SystemExit):
+        cli.main(_args(model, data, tmp_path / "bad", "--batch-size", "0"))

@@ -36,11 +36,11 @@ def _env(root: Path) -> dict[str, str]:
             "HF_HOME": str(root / "hf"), "TOKENIZERS_PARALLELISM": "false"}
 
 
-def _lmms_args(root: Path, model: Path, method: str, out: Path) -> list[str]:
+def _lmms_args(root: Path, model: Path, method: str, out: Path, batch: int = 1) -> list[str]:
     model_args = (f"pretrained={model},method={method},retain=0.25,layer=2,max_num_frames=4,dtype=float32,"
                   f"device=cpu,stats_file={out / 'stats.jsonl'}")
     return ["--model", "sharp_vlm", "--model_args", model_args, "--tasks", TASK, "--include_path",
-            str(root / "task"), "--batch_size", "1", "--output_path", str(out), "--log_samples"]
+            str(root / "task"), "--batch_size", str(batch), "--output_path", str(out), "--log_samples"]
 
 
 def _check_outputs(out: Path, method: str) -> None:
@@ -77,6 +77,26 @@ def test_lmms_eval_runs_offline(setup, method):
     proc = subprocess.run(cmd, env=_env(root), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     _check_outputs(out, method)
+
+
+def test_lmms_eval_batch_size(setup):
+    """--batch_size 3: the requests answered in batches give the replies of batch size 1."""
+    root, model = setup
+    out = root / "out-batch"
+    cmd = [str(Path(sys.executable).parent / "lmms-eval"), *_lmms_args(root, model, "sharp", out, batch=3)]
+    proc = subprocess.run(cmd, env=_env(root), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _check_outputs(out, "sharp")
+
+    def replies(folder: Path) -> dict[int, str]:
+        (path,) = folder.rglob(f"*_samples_{TASK}.jsonl")
+        return {x["doc_id"]: x["filtered_resps"] for x in map(json.loads, path.read_text().splitlines())}
+
+    one = root / "out-sharp"
+    if not one.is_dir():  # the batch-1 run of test_lmms_eval_runs_offline, when this test runs alone
+        cmd = [str(Path(sys.executable).parent / "lmms-eval"), *_lmms_args(root, model, "sharp", one)]
+        assert subprocess.run(cmd, env=_env(root), capture_output=True, timeout=900).returncode == 0
+    assert replies(out) == replies(one)
 
 
 def test_accelerate_data_parallel(setup):

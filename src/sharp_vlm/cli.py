@@ -40,6 +40,14 @@ def _int_at_least(low: int):
 _positive, _non_negative = _int_at_least(1), _int_at_least(0)
 
 
+def _ints(text: str) -> list[int]:
+    """A comma list of positive integers (batch sizes)."""
+    values = [_positive(x.strip()) for x in text.split(",") if x.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one value, e.g. 1,4,8")
+    return values
+
+
 def _json_object(text: str) -> dict:
     try:
         value = json.loads(text)
@@ -219,6 +227,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         dtype=a.dtype, attn=a.attn, repeats=a.repeats, warmup=a.warmup, decode_tokens=a.decode_tokens,
         device=a.device, variants=[v for v in a.variants.split(",") if v], trim_kv=not a.no_trim_kv,
         vision=None if a.vision == "none" else a.vision, vision_frames=a.vision_frames, options=a.options,
+        batch=a.batch,
     )
     check_bench(cfg)  # the flags, then the folder, before the model is built
     _check_out(a.out)
@@ -290,7 +299,14 @@ def cmd_eval(a: argparse.Namespace) -> int:
     """Video QA from a local JSONL file: every method x retain beside the unpruned model, resumable."""
     from .eval import report
     from .eval.data import check_videos, load_records
-    from .eval.runner import EvalConfig, check_settings, read_records, run_eval, videoqa_answerer
+    from .eval.runner import (
+        EvalConfig,
+        check_settings,
+        read_records,
+        run_eval,
+        videoqa_answerer,
+        videoqa_batch_answerer,
+    )
 
     if a.lmms_runs is not None:  # only a table over earlier lmms-eval runs
         from .eval import lmms_report
@@ -303,7 +319,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         raise SharpError("give --model (a checkpoint folder) and --data (a JSONL file), or --lmms-runs DIR")
     cfg = EvalConfig(model=str(a.model), data=str(a.data), methods=[m for m in a.methods.split(",") if m],
                      retains=a.retain, layer=a.layer, frames=a.frames, fps=a.fps, max_new_tokens=a.max_new_tokens,
-                     options=a.options, dtype=a.dtype, device=a.device, limit=a.limit)
+                     options=a.options, dtype=a.dtype, device=a.device, limit=a.limit, batch_size=a.batch_size)
     cfg.check()
     if not a.model.is_dir():
         raise SharpError(f"--model {a.model} is not a folder; give a local checkpoint folder")
@@ -315,15 +331,20 @@ def cmd_eval(a: argparse.Namespace) -> int:
           f"({', '.join(v.key for v in cfg.variants())}); {len(read_records(a.out))} records in {a.out}")
     loaded: list = []
 
-    def answer(record, variant):  # the model loads only if something is left to answer
+    def model():  # the model loads only if something is left to answer
         if not loaded:
             from .pipeline import VideoQA
 
-            qa = VideoQA.from_pretrained(a.model, dtype=a.dtype, device=a.device)
-            loaded.append(videoqa_answerer(qa, cfg))
-        return loaded[0](record, variant)
+            loaded.append(VideoQA.from_pretrained(a.model, dtype=a.dtype, device=a.device))
+        return loaded[0]
 
-    run = run_eval(cfg, samples, answer, a.out)
+    def answer(record, variant):
+        return videoqa_answerer(model(), cfg)(record, variant)
+
+    def answer_batch(records, variant):
+        return videoqa_batch_answerer(model(), cfg)(records, variant)
+
+    run = run_eval(cfg, samples, answer, a.out, answer_batch=answer_batch if cfg.batch_size > 1 else None)
     paths = report.write(run, a.out)
     print(report.table(report.summarize(run)))
     print(f"\n{run.computed} answers computed, {run.reused} reused from earlier runs")
@@ -434,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="encode only this many frames and scale to --frames (the towers encode frames apart)")
     b.add_argument("--options", type=_json_object, default={},
                    help='JSON per method, e.g. \'{"pdrop": {"layers": [6, 12, 18]}}\'')
+    b.add_argument("--batch", type=_ints, default=[1],
+                   help="comma list of batch sizes (videos per prefill), e.g. 1,4,8: every variant at each, "
+                   "the unpruned one beside it")
     b.add_argument("--no-trim-kv", action="store_true", help="skip the runs with trimmed shallow-layer KV")
     b.add_argument("--threads", type=_non_negative, default=0)
     b.add_argument("--out", type=Path, default=Path("runs/bench"))
@@ -471,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--options", type=_json_object, default={},
                    help='JSON per method, e.g. \'{"sharp": {"dedup_tau": 0.8}}\'')
     e.add_argument("--limit", type=_positive, default=None, help="only the first N samples")
+    e.add_argument("--batch-size", type=_positive, default=1,
+                   help="questions per batch, per method x retain (different videos batch, left-padded; the "
+                   "answers do not change, a record's prefill_s is its batch's)")
     e.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     e.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     e.add_argument("--threads", type=_non_negative, default=0)

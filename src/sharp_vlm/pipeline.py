@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,10 @@ class Answer:
     """One answer and what it cost.
 
     stats: the engine's record of the prefill (kept indices/positions per stage, scores per sample), None without
-    a method. n_kept: visual tokens that reached the last decoder layer. flops: prefill FLOPs of the decoder with
-    the stages as they ran (`pruned`) and without (`dense`).
+    a method; in a batch, the batch's record, this answer's sample at `index`. n_kept: visual tokens that reached
+    the last decoder layer. flops: prefill FLOPs of the decoder for this prompt with the stages as they ran
+    (`pruned`) and without (`dense`). prefill_seconds: the prefill of the whole batch (`batch_size` prompts),
+    vision tower included.
     """
 
     text: str
@@ -52,19 +55,23 @@ class Answer:
     stats: CallStats | None = None
     flops: dict[str, int] = field(default_factory=dict)
     new_tokens: int = 0
+    index: int = 0
+    batch_size: int = 1
 
     @property
     def kept(self) -> torch.Tensor:
         """Indices (among the prompt's visual tokens) of the ones that reached the last layer."""
         if self.stats is None or not self.stats.stages:
             return torch.arange(self.n_visual)
-        return self.stats.stages[-1].kept[0].cpu()
+        return self.stats.stages[-1].kept[self.index].cpu()
 
     def summary(self) -> dict[str, Any]:
-        stages = self.stats.summary()["stages"] if self.stats is not None else []
+        stages = []
+        for st in self.stats.summary()["stages"] if self.stats is not None else []:
+            stages.append({**st, **{k: st[k][self.index] for k in ("n_in", "n_kept", "n_merged")}})
         return {"method": self.method, "text": self.text, "prefill_seconds": self.prefill_seconds,
-                "n_visual": self.n_visual, "n_kept": self.n_kept, "flops": self.flops,
-                "new_tokens": self.new_tokens, "frames": int(self.inputs.frames.shape[0]),
+                "batch_size": self.batch_size, "n_visual": self.n_visual, "n_kept": self.n_kept,
+                "flops": self.flops, "new_tokens": self.new_tokens, "frames": int(self.inputs.frames.shape[0]),
                 "seq_len": int(self.inputs.kwargs["input_ids"].shape[1]), "stages": stages}
 
 
@@ -129,19 +136,44 @@ class VideoQA:
         """Answer `question` about `video` (a file or decoded `Frames`); `method` (a name with `retain`/`layer`,
         a dict or a config; None: the unpatched model) prunes the visual tokens. `inputs` reuses a `prepare()`d
         prompt (e.g. the same input with and without pruning)."""
-        from .engine.handle import apply
-
         cfg = None if method is None else build_method(method, retain, layer)  # checked before any decoding
         prepared = inputs if inputs is not None else self.prepare(video, question, options, frames, fps)
+        return self._generate([prepared], cfg, max_new_tokens)[0]
+
+    def answer_batch(self, videos: Sequence[str | Path | Frames], questions: Sequence[str],
+                     options: Sequence[list[str] | None] | None = None, frames: int = 32, fps: float | None = None,
+                     method: str | Method | dict | None = None, retain: float | None = 0.1, layer: int | None = 2,
+                     max_new_tokens: int = 32, inputs: Sequence[PreparedInputs] | None = None) -> list[Answer]:
+        """`answer` for several videos in one left-padded batch: different videos (frame counts, sizes, so token
+        counts) keep their own budgets, and each answer equals its `answer` alone (within float tolerance). The
+        prefill time is the batch's. A family that cannot encode these videos together (LLaVA-OneVision with
+        different frame counts) is refused before the model runs."""
+        cfg = None if method is None else build_method(method, retain, layer)
+        if inputs is None:
+            if len(videos) != len(questions) or (options is not None and len(options) != len(videos)):
+                raise ConfigError(f"{len(videos)} videos, {len(questions)} questions"
+                                  + ("" if options is None else f", {len(options)} option lists")
+                                  + ": give one of each per video")
+            opts = list(options) if options is not None else [None] * len(videos)
+            inputs = [self.prepare(v, q, o, frames, fps) for v, q, o in zip(videos, questions, opts, strict=True)]
+        if not inputs:
+            raise ConfigError("answer_batch needs at least one video")
+        return self._generate(list(inputs), cfg, max_new_tokens)
+
+    def _generate(self, prepared: list[PreparedInputs], cfg: Method | None, max_new_tokens: int) -> list[Answer]:
+        from .engine.handle import apply
+
+        tok = self.processor.tokenizer
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        batch = prepared[0].kwargs if len(prepared) == 1 else self.processor.batch(prepared, pad_id)
         device = next(self.model.parameters()).device
-        kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in prepared.kwargs.items()}
+        kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         for key in ("pixel_values_videos", "pixel_values"):
             if key in kwargs and kwargs[key].is_floating_point():
                 kwargs[key] = kwargs[key].to(self.loaded.dtype)
-        tok = self.processor.tokenizer
         gen = dict(max_new_tokens=max_new_tokens, do_sample=False)
-        if tok.pad_token_id is not None:
-            gen["pad_token_id"] = tok.pad_token_id
+        if pad_id is not None:
+            gen["pad_token_id"] = pad_id
         stats = None
         with torch.inference_mode(), _PrefillTimer(self.model) as timer:
             if cfg is None:
@@ -152,17 +184,25 @@ class VideoQA:
                     handle.adapter.declare_video_prompt()
                     out = self.model.generate(**kwargs, **gen)
                 stats = handle.last_stats
-        new = out[0, kwargs["input_ids"].shape[1]:]
-        text = tok.decode(new, skip_special_tokens=True)
-        n_kept = stats.stages[-1].n_kept[0] if stats is not None and stats.stages else prepared.n_visual
-        return Answer(text=text, prefill_seconds=float(timer.seconds or 0.0), n_visual=prepared.n_visual,
-                      n_kept=int(n_kept), method=cfg.name if cfg is not None else "unpruned", inputs=prepared,
-                      stats=stats, flops=self._flops(prepared, stats), new_tokens=int(new.numel()))
+        answers = []
+        for i, p in enumerate(prepared):
+            new = out[i, kwargs["input_ids"].shape[1]:]
+            if pad_id is not None and len(prepared) > 1:  # a sample that ended early is padded to the longest
+                ends = torch.nonzero(new == pad_id).flatten()
+                new = new[: int(ends[0])] if ends.numel() else new
+            n_kept = stats.stages[-1].n_kept[i] if stats is not None and stats.stages else p.n_visual
+            answers.append(Answer(
+                text=tok.decode(new, skip_special_tokens=True), prefill_seconds=float(timer.seconds or 0.0),
+                n_visual=p.n_visual, n_kept=int(n_kept), method=cfg.name if cfg is not None else "unpruned",
+                inputs=p, stats=stats, flops=self._flops(p, stats, i), new_tokens=int(new.numel()), index=i,
+                batch_size=len(prepared)))
+        return answers
 
-    def _flops(self, prepared: PreparedInputs, stats: CallStats | None) -> dict[str, int]:
-        """Decoder prefill FLOPs with the stages as they ran (tokens removed at each stage's layer) and dense."""
+    def _flops(self, prepared: PreparedInputs, stats: CallStats | None, index: int = 0) -> dict[str, int]:
+        """Decoder prefill FLOPs of one prompt with the stages as they ran (tokens removed at each stage's layer)
+        and dense (its own length: a batch's padding is not counted)."""
         shape = DecoderShape.from_config(self.model.config)
         seq = int(prepared.kwargs["input_ids"].shape[1])
-        removals = [(s.layer, s.n_in[0] - s.n_kept[0]) for s in (stats.stages if stats is not None else [])]
+        removals = [(s.layer, s.n_in[index] - s.n_kept[index]) for s in (stats.stages if stats is not None else [])]
         return {"pruned": int(prefill_flops(shape, seq, removals)["total"]),
                 "dense": int(prefill_flops(shape, seq)["total"])}

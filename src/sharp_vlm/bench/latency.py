@@ -63,6 +63,7 @@ class BenchConfig:
     vision: str | None = "auto"  # a shape name with a vision tower; "auto": the model's own; None: skip
     vision_frames: int | None = None  # encode this many frames and scale to all (the tower is per frame)
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per method name: extra config fields
+    batch: list[int] = field(default_factory=lambda: [1])  # videos per prefill: every variant at each size
 
 
 # benchmark names for runs that are not a plain registered method: (method, options, with a shared bias cache)
@@ -197,6 +198,9 @@ def check_bench(cfg: BenchConfig) -> None:
         raise ConfigError("frames and tokens per frame must be >= 1")
     if cfg.repeats < 1 or cfg.warmup < 0:
         raise ConfigError("repeats must be >= 1 and warmup >= 0")
+    if not cfg.batch or any(b < 1 for b in cfg.batch):
+        raise ConfigError(f"batch sizes must be >= 1, got {cfg.batch}")
+    check_unique([str(b) for b in cfg.batch], "--batch")
     if "none" not in cfg.variants:
         raise ConfigError("the variants must include 'none': every speedup is measured against it in the same run")
     check_unique([v.lower() for v in cfg.variants], "--variants")
@@ -262,11 +266,11 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     from tqdm import tqdm
 
     check_bench(cfg)
-    # the unpruned model first: everything else is compared with it
+    # the unpruned model first: everything else is compared with it, at the same batch size
     names = ["none"] + [v for v in cfg.variants if v != "none"]
-    plan = [(name, trim) for name in names
+    plan = [(batch, name, trim) for batch in cfg.batch for name in names
             for trim in ((False, True) if cfg.trim_kv and name not in ("none", *_OUTSIDE_ENGINE) else (False,))]
-    variants = [variant(name, cfg.retain, cfg.layer, cfg.options) for name, _ in plan]
+    variants = [variant(name, cfg.retain, cfg.layer, cfg.options) for _, name, _ in plan]
     cache = BiasCache()  # the cached variant's: the warm-up run fills it, the timed runs hit it
     tower = _vision_config(cfg)
     dtype, dtype_reason = dtype_choice(cfg.dtype, cfg.device)
@@ -275,23 +279,25 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     n_visual = cfg.frames * cfg.tokens_per_frame
     seq = cfg.prefix + n_visual + cfg.question
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(10, model.config.vocab_size - 10, (1, seq), generator=gen).to(cfg.device)
+    # one video's prompt per row, each of its own tokens (same shapes: no padding)
+    ids = {b: torch.randint(10, model.config.vocab_size - 10, (b, seq), generator=gen).to(cfg.device)
+           for b in cfg.batch}
     span = VideoSpan(cfg.prefix, cfg.frames, cfg.tokens_per_frame, tower=stand_in_tower(n_visual))
     results: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]] = [([], []) for _ in plan]
     bar = tqdm(total=len(plan) * (cfg.warmup + cfg.repeats), desc="bench", unit="run", disable=not progress)
     # Rounds over all variants rather than all repeats of one variant, so that a slow drift of the machine
     # (other tenants, clocks) spreads over every variant instead of biasing the ones that ran during it.
     for i in range(cfg.warmup + cfg.repeats):
-        for (name, trim), v, (runs, parts) in zip(plan, variants, results, strict=True):
-            bar.set_postfix_str(f"{name}{'+trim_kv' if trim else ''}", refresh=False)
+        for (batch, name, trim), v, (runs, parts) in zip(plan, variants, results, strict=True):
+            bar.set_postfix_str(f"{name}{'+trim_kv' if trim else ''} x{batch}", refresh=False)
             with _attached(v, model, span, trim, cfg, cache) as handle:
-                r = _one_run(model, ids, cfg.decode_tokens, cfg.device)
+                r = _one_run(model, ids[batch], cfg.decode_tokens, cfg.device)
             bar.update(1)
             if i >= cfg.warmup:
                 runs.append(r)
                 parts.append(_stage_parts(handle.last_stats.stages if isinstance(handle, Handle) else []))
     rows = []
-    for (name, trim), v, (runs, parts) in zip(plan, variants, results, strict=True):
+    for (batch, name, trim), v, (runs, parts) in zip(plan, variants, results, strict=True):
         method = v.config
         stages = [(s.layer, s.retain) for s in method.stages()]
         # query="text" scores from every token after the video (the question; the last token when there is none),
@@ -304,7 +310,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
         fl_rect = method_flops(shape, seq, n_visual, stages, **count)
         kv_lens = _kv_lens(shape.num_layers, seq, n_visual, method, trim)
         rows.append({
-            "variant": name + ("+trim_kv" if trim else ""), "method": method.to_dict(), "trim_kv": trim,
+            "variant": name + ("+trim_kv" if trim else ""), "batch": batch, "method": method.to_dict(), "trim_kv": trim,
             "segment_mask": any(s.segment_mask is not None for s in method.stages()),
             "prefill_s": _spread([r["prefill"] for r in runs]),
             "decode_s_per_token": _spread([r["decode"] for r in runs]) if cfg.decode_tokens else None,
@@ -318,11 +324,13 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
             "added_bytes": max((r["added_bytes"] for r in runs if r["added_bytes"] is not None), default=None),
             "memory_source": runs[-1]["memory_source"],
             "flops": fl, "flops_full_rectangle": fl_rect,
+            "flops_per_batch": {k: fl[k] * batch for k in ("dense", "pruned")},  # same bound: no padding here
             "decode_flops": decode_flops_per_token(shape, kv_lens)["total"],
         })
     bar.close()
     vision = _time_vision(cfg, tower, dtype)
-    _derive(rows, vision)
+    for batch in cfg.batch:
+        _derive([r for r in rows if r["batch"] == batch], vision)
     info = machine(cfg, dtype, dtype_reason)
     return {"config": asdict(cfg), "machine": info, "seq_len": seq, "n_visual": n_visual, "rows": rows,
             "vision": vision, "tower_attention": TOWER_NOTE}
@@ -340,11 +348,15 @@ def stand_in_tower(n_visual: int) -> TowerFeatures:
 
 
 def _derive(rows: list[dict[str, Any]], vision: dict[str, Any] | None) -> None:
-    """Speedups against the unpruned row, the share of the FLOPs bound reached, and each method's overhead.
+    """Speedups against the unpruned row (of one batch size), the share of the FLOPs bound reached, each method's
+    overhead, throughput and time to first token.
 
     overhead_s: the method's own work in the prefill: scoring + selection + its segment mask's extra cost in the
     layers before the stage (layers_before_s above the floor's), without the reference pass (reported apart).
     above_floor_s: measured prefill minus the floor's with the same KV setting, i.e. everything the method adds.
+    after_stages_s: the decoder's layers after the first stage (prefill - layers before it - the stages' own time).
+    ttft_s: the tower for every video of the batch (one video's time x the batch: it encodes frames apart) + the
+    prefill.
     """
     base = next(r for r in rows if r["variant"] == "none")
     dense = base["prefill_s"]["median"]
@@ -355,6 +367,8 @@ def _derive(rows: list[dict[str, Any]], vision: dict[str, Any] | None) -> None:
     for r in rows:
         prefill = r["prefill_s"]["median"]
         r["speedup"] = dense / prefill
+        r["videos_per_s"] = r["batch"] / prefill
+        r["after_stages_s"] = max(0.0, prefill - r["layers_before_s"]["median"] - r["stage_s"]["median"])
         r["flops_bound"] = r["flops"]["speedup_bound"]
         r["flops_bound_full_rectangle"] = r["flops_full_rectangle"]["speedup_bound"]
         r["of_bound"] = r["speedup"] / r["flops_bound"]
@@ -372,8 +386,9 @@ def _derive(rows: list[dict[str, Any]], vision: dict[str, Any] | None) -> None:
         if unpatched is not None:
             r["vs_unpatched"] = unpatched["prefill_s"]["median"] / prefill
         if vision:
-            r["ttft_s"] = encode + prefill
-            r["ttft_speedup"] = (encode + dense) / r["ttft_s"]
+            r["tower_s"] = encode * r["batch"]
+            r["ttft_s"] = r["tower_s"] + prefill
+            r["ttft_speedup"] = (r["tower_s"] + dense) / r["ttft_s"]
 
 
 def _kv_lens(n_layers: int, seq: int, n_visual: int, method: Method, trim: bool) -> list[int]:

@@ -17,10 +17,19 @@ def _pct(x: float | None, dense: float) -> str:
     return "-" if x is None else f"{x:.2f} ({x / dense:.1%})"
 
 
+def _batches(result: dict[str, Any]) -> list[int]:
+    return sorted({r.get("batch", 1) for r in result["rows"]})
+
+
+def _label(r: dict[str, Any], result: dict[str, Any]) -> str:
+    """The variant's name, with its batch size where the run timed several."""
+    return r["variant"] + (f" x{r.get('batch', 1)}" if len(_batches(result)) > 1 else "")
+
+
 def table(result: dict[str, Any]) -> str:
     m = result["machine"]
     rows = result["rows"]
-    dense = next(r for r in rows if r["variant"] == "none")["prefill_s"]["median"]
+    dense_of = {r.get("batch", 1): r["prefill_s"]["median"] for r in rows if r["variant"] == "none"}
     lines = [
         f"{result['config']['model']}: {result['seq_len']} tokens ({result['n_visual']} visual), layer "
         f"{result['config']['layer']}, retain {result['config']['retain']:g}, {m['dtype']} ({m['dtype_reason']}), "
@@ -35,8 +44,9 @@ def table(result: dict[str, Any]) -> str:
         p = r["prefill_s"]
         dec = r["decode_s_per_token"]
         above = r.get("above_floor_s")
+        dense = dense_of[r.get("batch", 1)]
         lines.append(
-            f"| {r['variant']} | {p['median']:.2f} ({p['min']:.2f}-{p['max']:.2f}) | {r['speedup']:.2f}x | "
+            f"| {_label(r, result)} | {p['median']:.2f} ({p['min']:.2f}-{p['max']:.2f}) | {r['speedup']:.2f}x | "
             f"{r['flops_bound']:.2f}x | {r['of_bound']:.0%} | {r['flops_bound_full_rectangle']:.2f}x | "
             f"{r['flops']['reduction']:.1%} | "
             f"{_pct(r['overhead_s'], dense)} | {r['scoring_s']['median']:.3f} | {r['select_s']['median']:.3f} | "
@@ -75,8 +85,30 @@ def table(result: dict[str, Any]) -> str:
             "| variant | TTFT s | TTFT speedup |",
             "|---|---|---|",
         ]
-        lines += [f"| {r['variant']} | {r['ttft_s']:.2f} | {r['ttft_speedup']:.2f}x |" for r in rows
+        lines += [f"| {_label(r, result)} | {r['ttft_s']:.2f} | {r['ttft_speedup']:.2f}x |" for r in rows
                   if not r["trim_kv"]]
+    if _batches(result) != [1]:
+        lines += ["", batch_table(result)]
+    return "\n".join(lines)
+
+
+def batch_table(result: dict[str, Any]) -> str:
+    """Per batch size: throughput, the prefill's split around the first stage, the tower, time to first token and
+    peak memory, each variant beside the unpruned one of the same batch."""
+    tower = result.get("vision") is not None
+    head = ("| batch | variant | prefill s | videos/s | speedup | FLOPs bound | decoder before stage s | stages s | "
+            "decoder after s |" + (" tower s | TTFT s | TTFT speedup |" if tower else "") + " peak MiB (+run) |")
+    lines = ["Batches (each a batch of videos of the same shape; tower: one video's time x the batch):", "",
+             head, "|" + "---|" * (head.count("|") - 1)]
+    for r in sorted(result["rows"], key=lambda r: (r.get("batch", 1), r["trim_kv"])):
+        cells = [str(r.get("batch", 1)), r["variant"], f"{r['prefill_s']['median']:.2f}",
+                 f"{r['videos_per_s']:.3f}" if "videos_per_s" in r else "-", f"{r['speedup']:.2f}x",
+                 f"{r['flops_bound']:.2f}x", f"{r['layers_before_s']['median']:.2f}", f"{r['stage_s']['median']:.2f}",
+                 f"{r['after_stages_s']:.2f}" if "after_stages_s" in r else "-"]
+        if tower:
+            cells += [f"{r['tower_s']:.2f}", f"{r['ttft_s']:.2f}", f"{r['ttft_speedup']:.2f}x"]
+        cells.append(f"{_mib(r['peak_bytes'])} (+{_mib(r['added_bytes'])})")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -93,7 +125,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     plt = pyplot()
 
     rows = [r for r in result["rows"] if not r["trim_kv"]]
-    names = [r["variant"] for r in rows]
+    names = [_label(r, result) for r in rows]
     x = range(len(rows))
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     vision = result.get("vision")

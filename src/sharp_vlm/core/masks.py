@@ -154,3 +154,16 @@ def to_attention_mask(
         mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
         return mask.masked_fill(~allowed, torch.finfo(dtype).min)
     raise ValueError(f"kind must be 'bool' or 'additive', got {kind!r}")
+
+
+def hide_padding(allowed: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+    """An allowed pattern (B, 1, S, S) over rows with padding rows `pad` (B, S) taken out: no row attends to a
+    padding row, and a padding row attends only to itself (a finite state that nothing reads)."""
+    allowed = allowed & ~pad[:, None, None, :] & ~pad[:, None, :, None]
+    eye = torch.eye(pad.shape[1], dtype=torch.bool, device=pad.device)
+    return allowed | (eye[None, None] & pad[:, None, :, None])
+
+
+def allowed_of(mask: torch.Tensor) -> torch.Tensor:
+    """A 4-D attention mask (bool, True = attend; or additive float) -> its bool allowed pattern."""
+    return mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2

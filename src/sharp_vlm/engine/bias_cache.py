@@ -1,11 +1,12 @@
 """Positional-bias scores cached by everything the reference pass reads: the pass is paid once.
 
 A deployment choice, not a method option: `sv.apply(model, cfg, bias_cache=cache)`. Give the same `BiasCache` to
-every `sv.apply` that should share it (the common `with sv.apply(...)` per request); its keys name the weights,
-the content-free input, layer, options and layout (`engine/reference.bias_key`), so one cache can serve several
-models and methods. With a directory, entries are also files that other processes read: each is written to a
-temporary file and renamed, so a reader sees a whole file or none, and a file that does not hold what its key
-promises (cut, garbage, wrong shape, not finite) is a miss that is recomputed and rewritten.
+every `sv.apply` that should share it (the common `with sv.apply(...)` per request); its keys name, per sample,
+the weights, the content-free input, layer, options and layout (`engine/reference.bias_keys`: a prompt shares its
+bias alone or in a batch), so one cache can serve several models and methods. With a directory, entries are also
+files that other processes read: each is written to a temporary file and renamed, so a reader sees a whole file
+or none, and a file that does not hold what its key promises (cut, garbage, wrong shape, not finite) is a miss
+that is recomputed and rewritten.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ class Decode:
     seq_len: int
     next_pos: torch.Tensor  # (B,) next position id
     layer_rows: list[torch.Tensor | None]  # per layer: original prefill positions in its cache (None: all)
+    layer_pad: list[torch.Tensor | None]  # per layer: which of those are a stage's padding rows (None: none)
     steps: int = 0  # decoded tokens already in the cache
     attn2d: torch.Tensor | None = None  # (B, total) validity of the keys, None when there is no padding
     q_len: int = 0
@@ -62,17 +63,21 @@ class Decode:
         new = torch.arange(self.seq_len, self.seq_len + self.steps, device=device).expand(b, -1)
         return torch.cat([rows.to(device), new], dim=1)
 
-    def valid(self, cols: torch.Tensor) -> torch.Tensor:
-        """(B, K) False on padding keys."""
-        if self.attn2d is None:
-            return torch.ones_like(cols, dtype=torch.bool)
-        return take(self.attn2d.to(cols.device), cols)
+    def valid(self, i: int, cols: torch.Tensor) -> torch.Tensor:
+        """(B, K) False on padding keys; `cols`: the last K of `columns(i)` (a sliding window's)."""
+        valid = (torch.ones_like(cols, dtype=torch.bool) if self.attn2d is None
+                 else take(self.attn2d.to(cols.device), cols))
+        pad = self.layer_pad[i]
+        if pad is None:
+            return valid
+        pad = torch.cat([pad.to(cols.device), pad.new_zeros(pad.shape[0], self.steps)], dim=1)
+        return valid & ~pad[:, -cols.shape[1]:]
 
     def layer_mask(self, i: int, eager: bool, dtype: torch.dtype) -> Any:
         """The mask of layer i for this step (None where the kernel's causal default is exact)."""
         q = self.q_len
         hiding = self.hidden_positions is not None and self.pruned_from is not None and i >= self.pruned_from
-        if self.attn2d is None and q == 1 and not hiding:
+        if self.attn2d is None and q == 1 and not hiding and self.layer_pad[i] is None:
             return None
         device = self.next_pos.device
         cols = self.columns(i)  # original positions of this layer's keys after the update
@@ -82,7 +87,7 @@ class Decode:
             # a sliding-window layer keeps only its last keys: the attention sees those and this step's
             n_keys = held.shape[-2] + q
             cols = cols[:, -n_keys:] if n_keys < cols.shape[1] else cols
-        valid = self.valid(cols)
+        valid = self.valid(i, cols)
         if hiding:
             hidden = torch.stack([torch.isin(cols[b], h.to(device)) for b, h in enumerate(self.hidden_positions)])
             valid = valid & ~hidden
@@ -93,18 +98,22 @@ class Decode:
         return to_attention_mask(allowed, dtype, "additive" if eager else "bool")
 
 
-def trim_shallow(cache: Any, layer_rows: list[torch.Tensor | None], stage_layer: int) -> list[torch.Tensor | None]:
+def trim_shallow(cache: Any, layer_rows: list[torch.Tensor | None], layer_pad: list[torch.Tensor | None],
+                 stage_layer: int) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
     """Drop from the KV of the layers before the first in-decoder stage (at `stage_layer`) the tokens it pruned, so
-    that they hold what that stage's layer holds (saves decode memory). A layer already pruned by a stage before
-    the decoder holds a subset of the rows: its keys are found by position among them."""
+    that they hold what that stage's layer holds (saves decode memory); their padding rows become that layer's. A
+    layer already pruned by a stage before the decoder holds a subset of the rows: its keys are found by position
+    among them."""
     keep = layer_rows[stage_layer]
-    out = list(layer_rows)
+    rows, pads = list(layer_rows), list(layer_pad)
     for i in range(stage_layer):
         held = layer_rows[i]
         # (B, T) indices into layer i's cache: the original positions where it holds every row, else their place
-        idx = keep if held is None else torch.stack([torch.searchsorted(h, k) for h, k in zip(held, keep, strict=True)])
+        # (the last of equal positions: where layer i has padding rows, they come before the row they copy)
+        idx = keep if held is None else torch.stack(
+            [torch.searchsorted(h, k, right=True) - 1 for h, k in zip(held, keep, strict=True)])
         lay = cache.layers[i]
         lay.keys = take(lay.keys, idx, dim=2)
         lay.values = take(lay.values, idx, dim=2)
-        out[i] = keep
-    return out
+        rows[i], pads[i] = keep, layer_pad[stage_layer]
+    return rows, pads

@@ -29,7 +29,7 @@ def choose(dec: Decode, pruning: DecodePruning, adapter: Adapter, cache: Any,
     q = parts.rotary(parts.queries(parts.norm(hidden)), cos, sin)  # (B, H, 1, hd)
     keys = cache.layers[source].keys  # as the cache holds them: projected, normed and rotated
     cols = dec.columns(source)  # (B, K) original positions of those keys
-    allowed = dec.valid(cols)[:, None, :]
+    allowed = dec.valid(source, cols)[:, None, :]
     probs = attention_probs(q, keys, parts.scaling, allowed, parts.softcap)[:, 0]  # (B, K)
     hide = torch.zeros_like(cols, dtype=torch.bool)
     held = dec.columns(pruning.layer).to(cols.device)  # what layer L's cache holds

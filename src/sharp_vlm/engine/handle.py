@@ -100,6 +100,8 @@ class Handle:
             engine.guard.enter()  # before the per-call state below is written
             try:
                 _check_beams(engine, self.model, kwargs)
+                # generate() may encode the video before its first forward: refuse a batch before that
+                self.adapter.check_batch(dict(kwargs, input_ids=args[0]) if args else kwargs)
                 engine.prompt_len = int(ref.shape[1]) if isinstance(ref, torch.Tensor) else None
                 engine.generate_batch = int(ref.shape[0]) if isinstance(ref, torch.Tensor) else None
                 engine.generate_call = {k: kwargs.get(k) for k in self.adapter.generate_kwargs}

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.masks import allowed_of, hide_padding, to_attention_mask
 from ..errors import ConfigError, InputError, SharpError
 from ..flops import DecoderShape
 from ..methods.base import Method, SegmentMask, Stage
@@ -235,6 +236,7 @@ class Engine:
                 if key == "attention_mask" and not _matches(value, call.get("input_ids")):
                     continue
                 call[key] = value
+        self.adapter.check_batch(call)
         self._call = call
 
     def _outer_post(self, module: nn.Module, args: tuple, output: Any) -> None:
@@ -298,13 +300,14 @@ class Engine:
         if pre.position_shift is not None:
             next_pos = next_pos.to(pre.position_shift.device) - pre.position_shift
         layer_rows = [pre.layer_rows.get(i) for i in range(self.adapter.n_layers)]
+        layer_pad = [pre.layer_pad.get(i) for i in range(self.adapter.n_layers)]
         if self.trim_kv and self.trim_to is not None:
-            layer_rows = trim_shallow(cache, layer_rows, self.trim_to)
+            layer_rows, layer_pad = trim_shallow(cache, layer_rows, layer_pad, self.trim_to)
         for key, dec in list(self._decodes.items()):
             if dec.cache() is None:
                 del self._decodes[key]
         device = pre.rows.rows.device
-        dec = Decode(weakref.ref(cache), pre.seq_len, next_pos.to(device), layer_rows, stats=pre.stats)
+        dec = Decode(weakref.ref(cache), pre.seq_len, next_pos.to(device), layer_rows, layer_pad, stats=pre.stats)
         if self.decode_pruning is not None:
             dec.pruned_from = self.decode_pruning.layer
             dec.visual_positions = [lay.positions for lay in pre.layouts]
@@ -335,6 +338,7 @@ class Engine:
             if pre.pruned:
                 kwargs = self._gathered_kwargs(kwargs)
                 pre.layer_rows[i] = pre.rows.rows
+                pre.layer_pad[i] = pre.rows.pad
             if self.seg is not None and i < self.seg_until:
                 kwargs = dict(kwargs, **segment_kwargs(pre, self.seg, self._block_kernel, self._eager, self._dtype))
             if i < self.last_stage:
@@ -404,14 +408,29 @@ class Engine:
         if isinstance(pid, torch.Tensor) and pid.shape[-1] == pre.seq_len:
             out["position_ids"] = take(pid, rows) if pid.dim() == 2 else pid
         mask = kwargs.get("attention_mask")
-        if isinstance(mask, torch.Tensor) and mask.dim() == 4:
-            key = (id(mask), pre.stages_done)
-            if key not in pre.mask_cache:
-                pre.mask_cache[key] = take(take(mask, rows, dim=2), rows, dim=3)
-            out["attention_mask"] = pre.mask_cache[key]
-        elif mask is not None and not isinstance(mask, torch.Tensor):
+        if mask is not None and not (isinstance(mask, torch.Tensor) and mask.dim() == 4):
             raise InputError(
                 f"attention mask of type {type(mask).__name__} is not supported by the pruning engine; "
                 "load the model with attn_implementation='sdpa' or 'eager'"
             )
+        if mask is not None or pre.rows.pad is not None:
+            key = (None if mask is None else id(mask), pre.stages_done)
+            if key not in pre.mask_cache:
+                pre.mask_cache[key] = self._rows_mask(mask)
+            out["attention_mask"] = pre.mask_cache[key]
         return self.adapter.gather_layer_kwargs(out, lambda t, dim: take(t, rows, dim=dim))
+
+    def _rows_mask(self, mask: torch.Tensor | None) -> torch.Tensor:
+        """The layer's 4-D mask over the current rows: the model's own mask gathered (its causal default where it
+        gave none), with a stage's padding rows taken out."""
+        rows, pad = self._pre.rows.rows, self._pre.rows.pad
+        if mask is not None:
+            mask = take(take(mask, rows, dim=2), rows, dim=3)
+            if pad is None:
+                return mask
+            kind = "bool" if mask.dtype == torch.bool else "additive"
+            return to_attention_mask(hide_padding(allowed_of(mask), pad), mask.dtype, kind)
+        s = rows.shape[1]
+        causal = torch.ones(s, s, dtype=torch.bool, device=rows.device).tril()
+        allowed = hide_padding(causal[None, None].expand(rows.shape[0], 1, s, s), pad)
+        return to_attention_mask(allowed, self._dtype, "additive" if self._eager else "bool")

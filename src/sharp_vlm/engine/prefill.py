@@ -35,6 +35,7 @@ class Prefill:
     stages_done: int = 0
     ops_before_decoder: list[RowOp] = field(default_factory=list)  # layer-0 stages, replayed by the reference pass
     layer_rows: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> original rows its KV holds
+    layer_pad: dict[int, torch.Tensor | None] = field(default_factory=dict)  # ... which of them are a stage's padding
     layer_kwargs: dict[int, dict[str, Any]] = field(default_factory=dict)  # what the shallow layers were given
     mask_cache: dict[tuple[int, int], Any] = field(default_factory=dict)  # gathered 4-D masks
     segment_kwargs: tuple[int, dict[str, Any]] | None = None  # (stages done, what the masked layers get)
@@ -108,11 +109,6 @@ def start_prefill(adapter: Adapter, call: dict[str, Any], ref: torch.Tensor, tar
         raise InputError(
             f"the prompt has {' and '.join(kinds)} tokens but the method prunes targets={targets!r}; "
             f"set targets='all' (or {kinds[0]!r}) on the method config"
-        )
-    if batch > 1 and len({lay.n_visual for lay in layouts}) > 1:
-        raise InputError(
-            f"a batch of videos with different token counts ({[lay.n_visual for lay in layouts]}) is not "
-            "supported yet; batch videos of one size together or run them one at a time"
         )
     device = ref.device
     mask2d = call.get("attention_mask")

@@ -3,7 +3,7 @@
 The adapter builds the content-free decoder input (black frames through the model's own vision tower, or the
 family's equivalent; a user's `reference=` function instead); the layers then run with exactly the masks and
 positions the real input had, after the same layer-0 stages (merges included). A bias cache keys the result by
-everything the pass reads (`bias_key`).
+everything the pass reads, per sample (`bias_keys`).
 """
 
 from __future__ import annotations
@@ -35,45 +35,53 @@ def weights_fingerprint(layers: list[nn.Module]) -> list[torch.Tensor]:
     return out
 
 
-def bias_key(weights: list[torch.Tensor], layer: int, query: str, rope: bool, mask: SegmentMask | None,
-             pre: Prefill, reference: torch.Tensor) -> str:
-    """The cached bias's key: everything the reference pass and its scoring read.
+def bias_keys(weights: list[torch.Tensor], layer: int, query: str, rope: bool, mask: SegmentMask | None,
+              pre: Prefill, reference: torch.Tensor) -> list[str]:
+    """Per sample, the cached bias's key: everything the reference pass and its scoring read of that sample, so
+    that a prompt shares its bias alone or in any batch.
 
     The weights of layers 0..K (`weights_fingerprint`), the reference input at the visual rows (so the vision
     tower, the projector and a user's `reference=` function are all in it), the layer and scoring options, the
-    layout, the layer-0 stages, and the prompt text the pass reads exactly: every token before the first visual
-    token (system prompt, template) and the query token. Only the text between the video and the query token may
-    differ between requests that share a bias.
+    sample's layout, rows and the layer-0 stages' merges, counted from its first real token (a batch's left
+    padding moves them all alike, which rotary attention does not see), and the prompt text the pass reads
+    exactly: every token before the first visual token (system prompt, template) and the query token. Only the
+    text between the video and the query token may differ between requests that share a bias.
     """
-    # what layer-0 stages did to the reference prompt (kept rows, merges) is part of the key
-    ops = []
-    for op in pre.ops_before_decoder:
-        ops.append(op.idx)
-        for m in op.merges:
+    valid = pre.rows.valid()
+    text = _prompt_text(pre)
+    keys = []
+    for b in range(pre.batch):
+        lay, full = pre.layouts[b], pre.full_layouts[b]
+        start = int(torch.nonzero(pre.rows.key_valid[b]).flatten()[0])  # the first real token
+        merges = []  # what layer-0 stages merged (which rows they kept is in the rows below)
+        for op in pre.ops_before_decoder:
+            m = op.merges[b]
             if m is not None:
-                merge = m[1]
-                ops += [m[0], merge.source, merge.target, merge.normalize, "weight", merge.weight, "target_weight",
-                        merge.target_weight]
-    visual = [reference[i, lay.positions] for i, lay in enumerate(pre.full_layouts[:: pre.expand])]
-    return BiasCache.key(
-        *weights, layer, query, rope, mask, pre.rows.rows, pre.rows.query_last,
-        *[lay.positions for lay in pre.layouts], *[tuple(lay.items) for lay in pre.layouts], *ops,
-        *_prompt_text(pre), *visual,
-        # a layer-0 stage that renumbered the rows moves the reference pass's positions too
-        "original positions" if pre.position_ids is None else pre.position_ids,
-    )
+                merges += [m[1].source, m[1].target, m[1].normalize, "weight", m[1].weight, "target_weight",
+                           m[1].target_weight]
+        positions = "original positions" if pre.position_ids is None else pre.position_ids[b, start:]
+        keys.append(BiasCache.key(
+            *weights, layer, query, rope, mask, pre.rows.rows[b][valid[b]] - start, pre.rows.query_last[b] - start,
+            lay.positions - start, tuple(lay.items), *merges, *text[b // pre.expand],
+            reference[b // pre.expand, full.positions],
+            # a layer-0 stage that renumbered the rows moves the reference pass's positions too
+            positions,
+        ))
+    return keys
 
 
-def _prompt_text(pre: Prefill) -> list[torch.Tensor]:
-    """Per prompt: the decoder input (ids or embeddings) before its first visual token, and at its query token."""
+def _prompt_text(pre: Prefill) -> list[list[torch.Tensor]]:
+    """Per prompt: the decoder input (ids or embeddings) from its first real token to its first visual token, and
+    at its query token."""
     x = pre.decoder_input
     if x is None:
-        return []
+        return [[] for _ in range(0, pre.batch, pre.expand)]
     out = []
     for b in range(0, pre.batch, pre.expand):
         lay = pre.full_layouts[b] if pre.full_layouts is not None else pre.layouts[b]
+        start = int(torch.nonzero(pre.rows.key_valid[b]).flatten()[0])
         first = int(lay.positions.min()) if lay.positions.numel() else x.shape[1]
-        out += [x[b, :first], x[b, int(pre.rows.query_last[b])]]
+        out.append([x[b, start:first], x[b, int(pre.rows.query_last[b])]])
     return out
 
 

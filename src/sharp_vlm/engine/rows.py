@@ -34,6 +34,9 @@ class PrefillRows:
     visual_orig: per sample, the original visual index (0..N-1) of each surviving visual token.
     key_valid: (B, S) over the original positions, False on padding.
     query_last: (B,) original position of the last prompt token.
+    pad: (B, S_cur) True on the rows a stage added in front of a sample that kept fewer rows than the longest one
+        (a copy of its first row, never a key, never a query, never scored), or None while every sample has
+        as many rows.
     """
 
     rows: torch.Tensor
@@ -41,6 +44,7 @@ class PrefillRows:
     visual_orig: list[torch.Tensor]
     key_valid: torch.Tensor
     query_last: torch.Tensor
+    pad: torch.Tensor | None = None
 
     @classmethod
     def start(cls, layouts: list[VisualLayout], key_valid: torch.Tensor, query_last: torch.Tensor) -> PrefillRows:
@@ -63,8 +67,9 @@ class PrefillRows:
         return [int(r.numel()) for r in self.visual_rows]
 
     def valid(self) -> torch.Tensor:
-        """(B, S_cur) False on padding rows."""
-        return take(self.key_valid, self.rows)
+        """(B, S_cur) False on padding rows (the prompt's and a stage's)."""
+        valid = take(self.key_valid, self.rows)
+        return valid if self.pad is None else valid & ~self.pad
 
     def query_rows(self, query: str, layouts: list[VisualLayout]) -> list[torch.Tensor]:
         """Per sample, the current rows of the query tokens: the last prompt token ("last") or the text after the
@@ -78,6 +83,8 @@ class PrefillRows:
             last = torch.searchsorted(orig, self.query_last[b : b + 1])
             if query == "text":
                 after = (orig > lay.positions.max()) & (orig <= self.query_last[b]) & self.key_valid[b, orig]
+                if self.pad is not None:
+                    after &= ~self.pad[b]
                 sel = torch.nonzero(after).flatten()
                 last = sel if sel.numel() else last
             out.append(last)
@@ -92,22 +99,32 @@ class PrefillRows:
     def apply(self, selections: list[Selection], device: torch.device) -> RowOp:
         """Record a stage's answer: every non-visual row stays, a visual row stays when its token is kept.
 
-        Returns the operation to run on the (B, S_cur, ...) tensors of the old rows (merge, then gather).
+        Samples that keep different numbers of tokens are padded on the left to the longest (decoding continues
+        at the right end of every row). Returns the operation to run on the (B, S_cur, ...) tensors of the old
+        rows (merge, then gather).
         """
-        idx_list, merges = [], []
+        idx_list, merges, kept_rows = [], [], []
         for b, sel in enumerate(selections):
             keep = sel.keep.to(device)
             drop = torch.zeros(self.rows.shape[1], dtype=torch.bool, device=device)
+            if self.pad is not None:
+                drop |= self.pad[b]  # an earlier stage's padding is laid out anew
             drop[self.visual_rows[b]] = True
             drop[self.visual_rows[b][keep]] = False
             idx_list.append(torch.nonzero(~drop).flatten())
+            kept_rows.append(self.visual_rows[b][keep])
             merges.append(None if sel.merge is None else (self.visual_rows[b], sel.merge))
-        idx = torch.stack(idx_list)
+        width = max(int(i.numel()) for i in idx_list)
+        pads = [width - int(i.numel()) for i in idx_list]
+        idx = torch.stack([torch.cat([i[:1].expand(p), i]) for i, p in zip(idx_list, pads, strict=True)])
         for b, sel in enumerate(selections):
-            keep = sel.keep.to(device)
-            self.visual_orig[b] = self.visual_orig[b][keep]
-            self.visual_rows[b] = torch.searchsorted(idx[b], self.visual_rows[b][keep])
+            self.visual_orig[b] = self.visual_orig[b][sel.keep.to(device)]
+            self.visual_rows[b] = torch.searchsorted(idx_list[b], kept_rows[b]) + pads[b]
         self.rows = take(self.rows, idx)
+        if any(pads):
+            self.pad = torch.arange(width, device=device)[None, :] < torch.tensor(pads, device=device)[:, None]
+        else:
+            self.pad = None
         return RowOp(idx, merges)
 
 

@@ -71,5 +71,10 @@ def query_probs(
 
 
 def visual_scores(probs: torch.Tensor, rows: PrefillRows) -> torch.Tensor:
-    """(B, S_cur) probabilities -> (B, N) over each sample's surviving visual tokens."""
-    return torch.stack([probs[b, rows.visual_rows[b]] for b in range(rows.batch)])
+    """(B, S_cur) probabilities -> (B, N) over each sample's surviving visual tokens (zeros past a sample's own
+    count when the samples hold different counts)."""
+    width = max(rows.n_visual, default=0)
+    out = probs.new_zeros(rows.batch, width)
+    for b in range(rows.batch):
+        out[b, : rows.visual_rows[b].numel()] = probs[b, rows.visual_rows[b]]
+    return out

@@ -21,7 +21,7 @@ from ..methods.base import SampleView, SegmentMask, Stage
 from ..models.base import Adapter, ReferenceFn
 from .bias_cache import BiasCache
 from .prefill import Prefill, sync
-from .reference import bias_key, reference_hidden, reference_input, weights_fingerprint
+from .reference import bias_keys, reference_hidden, reference_input, weights_fingerprint
 from .rows import take
 from .scoring import query_probs, visual_scores
 from .stats import SampleRecord, StageCosts, StageStats
@@ -102,20 +102,24 @@ class StageScorer:
         t = time.perf_counter()
         layer = self.stage.layer
         ref = reference_input(self.adapter, self.pre, layer, self.reference_fn)
-        store, ckey = self.bias_cache, None
+        store, ckeys = self.bias_cache, []
         if store is not None:
             weights = weights_fingerprint(self.adapter.layers()[: layer + 1])
-            ckey = bias_key(weights, layer, query, rope, mask, self.pre, ref)
-            hit = store.get(ckey, (self.pre.batch, max(self.pre.rows.n_visual, default=0)))
-            self.costs.bias_cache = "hit" if hit is not None else "miss"
-            if hit is not None:
-                self._memo[key] = hit.to(self.hidden.device)
+            ckeys = bias_keys(weights, layer, query, rope, mask, self.pre, ref)
+            n = self.pre.rows.n_visual
+            hits = [store.get(k, (n[b],)) for b, k in enumerate(ckeys)]
+            self.costs.bias_cache = "hit" if all(h is not None for h in hits) else "miss"
+            if self.costs.bias_cache == "hit":  # every sample's bias is known: no reference pass
+                out = hits[0].new_zeros(self.pre.batch, max(n, default=0)).to(self.hidden.device)
+                for b, h in enumerate(hits):
+                    out[b, : n[b]] = h.to(out.device)
+                self._memo[key] = out
                 self.costs.reference_seconds += time.perf_counter() - t
-                return self._memo[key]
+                return out
         ref_hidden = reference_hidden(self.adapter, self.pre, layer, ref, self.bypass_hooks)
         out = self._scores(ref_hidden, query, mask, rope, False)
-        if store is not None:
-            store.put(ckey, out)
+        for b, k in enumerate(ckeys):
+            store.put(k, out[b, : self.pre.rows.n_visual[b]])
         dense = prefill_flops(self.shape, self.pre.rows.rows.shape[1])["layers"][:layer]
         self.costs.reference_seconds += time.perf_counter() - t
         self.costs.reference_flops += (sum(dense) + self._flops(query)) * self.pre.batch

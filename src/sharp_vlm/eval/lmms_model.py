@@ -14,8 +14,9 @@ Model arguments (lmms-eval's `key=value,...`):
 - `stats_file`: append one JSON line per request (task, doc id, visual and kept tokens, prefill seconds,
   FLOPs) to this path; with several processes each writes `<stem>.rank<R><suffix>`.
 
-Requests run one at a time (`batch_size` is accepted and ignored: a pruned batch needs equal visual token
-counts). Under `accelerate launch --num_processes N` each process loads the model on its own GPU
+`batch_size` (lmms-eval's flag): consecutive requests answered in one left-padded batch (`VideoQA.answer_batch`:
+different videos keep their own budgets; the answers are those of batch size 1; a request's `prefill_s` in the
+stats file is its batch's). Under `accelerate launch --num_processes N` each process loads the model on its own GPU
 (`cuda:<local rank>`) and lmms-eval gives it every N-th request (data parallel), as its own HF models do.
 """
 
@@ -56,8 +57,12 @@ class SharpVLM(lmms):
         else:  # checked (unknown method, bad retain, unknown option) before the model loads
             self.method = build_method(self.method_name, float(retain), int(layer), method_options)
         self.frames, self.fps, self.default_max_new_tokens = int(max_num_frames), fps, int(max_new_tokens)
-        if int(batch_size) != 1:
-            logger.warning(f"sharp_vlm answers one request at a time; batch_size={batch_size} is ignored")
+        if str(batch_size).startswith("auto"):
+            raise SharpError(f"batch_size={batch_size}: give a number of requests per batch (sharp_vlm does not "
+                             "search for the largest batch that fits)")
+        self._batch_size = int(batch_size)
+        if self._batch_size < 1:
+            raise SharpError(f"batch_size={batch_size} must be >= 1")
         accelerator = Accelerator()
         self.accelerator = accelerator
         if accelerator.num_processes > 1:  # data parallel: one model per process, every N-th request each
@@ -94,7 +99,7 @@ class SharpVLM(lmms):
 
     @property
     def batch_size(self) -> int:
-        return 1
+        return self._batch_size
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
         raise NotImplementedError(
@@ -125,28 +130,48 @@ class SharpVLM(lmms):
     def generate_until(self, requests: list[Instance]) -> list[str]:
         results = []
         bar = tqdm(total=len(requests), disable=self.rank != 0, desc="sharp_vlm")
-        for request in requests:
-            context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
-            frames = self._video(doc_to_visual(self.task_dict[task][split][doc_id]), f"task {task} doc {doc_id}")
-            gen_kwargs = dict(gen_kwargs or {})
-            if float(gen_kwargs.get("temperature", 0) or 0) > 0 and not self._warned_sampling:
-                logger.warning("sharp_vlm decodes greedily; the task's temperature is ignored")
-                self._warned_sampling = True
-            question = context.replace("<image>", "").strip()
-            answer = self.qa.answer(frames, question, method=self.method,
-                                    max_new_tokens=int(gen_kwargs.get("max_new_tokens") or self.default_max_new_tokens))
-            text = answer.text
-            until = gen_kwargs.get("until") or []
-            for stop in [until] if isinstance(until, str) else until:
-                if stop:
-                    text = text.split(stop)[0]
-            results.append(text)
-            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
-            if self.stats_path is not None:
-                self._write_stats(task, doc_id, answer)
-            bar.update(1)
+        for chunk in self._batches(requests):
+            frames, questions = [], []
+            for request in chunk:
+                context, _, doc_to_visual, doc_id, task, split = request.args
+                frames.append(self._video(doc_to_visual(self.task_dict[task][split][doc_id]),
+                                          f"task {task} doc {doc_id}"))
+                questions.append(context.replace("<image>", "").strip())
+            answers = self.qa.answer_batch(frames, questions, method=self.method,
+                                           max_new_tokens=self._max_new_tokens(chunk[0]))
+            for request, answer in zip(chunk, answers, strict=True):
+                context, gen_kwargs, _, doc_id, task, _ = request.args
+                text = answer.text
+                until = (gen_kwargs or {}).get("until") or []
+                for stop in [until] if isinstance(until, str) else until:
+                    if stop:
+                        text = text.split(stop)[0]
+                results.append(text)
+                self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+                if self.stats_path is not None:
+                    self._write_stats(task, doc_id, answer)
+                bar.update(1)
         bar.close()
         return results
+
+    def _max_new_tokens(self, request: Instance) -> int:
+        gen_kwargs = request.args[1] or {}
+        if float(gen_kwargs.get("temperature", 0) or 0) > 0 and not self._warned_sampling:
+            logger.warning("sharp_vlm decodes greedily; the task's temperature is ignored")
+            self._warned_sampling = True
+        return int(gen_kwargs.get("max_new_tokens") or self.default_max_new_tokens)
+
+    def _batches(self, requests: list[Instance]) -> list[list[Instance]]:
+        """Consecutive requests, `batch_size` at a time, a batch closed early where the answer length changes."""
+        out: list[list[Instance]] = []
+        for request in requests:
+            last = out[-1] if out else None
+            if (last is not None and len(last) < self._batch_size
+                    and self._max_new_tokens(last[0]) == self._max_new_tokens(request)):
+                last.append(request)
+            else:
+                out.append([request])
+        return out
 
     def _write_stats(self, task: str, doc_id: int, answer: Any) -> None:
         from .runner import reply_from_answer

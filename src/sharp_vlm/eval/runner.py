@@ -55,6 +55,7 @@ class Reply:
 
 
 AnswerFn = Callable[[QARecord, Variant], Reply]
+BatchAnswerFn = Callable[[list[QARecord], Variant], list[Reply]]  # one batch of questions under one variant
 
 
 @dataclass
@@ -76,6 +77,7 @@ class EvalConfig:
     device: str = "cpu"
     limit: int | None = None
     check_clips: bool = True
+    batch_size: int = 1  # questions answered in one batch (per variant); the answers do not depend on it
 
     def variants(self) -> list[Variant]:
         """`none` first (added when missing), then each other method at each retain, in the order given; every
@@ -98,6 +100,8 @@ class EvalConfig:
             raise ConfigError(f"--limit {self.limit} must be >= 1")
         if self.max_new_tokens < 1:
             raise ConfigError(f"--max-new-tokens {self.max_new_tokens} must be >= 1")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size {self.batch_size} must be >= 1")
         resolve_dtype(self.dtype, self.device)  # an unknown dtype is refused here, not when the model loads
         check_unique([m.strip().lower() for m in self.methods if m.strip()], "--methods")
         check_unique([f"{float(r):g}" for r in self.retains], "--retain")  # as the records' keys write them
@@ -161,7 +165,7 @@ def check_settings(out: str | Path, settings: dict[str, Any]) -> None:
         )
 
 
-def _record_line(record: QARecord, variant: Variant, reply: Reply) -> dict[str, Any]:
+def _record_line(record: QARecord, variant: Variant, reply: Reply, batch_size: int) -> dict[str, Any]:
     pred, correct = score(record, reply.text)
     return {
         "id": record.id, "variant": variant.key, "method": variant.method, "retain": variant.retain,
@@ -169,7 +173,7 @@ def _record_line(record: QARecord, variant: Variant, reply: Reply) -> dict[str, 
         "answer": record.answer_key, "correct": correct, "n_visual": reply.n_visual, "n_kept": reply.n_kept,
         "kept_ratio": reply.n_kept / reply.n_visual if reply.n_visual else None,
         "kept_per_stage": list(reply.kept_per_stage), "flops": reply.flops, "flops_dense": reply.flops_dense,
-        "prefill_s": reply.prefill_s,
+        "prefill_s": reply.prefill_s, "batch_size": batch_size,
     }
 
 
@@ -186,11 +190,13 @@ class EvalRun:
 
 
 def run_eval(cfg: EvalConfig, samples: Sequence[QARecord], answer: AnswerFn, out: str | Path,
-             progress: bool = True) -> EvalRun:
+             progress: bool = True, answer_batch: BatchAnswerFn | None = None) -> EvalRun:
     """Answer every pending (sample, variant) pair, appending each record to `out/records.jsonl` at once.
 
-    Holds `out/eval.lock` throughout (`FolderLockedError` when another run holds it); checks the settings and,
-    with `cfg.check_clips`, every pending clip's frames before the first answer."""
+    With `cfg.batch_size` > 1 and `answer_batch`, the pending questions of each variant go in batches of that
+    size (a record's `prefill_s` is then its batch's). Holds `out/eval.lock` throughout (`FolderLockedError` when
+    another run holds it); checks the settings and, with `cfg.check_clips`, every pending clip's frames before
+    the first answer."""
     from tqdm.auto import tqdm
 
     out = Path(out)
@@ -214,18 +220,46 @@ def run_eval(cfg: EvalConfig, samples: Sequence[QARecord], answer: AnswerFn, out
         reused = len(samples) * len(variants) - len(pending)
         bar = tqdm(total=len(pending), disable=not progress, desc="sharp eval", unit="answer")
         with (out / RECORDS).open("a", encoding="utf-8") as fh:
-            for rec, v in pending:
-                bar.set_postfix_str(f"{rec.id} {v.key}", refresh=False)
-                line = _record_line(rec, v, answer(rec, v))
-                fh.write(json.dumps(line) + "\n")  # a kill can cut only this line, the last one
-                fh.flush()
-                os.fsync(fh.fileno())  # the record survives a crash or kill right after
-                done[(rec.id, v.key)] = line
-                bar.update(1)
+            for recs, v in _batches(pending, variants, cfg.batch_size if answer_batch is not None else 1):
+                bar.set_postfix_str(f"{recs[0].id} {v.key}", refresh=False)
+                replies = [answer(recs[0], v)] if answer_batch is None else answer_batch(recs, v)
+                for rec, reply in zip(recs, replies, strict=True):
+                    line = _record_line(rec, v, reply, len(recs))
+                    fh.write(json.dumps(line) + "\n")  # a kill can cut only this line, the last one
+                    fh.flush()
+                    os.fsync(fh.fileno())  # the record survives a crash or kill right after
+                    done[(rec.id, v.key)] = line
+                    bar.update(1)
         bar.close()
     # scored again from the stored reply: a reference corrected in the data file counts without a new answer
     records = [rescored(done[(rec.id, v.key)], rec) for rec in samples for v in variants]
     return EvalRun(cfg, records, variants, samples, computed=len(pending), reused=reused)
+
+
+def _batches(pending: list[tuple[QARecord, Variant]], variants: list[Variant], size: int,
+             ) -> list[tuple[list[QARecord], Variant]]:
+    """The pending pairs one at a time in their order (size 1), else per variant in batches of `size`."""
+    if size == 1:
+        return [([rec], v) for rec, v in pending]
+    out = []
+    for v in variants:
+        recs = [rec for rec, w in pending if w is v]
+        out += [(recs[i : i + size], v) for i in range(0, len(recs), size)]
+    return out
+
+
+def videoqa_batch_answerer(qa: Any, cfg: EvalConfig) -> BatchAnswerFn:
+    """A `BatchAnswerFn` over a loaded `VideoQA` (`answer_batch`)."""
+
+    def answer(records: list[QARecord], variant: Variant) -> list[Reply]:
+        results = qa.answer_batch(
+            [r.video for r in records], [r.question for r in records],
+            options=[list(r.options) if r.options else None for r in records], frames=cfg.frames, fps=cfg.fps,
+            method=None if variant.method == "none" else variant.config, max_new_tokens=cfg.max_new_tokens,
+        )
+        return [reply_from_answer(r) for r in results]
+
+    return answer
 
 
 def videoqa_answerer(qa: Any, cfg: EvalConfig) -> AnswerFn:
@@ -246,13 +280,14 @@ def reply_from_answer(result: Any) -> Reply:
     """A `Reply` from a `VideoQA` `Answer`: its FLOPs plus what the stages spent beside the decoder (scoring side
     passes, reference passes; zero for a cached bias), as they ran."""
     stages = result.stats.stages if result.stats is not None else []
-    extra = sum(s.costs.scoring_flops + s.costs.reference_flops for s in stages)
+    # beside-the-decoder costs are the batch's: each answer carries its share
+    extra = sum(s.costs.scoring_flops + s.costs.reference_flops for s in stages) / getattr(result, "batch_size", 1)
     flops = result.flops or {}
     return Reply(
         text=result.text, prefill_s=float(result.prefill_seconds), n_visual=int(result.n_visual),
         n_kept=int(result.n_kept), flops=float(flops["pruned"] + extra) if "pruned" in flops else None,
         flops_dense=float(flops["dense"]) if "dense" in flops else None,
-        kept_per_stage=tuple(int(s.n_kept[0]) for s in stages),
+        kept_per_stage=tuple(int(s.n_kept[result.index]) for s in stages),
     )
 
 

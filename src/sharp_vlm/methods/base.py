@@ -327,7 +327,8 @@ class SampleView:
         """
         if layer not in ("stage", "previous"):
             raise ValueError(f"layer must be 'stage' or 'previous', got {layer!r}")
-        self.raw_scores = self._scores.attention(query, mask, rope, False, layer == "previous")[self.index]
+        self.raw_scores = self._scores.attention(query, mask, rope, False, layer == "previous")[self.index,
+                                                                                                : self.n_visual]
         return self.raw_scores
 
     def reference_scores(self, query: str = "last", mask: SegmentMask | None = None, rope: bool = True) -> torch.Tensor:
@@ -336,7 +337,7 @@ class SampleView:
         Runs layers 0..K-1 once more on the reference input (~K/L of a dense prefill), unless the handle was
         applied with a `bias_cache` that already holds it for these weights, layout and prompt.
         """
-        self.bias = self._scores.reference(query, mask, rope)[self.index]
+        self.bias = self._scores.reference(query, mask, rope)[self.index, : self.n_visual]
         return self.bias
 
     def vision_attention(self, query: str = "cls") -> torch.Tensor:
@@ -357,7 +358,7 @@ class SampleView:
 
     def positional_prior(self, query: str = "last", mask: SegmentMask | None = None) -> torch.Tensor:
         """(N,) scores from content-free queries and keys at the real positions (RoPE only)."""
-        self.bias = self._scores.attention(query, mask, True, True)[self.index]
+        self.bias = self._scores.attention(query, mask, True, True)[self.index, : self.n_visual]
         return self.bias
 
     def top(self, scores: torch.Tensor, budget: int | None = None) -> torch.Tensor:

@@ -149,6 +149,9 @@ class Adapter:
         return next(self.text_model().parameters()).dtype
 
     # ---------------------------------------------------------------- the prompt
+    def check_batch(self, call: dict[str, Any]) -> None:
+        """Refuse, before the model runs, a batch of the outer call's inputs the family cannot encode at once."""
+
     def find_layouts(self, call: dict[str, Any], seq_len: int, batch: int) -> list[VisualLayout]:
         """Visual-token layout per sample, from the kwargs of the outer model call."""
         raise NotImplementedError

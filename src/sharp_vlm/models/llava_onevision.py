@@ -166,6 +166,23 @@ class LlavaAdapter(Adapter):
             return int(pix.shape[1]), (int(pix.shape[-2]), int(pix.shape[-1]))
         return None, None
 
+    def check_batch(self, call: dict[str, Any]) -> None:
+        pix, ids = call.get("pixel_values_videos"), call.get("input_ids")
+        if not (isinstance(pix, torch.Tensor) and pix.dim() == 5 and isinstance(ids, torch.Tensor)
+                and ids.shape[0] > 1):
+            return
+        video = ids == self.model.config.video_token_id
+        mask = call.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.shape == ids.shape:
+            video &= mask.bool()
+        counts = sorted({int(n) for n in video.sum(dim=1).tolist()} - {0})
+        if len(counts) > 1:
+            raise InputError(
+                f"{self.family} encodes the videos of a batch as one (videos, frames, C, H, W) tensor, so every video "
+                f"of a batch needs the same frame count and size; this batch's videos have {counts} tokens. Sample "
+                "the same number of frames from each video (sv.VideoQA does), or run these videos one at a time"
+            )
+
     def pieces(self, call: dict[str, Any], batch: int) -> list[list[tuple[int, Piece]]]:
         """Per sample, (sequence position of its first placeholder, piece) of each image and video, in order."""
         input_ids = call.get("input_ids")

@@ -78,6 +78,16 @@ class LlavaVideoProcessor(VideoProcessor):
     def _vision(self) -> dict[str, Any]:
         return dict(self.checkpoint.config.get("vision_config") or {})
 
+    def batch(self, prepared: list[PreparedInputs], pad_id: int) -> dict[str, Any]:
+        shapes = sorted({tuple(p.kwargs["pixel_values_videos"].shape[1:]) for p in prepared})
+        if len(shapes) > 1:
+            raise InputError(
+                f"{self.family} encodes the videos of a batch as one (videos, frames, C, H, W) tensor, and these "
+                f"videos have {len(shapes)} shapes {shapes}; sample the same number of frames from each video, "
+                "or answer them one at a time"
+            )
+        return super().batch(prepared, pad_id)
+
     def __call__(self, frames: Frames, question: str) -> PreparedInputs:
         cfg = self.checkpoint.video
         proc = self.checkpoint.processor

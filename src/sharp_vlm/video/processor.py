@@ -342,3 +342,36 @@ class VideoProcessor(ABC):
         """The fewest frames the family's processor accepts."""
         return 1
 
+    def batch(self, prepared: list[PreparedInputs], pad_id: int) -> dict[str, Any]:
+        """One batch of several prompts' inputs, as the family's processor batches them: token rows padded on the
+        left (`pad_id`, attention mask 0); every other tensor joined along its first dimension (per-video patches,
+        grids and tiles), zero-padded past it to the largest (SmolVLM's frames: all-zero pictures, which the model
+        skips)."""
+        return batch_kwargs([p.kwargs for p in prepared], pad_id)
+
+
+TOKEN_ROWS = ("input_ids", "attention_mask", "mm_token_type_ids")
+
+
+def batch_kwargs(samples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    """`VideoProcessor.batch` over the kwargs dicts."""
+    keys = list(samples[0])
+    if any(list(x) != keys for x in samples):
+        raise InputError("the prompts of a batch carry different inputs "
+                         f"({sorted({k for x in samples for k in x})}); prepare them with one processor")
+    out: dict[str, Any] = {}
+    for k in keys:
+        xs = [x[k] for x in samples]
+        if k in TOKEN_ROWS:
+            width = max(x.shape[1] for x in xs)
+            fill = pad_id if k == "input_ids" else 0
+            out[k] = torch.cat([F.pad(x, (width - x.shape[1], 0), value=fill) for x in xs])
+            continue
+        shape = [max(x.shape[d] for x in xs) for d in range(1, xs[0].dim())]
+        padded = []
+        for x in xs:
+            widths = [w for d in reversed(range(1, x.dim())) for w in (0, shape[d - 1] - x.shape[d])]
+            padded.append(F.pad(x, widths))
+        out[k] = torch.cat(padded)
+    return out
+
