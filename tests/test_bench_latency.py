@@ -160,9 +160,6 @@ def test_bench_at_several_batch_sizes(tmp_path, tiny_shapes):
         assert r["videos_per_s"] == pytest.approx(batch / r["prefill_s"]["median"])
         assert r["tower_s"] == pytest.approx(batch * result["vision"]["seconds"]["median"])
         assert r["ttft_s"] == pytest.approx(r["tower_s"] + r["prefill_s"]["median"])
-        assert r["flops_per_batch"]["dense"] == batch * r["flops"]["dense"]
-        parts = r["layers_before_s"]["median"] + r["stage_s"]["median"] + r["after_stages_s"]
-        assert parts == pytest.approx(r["prefill_s"]["median"])
     assert rows[(3, "fastv")]["layers_before_s"]["median"] > 0 and rows[(3, "none")]["layers_before_s"]["median"] == 0
     # a batch of three holds three prompts' KV
     assert rows[(3, "none")]["kv_bytes"] == 3 * rows[(1, "none")]["kv_bytes"]

@@ -269,8 +269,8 @@ def test_user_evaluates_in_batches(setup, tmp_path):
                                                                  .splitlines())} for out in (one, two))
     assert len(batched) == len(alone) == 12 and set(batched) == set(alone)
     for key, r in alone.items():
-        assert (batched[key]["reply"], batched[key]["n_kept"], batched[key]["kept_per_stage"]) == (
-            r["reply"], r["n_kept"], r["kept_per_stage"])
+        assert (batched[key]["reply"], batched[key]["n_kept"], batched[key]["kept_per_stage"], batched[key]["flops"]) \
+            == (r["reply"], r["n_kept"], r["kept_per_stage"], r["flops"])
     assert {r["batch_size"] for r in batched.values()} == {1, 2}  # the first run's sample alone, then pairs
     with pytest.raises(SystemExit):
         cli.main(_args(model, data, tmp_path / "bad", "--batch-size", "0"))

@@ -146,8 +146,9 @@ class VideoQA:
                      max_new_tokens: int = 32, inputs: Sequence[PreparedInputs] | None = None) -> list[Answer]:
         """`answer` for several videos in one left-padded batch: different videos (frame counts, sizes, so token
         counts) keep their own budgets, and each answer equals its `answer` alone (within float tolerance). The
-        prefill time is the batch's. A family that cannot encode these videos together (LLaVA-OneVision with
-        different frame counts) is refused before the model runs."""
+        prefill time is the batch's. Where the family's model cannot encode some of these videos together
+        (LLaVA-OneVision / LLaVA-Video / LLaVA-NeXT-Video with different frame counts or sizes), the videos of
+        each shape make their own batch; the answers come back in the order given."""
         cfg = None if method is None else build_method(method, retain, layer)
         if inputs is None:
             if len(videos) != len(questions) or (options is not None and len(options) != len(videos)):
@@ -158,7 +159,12 @@ class VideoQA:
             inputs = [self.prepare(v, q, o, frames, fps) for v, q, o in zip(videos, questions, opts, strict=True)]
         if not inputs:
             raise ConfigError("answer_batch needs at least one video")
-        return self._generate(list(inputs), cfg, max_new_tokens)
+        inputs = list(inputs)
+        answers: list[Answer | None] = [None] * len(inputs)
+        for group in self.processor.batch_groups(inputs):
+            for i, ans in zip(group, self._generate([inputs[i] for i in group], cfg, max_new_tokens), strict=True):
+                answers[i] = ans
+        return answers  # type: ignore[return-value]
 
     def _generate(self, prepared: list[PreparedInputs], cfg: Method | None, max_new_tokens: int) -> list[Answer]:
         from .engine.handle import apply
@@ -184,12 +190,14 @@ class VideoQA:
                     handle.adapter.declare_video_prompt()
                     out = self.model.generate(**kwargs, **gen)
                 stats = handle.last_stats
+        eos = self.model.generation_config.eos_token_id
+        eos = torch.tensor([] if eos is None else [eos] if isinstance(eos, int) else list(eos), device=out.device)
         answers = []
         for i, p in enumerate(prepared):
             new = out[i, kwargs["input_ids"].shape[1]:]
-            if pad_id is not None and len(prepared) > 1:  # a sample that ended early is padded to the longest
-                ends = torch.nonzero(new == pad_id).flatten()
-                new = new[: int(ends[0])] if ends.numel() else new
+            if len(prepared) > 1:  # a sample that ended early is padded to the longest: keep up to its end token
+                ends = torch.nonzero(torch.isin(new, eos)).flatten()
+                new = new[: int(ends[0]) + 1] if ends.numel() else new
             n_kept = stats.stages[-1].n_kept[i] if stats is not None and stats.stages else p.n_visual
             answers.append(Answer(
                 text=tok.decode(new, skip_special_tokens=True), prefill_seconds=float(timer.seconds or 0.0),

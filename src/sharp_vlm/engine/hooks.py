@@ -114,6 +114,7 @@ class Engine:
         self.renumber = zero is not None and (
             zero.positions == "contiguous" or (zero.positions == "auto" and not adapter.mrope and not self.windowed))
         self._eager = adapter.attention_implementation() == "eager"
+        self._masks_4d = adapter.attention_implementation() in ("eager", "sdpa")  # what a padded batch needs
         self._dtype = adapter.dtype()
         # the config as attached: a later edit must be applied again, not half-read (the kernels were chosen)
         self._config = method.to_dict()
@@ -412,6 +413,12 @@ class Engine:
             raise InputError(
                 f"attention mask of type {type(mask).__name__} is not supported by the pruning engine; "
                 "load the model with attn_implementation='sdpa' or 'eager'"
+            )
+        if pre.rows.pad is not None and not self._masks_4d:
+            raise InputError(
+                f"the samples of this batch keep different numbers of tokens, which needs a 4-D attention mask that "
+                f"{self.adapter.attention_implementation()} does not take; load the model with "
+                "attn_implementation='sdpa' or 'eager', or run these videos one at a time"
             )
         if mask is not None or pre.rows.pad is not None:
             key = (None if mask is None else id(mask), pre.stages_done)

@@ -59,7 +59,8 @@ def bias_keys(weights: list[torch.Tensor], layer: int, query: str, rope: bool, m
             if m is not None:
                 merges += [m[1].source, m[1].target, m[1].normalize, "weight", m[1].weight, "target_weight",
                            m[1].target_weight]
-        positions = "original positions" if pre.position_ids is None else pre.position_ids[b, start:]
+        positions = ("original positions" if pre.position_ids is None
+                     else pre.position_ids[b, start:] - pre.position_ids[b, start])
         keys.append(BiasCache.key(
             *weights, layer, query, rope, mask, pre.rows.rows[b][valid[b]] - start, pre.rows.query_last[b] - start,
             lay.positions - start, tuple(lay.items), *merges, *text[b // pre.expand],

@@ -16,10 +16,16 @@ from ..models.base import AttentionParts
 from .rows import PrefillRows
 
 
-def _constant_like(x: torch.Tensor) -> torch.Tensor:
-    """(B, H, T, hd) -> the same shape filled, per head, with one vector of the heads' mean norm."""
-    norm = x.float().norm(dim=-1).mean(dim=-1, keepdim=True)[..., None]  # (B, H, 1, 1)
-    return (norm / x.shape[-1] ** 0.5).expand_as(x).to(x.dtype)
+def _constant_like(x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, H, T, hd) -> the same shape filled, per head, with one vector of the heads' mean norm over the rows
+    `valid` (B, T) (all rows when None: padding would otherwise move a sample's mean)."""
+    norm = x.float().norm(dim=-1)  # (B, H, T)
+    if valid is None:
+        mean = norm.mean(dim=-1)
+    else:
+        w = valid[:, None, :].to(norm.dtype)
+        mean = (norm * w).sum(dim=-1) / w.sum(dim=-1).clamp(min=1)
+    return (mean[..., None, None] / x.shape[-1] ** 0.5).expand_as(x).to(x.dtype)
 
 
 def query_probs(
@@ -44,12 +50,12 @@ def query_probs(
     x = parts.norm(hidden)
     s = x.shape[1]
     k = parts.keys(x)
+    key_valid = rows.valid()
     if content_free:
-        k = _constant_like(k)
+        k = _constant_like(k, key_valid)
     cos, sin = (t.expand(rows.batch, *t.shape[1:]) for t in cos_sin)  # a batch-1 rotary table is shared
     if rope:
         k = parts.rotary(k, cos, sin)
-    key_valid = rows.valid()
     seg = rows.segment_ids(layouts, mask.frames_per_segment) if mask is not None and mask.mode != "off" else None
     out = []
     for b, qrows in enumerate(rows.query_rows(query, all_layouts or layouts)):

@@ -56,9 +56,15 @@ class StageScorer:
                 "use layer >= 1"
             )
 
-    def _flops(self, query: str) -> int:
-        n_query = int(sum(r.numel() for r in self.pre.rows.query_rows(query, self.pre.full_layouts)))
-        return scoring_flops(self.shape, self.pre.rows.rows.shape[1], n_query)["total"] * self.pre.batch
+    def _flops(self, query: str, dense_layers: int = 0) -> list[int]:
+        """Per sample, a side pass's FLOPs over its own rows (a batch's padding is not counted) and query rows;
+        with `dense_layers`, a reference pass's: those layers dense on its rows, then the side pass."""
+        rows = self.pre.rows
+        lengths = rows.valid().sum(dim=1).tolist()
+        queries = rows.query_rows(query, self.pre.full_layouts)
+        return [scoring_flops(self.shape, int(n), int(q.numel()))["total"]
+                + sum(prefill_flops(self.shape, int(n))["layers"][:dense_layers])
+                for n, q in zip(lengths, queries, strict=True)]
 
     def _scores(self, hidden: torch.Tensor, query: str, mask: SegmentMask | None, rope: bool,
                 content_free: bool, layer: int | None = None) -> torch.Tensor:
@@ -85,7 +91,7 @@ class StageScorer:
                 scores = self._scores(self.hidden, query, mask, rope, content_free)
             self._memo[key] = scores
             self.costs.scoring_seconds += time.perf_counter() - t
-            self.costs.scoring_flops += self._flops(query)
+            self.costs.add_flops(self._flops(query), reference=False)
         return self._memo[key]
 
     def vision(self, index: int) -> TowerFeatures:
@@ -120,9 +126,8 @@ class StageScorer:
         out = self._scores(ref_hidden, query, mask, rope, False)
         for b, k in enumerate(ckeys):
             store.put(k, out[b, : self.pre.rows.n_visual[b]])
-        dense = prefill_flops(self.shape, self.pre.rows.rows.shape[1])["layers"][:layer]
         self.costs.reference_seconds += time.perf_counter() - t
-        self.costs.reference_flops += (sum(dense) + self._flops(query)) * self.pre.batch
+        self.costs.add_flops(self._flops(query, dense_layers=layer), reference=True)
         self._memo[key] = out
         return out
 

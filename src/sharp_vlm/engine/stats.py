@@ -22,6 +22,16 @@ class StageCosts:
     select_seconds: float = 0.0  # the method's own work: everything in select() but the two passes above
     layers_before_seconds: float = 0.0  # first stage only: the layers before it, segment mask included
     bias_cache: str | None = None  # "hit" | "miss" when a cached bias was asked for
+    sample_flops: list[int] | None = None  # per sample: its share of scoring_flops + reference_flops (own rows)
+
+    def add_flops(self, per_sample: list[int], reference: bool) -> None:
+        """Count a side pass's or reference pass's FLOPs, given per sample."""
+        if reference:
+            self.reference_flops += sum(per_sample)
+        else:
+            self.scoring_flops += sum(per_sample)
+        self.sample_flops = [a + b for a, b in zip(self.sample_flops or [0] * len(per_sample), per_sample,
+                                                  strict=True)]
 
     def numbers(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}

@@ -280,8 +280,8 @@ def reply_from_answer(result: Any) -> Reply:
     """A `Reply` from a `VideoQA` `Answer`: its FLOPs plus what the stages spent beside the decoder (scoring side
     passes, reference passes; zero for a cached bias), as they ran."""
     stages = result.stats.stages if result.stats is not None else []
-    # beside-the-decoder costs are the batch's: each answer carries its share
-    extra = sum(s.costs.scoring_flops + s.costs.reference_flops for s in stages) / getattr(result, "batch_size", 1)
+    # beside-the-decoder costs of this answer's own sample (the same in a batch as alone)
+    extra = sum(s.costs.sample_flops[result.index] for s in stages if s.costs.sample_flops)
     flops = result.flops or {}
     return Reply(
         text=result.text, prefill_s=float(result.prefill_seconds), n_visual=int(result.n_visual),

@@ -79,14 +79,21 @@ class LlavaVideoProcessor(VideoProcessor):
         return dict(self.checkpoint.config.get("vision_config") or {})
 
     def batch(self, prepared: list[PreparedInputs], pad_id: int) -> dict[str, Any]:
-        shapes = sorted({tuple(p.kwargs["pixel_values_videos"].shape[1:]) for p in prepared})
-        if len(shapes) > 1:
+        if len(self.batch_groups(prepared)) > 1:
+            shapes = sorted({tuple(p.kwargs["pixel_values_videos"].shape[1:]) for p in prepared})
             raise InputError(
                 f"{self.family} encodes the videos of a batch as one (videos, frames, C, H, W) tensor, and these "
                 f"videos have {len(shapes)} shapes {shapes}; sample the same number of frames from each video, "
-                "or answer them one at a time"
+                "or batch the videos of one shape together (VideoQA.answer_batch does)"
             )
         return super().batch(prepared, pad_id)
+
+    def batch_groups(self, prepared: list[PreparedInputs]) -> list[list[int]]:
+        """Videos of one shape (frames, size) together: the model stacks a batch's videos into one tensor."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, p in enumerate(prepared):
+            groups.setdefault(tuple(p.kwargs["pixel_values_videos"].shape[1:]), []).append(i)
+        return list(groups.values())
 
     def __call__(self, frames: Frames, question: str) -> PreparedInputs:
         cfg = self.checkpoint.video

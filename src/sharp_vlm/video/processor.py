@@ -349,6 +349,11 @@ class VideoProcessor(ABC):
         skips)."""
         return batch_kwargs([p.kwargs for p in prepared], pad_id)
 
+    def batch_groups(self, prepared: list[PreparedInputs]) -> list[list[int]]:
+        """Which prompts can go in one batch (indices, in order): all of them, unless the family's model cannot
+        encode their videos together."""
+        return [list(range(len(prepared)))]
+
 
 TOKEN_ROWS = ("input_ids", "attention_mask", "mm_token_type_ids")
 
