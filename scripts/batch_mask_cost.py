@@ -31,16 +31,19 @@ def main() -> None:
     ap.add_argument("--layer", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", type=Path, default=Path("runs/batch_mask_cost"))
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    cfg = BenchConfig(model=a.model, frames=a.frames, tokens_per_frame=a.tokens_per_frame, layer=a.layer)
-    dtype, reason = dtype_choice("auto", "cpu")
+    cfg = BenchConfig(model=a.model, frames=a.frames, tokens_per_frame=a.tokens_per_frame, layer=a.layer,
+                      device=a.device)
+    dtype, reason = dtype_choice("auto", a.device)
     model = build_model(cfg, dtype)
     prefix, question = 20, 30
     seq = prefix + a.frames * a.tokens_per_frame + question
-    ids = torch.randint(10, model.config.vocab_size - 10, (a.batch, seq), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(10, model.config.vocab_size - 10, (a.batch, seq),
+                        generator=torch.Generator().manual_seed(0)).to(a.device)
     full = torch.ones_like(ids)
     padded = full.clone()
     padded[0, 0] = 0  # one left-padding token: the batch is no longer uniform
@@ -60,8 +63,8 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "batch_mask_cost.json").write_text(json.dumps(result, indent=1))
     base = rows[0]["layers_before_s"]
-    lines = [f"{a.model}, batch {a.batch} x {seq} tokens, layers 0..{a.layer - 1} masked, {dtype}, "
-             f"{result['machine']['processor']}, {result['machine']['threads']} threads", "",
+    where = result["machine"].get("gpu") or f"{result['machine']['processor']}, {result['machine']['threads']} threads"
+    lines = [f"{a.model}, batch {a.batch} x {seq} tokens, layers 0..{a.layer - 1} masked, {dtype}, {where}", "",
              "| path | layers before the stage s (median) | vs block-wise |", "|---|---|---|"]
     lines += [f"| {r['path']} | {r['layers_before_s']:.2f} | {r['layers_before_s'] / base:.2f}x |" for r in rows]
     (a.out / "batch_mask_cost.md").write_text("\n".join(lines) + "\n")

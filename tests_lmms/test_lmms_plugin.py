@@ -120,11 +120,11 @@ def test_one_table_over_the_runs(setup):
     from sharp_vlm.eval.lmms_report import collect
 
     root, _ = setup
-    summary = collect(root)  # the three runs above: none, sharp, sharp on two processes
+    summary = collect(root)  # the four runs above: none, sharp, sharp in batches of 3, sharp on two processes
     rows = {r["run"]: r for r in summary["rows"]}
-    assert summary["baseline"] == "out-none" and set(rows) == {"out-none", "out-sharp", "out-dp"}
+    assert summary["baseline"] == "out-none" and set(rows) == {"out-none", "out-sharp", "out-batch", "out-dp"}
     assert rows["out-none"]["agreement"] == 1.0 and rows["out-none"]["kept_ratio"] == 1.0
-    # the same method on one and on two processes gives the same replies (greedy, one request at a time)
-    assert rows["out-sharp"]["agreement"] == rows["out-dp"]["agreement"]
+    # the same method on one and on two processes, and in batches, gives the same replies (greedy)
+    assert rows["out-sharp"]["agreement"] == rows["out-dp"]["agreement"] == rows["out-batch"]["agreement"]
     assert rows["out-sharp"]["kept_ratio"] == pytest.approx(0.25, abs=0.02)
     assert f"{TASK}/accuracy" in rows["out-sharp"]["metrics"]

@@ -171,7 +171,7 @@ class VideoQA:
 
         tok = self.processor.tokenizer
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        batch = prepared[0].kwargs if len(prepared) == 1 else self.processor.batch(prepared, pad_id)
+        batch = prepared[0].kwargs if len(prepared) == 1 else self.processor.batch(prepared, pad_id or 0)
         device = next(self.model.parameters()).device
         kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         for key in ("pixel_values_videos", "pixel_values"):
