@@ -48,11 +48,11 @@ def bias_keys(weights: list[torch.Tensor], layer: int, query: str, rope: bool, m
     text between the video and the query token may differ between requests that share a bias.
     """
     valid = pre.rows.valid()
-    text = _prompt_text(pre)
+    starts = pre.rows.key_valid.int().argmax(dim=1).tolist()  # each sample's first real token
+    text = _prompt_text(pre, starts)
     keys = []
-    for b in range(pre.batch):
+    for b, start in enumerate(starts):
         lay, full = pre.layouts[b], pre.full_layouts[b]
-        start = int(torch.nonzero(pre.rows.key_valid[b]).flatten()[0])  # the first real token
         merges = []  # what layer-0 stages merged (which rows they kept is in the rows below)
         for op in pre.ops_before_decoder:
             m = op.merges[b]
@@ -71,18 +71,17 @@ def bias_keys(weights: list[torch.Tensor], layer: int, query: str, rope: bool, m
     return keys
 
 
-def _prompt_text(pre: Prefill) -> list[list[torch.Tensor]]:
-    """Per prompt: the decoder input (ids or embeddings) from its first real token to its first visual token, and
-    at its query token."""
+def _prompt_text(pre: Prefill, starts: list[int]) -> list[list[torch.Tensor]]:
+    """Per prompt: the decoder input (ids or embeddings) from its first real token (`starts`, per row) to its first
+    visual token, and at its query token."""
     x = pre.decoder_input
     if x is None:
         return [[] for _ in range(0, pre.batch, pre.expand)]
     out = []
     for b in range(0, pre.batch, pre.expand):
         lay = pre.full_layouts[b] if pre.full_layouts is not None else pre.layouts[b]
-        start = int(torch.nonzero(pre.rows.key_valid[b]).flatten()[0])
         first = int(lay.positions.min()) if lay.positions.numel() else x.shape[1]
-        out.append([x[b, start:first], x[b, int(pre.rows.query_last[b])]])
+        out.append([x[b, starts[b]:first], x[b, int(pre.rows.query_last[b])]])
     return out
 
 
